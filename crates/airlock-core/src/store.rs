@@ -1,0 +1,257 @@
+//! The persistence contract: what the core needs from a store, as a trait, plus the records it
+//! reads and writes. Backends (embedded SQLite, later PostgreSQL) live in `airlock-store`.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Unix time in milliseconds; every timestamp the store keeps is one of these.
+pub type Millis = i64;
+
+/// The wall clock, in the unit the store uses.
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("store unavailable: {0}")]
+    Backend(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// An Airlock-issued agent token as stored: the token itself is never stored, only its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub groups: Vec<String>,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NewSession {
+    pub protocol: String,
+    pub connection: String,
+    pub subject: String,
+    pub display_name: String,
+    pub groups: Vec<String>,
+    pub auth_method: String,
+    pub client_addr: String,
+    pub started_at: Millis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionRecord {
+    pub id: i64,
+    #[serde(flatten)]
+    pub session: NewSession,
+    pub ended_at: Option<Millis>,
+    pub end_reason: Option<String>,
+    pub event_count: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionFilter {
+    /// Only the sessions of this subject (agents see their own).
+    pub subject: Option<String>,
+    /// Only sessions started at or after this time.
+    pub since: Option<Millis>,
+    pub limit: Option<i64>,
+}
+
+/// What happened in a session, appended in order and never changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum EventDetail {
+    /// An operation and the decision taken on it, stored before anything is forwarded.
+    Statement {
+        operation: String,
+        params: Vec<Option<String>>,
+        statement_kinds: Vec<String>,
+        action: String,
+        policy: Option<String>,
+        rule: Option<String>,
+        reason: Option<String>,
+        request_id: Option<i64>,
+    },
+    /// How a held operation's approval request ended.
+    Resolution {
+        statement_event: i64,
+        request_id: i64,
+        state: ApprovalState,
+        reason: Option<String>,
+        decided_by: Vec<String>,
+    },
+    /// What the upstream answered to a forwarded operation.
+    Outcome {
+        statement_event: i64,
+        status: OutcomeStatus,
+        rows: Option<u64>,
+        tag: Option<String>,
+        error: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutcomeStatus {
+    Ok,
+    Error,
+    /// Forwarded, but the upstream skipped it (an earlier error in the same batch).
+    NotRun,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NewEvent {
+    pub session_id: i64,
+    pub at: Millis,
+    pub detail: EventDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub session_id: i64,
+    pub at: Millis,
+    #[serde(flatten)]
+    pub detail: EventDetail,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    /// Withdrawn by the requester (a CancelRequest, a dropped connection).
+    Canceled,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+            ApprovalState::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ApprovalState> {
+        Some(match s {
+            "pending" => ApprovalState::Pending,
+            "approved" => ApprovalState::Approved,
+            "denied" => ApprovalState::Denied,
+            "expired" => ApprovalState::Expired,
+            "canceled" => ApprovalState::Canceled,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NewApproval {
+    pub session_id: i64,
+    pub requester_subject: String,
+    pub requester_name: String,
+    pub requester_groups: Vec<String>,
+    pub connection: String,
+    pub protocol: String,
+    pub operation: String,
+    pub params: Vec<Option<String>>,
+    pub statement_kinds: Vec<String>,
+    pub policy: String,
+    pub rule: String,
+    pub reviewers: Vec<String>,
+    pub approvals_needed: u32,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Vote {
+    pub reviewer_subject: String,
+    pub reviewer_name: String,
+    pub reviewer_groups: Vec<String>,
+    pub approve: bool,
+    pub reason: Option<String>,
+    pub at: Millis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApprovalRecord {
+    pub id: i64,
+    #[serde(flatten)]
+    pub request: NewApproval,
+    pub state: ApprovalState,
+    pub decided_at: Option<Millis>,
+    pub reason: Option<String>,
+    pub votes: Vec<Vote>,
+}
+
+/// A connection's definition as kept in the store, its password sealed with the secret key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredConnection {
+    pub name: String,
+    pub kind: String,
+    pub address: String,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    pub sealed_password: Option<Vec<u8>>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip, for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn create_token(&self, token: &TokenRecord, hash: &str) -> Result<(), StoreError>;
+    async fn find_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    async fn count_tokens(&self) -> Result<u64, StoreError>;
+    /// Marks a token revoked; `false` when there is no such (unrevoked) token.
+    async fn revoke_token(&self, id: &str, at: Millis) -> Result<bool, StoreError>;
+
+    async fn open_session(&self, session: &NewSession) -> Result<i64, StoreError>;
+    async fn close_session(&self, id: i64, at: Millis, reason: &str) -> Result<(), StoreError>;
+    async fn get_session(&self, id: i64) -> Result<Option<SessionRecord>, StoreError>;
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Appends events in one durable transaction; returns their ids in order.
+    async fn append_events(&self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError>;
+    async fn list_events(&self, session_id: i64) -> Result<Vec<EventRecord>, StoreError>;
+
+    async fn create_approval(&self, request: &NewApproval) -> Result<i64, StoreError>;
+    async fn get_approval(&self, id: i64) -> Result<Option<ApprovalRecord>, StoreError>;
+    async fn list_approvals(
+        &self,
+        state: Option<ApprovalState>,
+    ) -> Result<Vec<ApprovalRecord>, StoreError>;
+    /// Adds a vote atomically and settles the state: any deny → denied, `approvals_needed`
+    /// distinct approvers → approved. `Conflict` when the request is no longer pending or this
+    /// reviewer already voted; `NotFound` when there is no such request.
+    async fn cast_vote(&self, id: i64, vote: &Vote) -> Result<ApprovalRecord, StoreError>;
+    /// Ends a pending request (expired, canceled); `false` when it was no longer pending.
+    async fn finish_approval(
+        &self,
+        id: i64,
+        state: ApprovalState,
+        reason: &str,
+        at: Millis,
+    ) -> Result<bool, StoreError>;
+
+    async fn upsert_connection(&self, connection: &StoredConnection) -> Result<(), StoreError>;
+    async fn list_connections(&self) -> Result<Vec<StoredConnection>, StoreError>;
+}
