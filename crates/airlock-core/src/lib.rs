@@ -1,4 +1,14 @@
 //! The enforcement core: identity, policy, approvals, recording. Every protocol adapter turns
 //! wire traffic into an [`operation::Operation`] and asks the [`gate::Gate`] for a verdict.
 
+pub mod approval;
+pub mod classify;
+pub mod config;
+pub mod gate;
+pub mod identity;
+pub mod operation;
+pub mod policy;
+pub mod recorder;
+pub mod sealer;
+pub mod secret;
 pub mod store;

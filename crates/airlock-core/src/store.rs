@@ -227,7 +227,8 @@ pub trait Store: Send + Sync + 'static {
     async fn open_session(&self, session: &NewSession) -> Result<i64, StoreError>;
     async fn close_session(&self, id: i64, at: Millis, reason: &str) -> Result<(), StoreError>;
     async fn get_session(&self, id: i64) -> Result<Option<SessionRecord>, StoreError>;
-    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRecord>, StoreError>;
+    async fn list_sessions(&self, filter: &SessionFilter)
+        -> Result<Vec<SessionRecord>, StoreError>;
 
     /// Appends events in one durable transaction; returns their ids in order.
     async fn append_events(&self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError>;

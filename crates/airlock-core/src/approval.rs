@@ -1,0 +1,155 @@
+//! Approval requests: opening them, reviewers' votes (with the rules that never bend: no
+//! self-approval, only the rule's reviewer groups, N distinct reviewers), and waiting for the
+//! outcome with a deadline, a withdrawal signal and a poll of the store (so a vote taken on
+//! another replica is seen too).
+
+use crate::identity::Identity;
+use crate::store::{
+    now_millis, ApprovalRecord, ApprovalState, NewApproval, Store, StoreError, Vote,
+};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often a waiting session re-reads its request, for votes cast on another replica.
+const POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VoteError {
+    #[error("approval request {0} does not exist")]
+    NotFound(i64),
+    #[error("approval request {0} is already {1}")]
+    NotPending(i64, &'static str),
+    #[error("a requester can never decide its own request")]
+    SelfApproval,
+    #[error("only members of {0:?} may decide this request")]
+    NotAReviewer(Vec<String>),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("store unavailable: {0}")]
+    Store(StoreError),
+}
+
+pub struct Approvals {
+    store: Arc<dyn Store>,
+    watchers: Mutex<HashMap<i64, watch::Sender<ApprovalState>>>,
+}
+
+impl Approvals {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Approvals {
+            store,
+            watchers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn open(&self, request: &NewApproval) -> Result<i64, StoreError> {
+        let id = self.store.create_approval(request).await?;
+        if let Ok(mut watchers) = self.watchers.lock() {
+            watchers.insert(id, watch::channel(ApprovalState::Pending).0);
+        }
+        Ok(id)
+    }
+
+    fn notify(&self, id: i64, state: ApprovalState) {
+        if let Ok(watchers) = self.watchers.lock() {
+            if let Some(w) = watchers.get(&id) {
+                w.send_replace(state);
+            }
+        }
+    }
+
+    /// A reviewer's vote. Checked here, settled atomically by the store.
+    pub async fn vote(
+        &self,
+        reviewer: &Identity,
+        id: i64,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<ApprovalRecord, VoteError> {
+        let record = self
+            .store
+            .get_approval(id)
+            .await
+            .map_err(VoteError::Store)?
+            .ok_or(VoteError::NotFound(id))?;
+        if record.request.requester_subject == reviewer.subject {
+            return Err(VoteError::SelfApproval);
+        }
+        if !reviewer.in_any_group(&record.request.reviewers) {
+            return Err(VoteError::NotAReviewer(record.request.reviewers.clone()));
+        }
+        if record.state != ApprovalState::Pending {
+            return Err(VoteError::NotPending(id, record.state.as_str()));
+        }
+        let vote = Vote {
+            reviewer_subject: reviewer.subject.clone(),
+            reviewer_name: reviewer.name.clone(),
+            reviewer_groups: reviewer.groups.clone(),
+            approve,
+            reason,
+            at: now_millis(),
+        };
+        let updated = self.store.cast_vote(id, &vote).await.map_err(|e| match e {
+            StoreError::NotFound => VoteError::NotFound(id),
+            StoreError::Conflict(m) => VoteError::Conflict(m),
+            other => VoteError::Store(other),
+        })?;
+        if updated.state != ApprovalState::Pending {
+            self.notify(id, updated.state);
+        }
+        Ok(updated)
+    }
+
+    /// Waits for the request to leave `pending`: decided by reviewers, expired at `deadline`,
+    /// or withdrawn when `withdraw` completes. Returns the final record.
+    pub async fn wait(
+        &self,
+        id: i64,
+        timeout: Duration,
+        withdraw: impl Future<Output = ()>,
+    ) -> Result<ApprovalRecord, StoreError> {
+        let mut changes = self
+            .watchers
+            .lock()
+            .map_err(|_| StoreError::Backend("approval watchers poisoned".into()))?
+            .entry(id)
+            .or_insert_with(|| watch::channel(ApprovalState::Pending).0)
+            .subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::pin!(withdraw);
+        let mut withdrawn = false;
+        let mut watching = true;
+        let result = loop {
+            let finish = tokio::select! {
+                changed = changes.changed(), if watching => { watching = changed.is_ok(); None },
+                _ = tokio::time::sleep(POLL) => None,
+                _ = tokio::time::sleep_until(deadline) => Some((ApprovalState::Expired, "no decision before the timeout")),
+                _ = &mut withdraw, if !withdrawn => { withdrawn = true; Some((ApprovalState::Canceled, "withdrawn by the requester")) }
+            };
+            if let Some((state, reason)) = finish {
+                self.store
+                    .finish_approval(id, state, reason, now_millis())
+                    .await?;
+            }
+            match self.store.get_approval(id).await? {
+                Some(record) if record.state != ApprovalState::Pending => break record,
+                Some(_) => continue,
+                None => return Err(StoreError::NotFound),
+            }
+        };
+        if let Ok(mut watchers) = self.watchers.lock() {
+            watchers.remove(&id);
+        }
+        Ok(result)
+    }
+}
+
+/// Who may read a request: admins, the requester, and members of its reviewer groups.
+pub fn can_view(identity: &Identity, record: &ApprovalRecord, admin_groups: &[String]) -> bool {
+    identity.in_any_group(admin_groups)
+        || identity.subject == record.request.requester_subject
+        || identity.in_any_group(&record.request.reviewers)
+}

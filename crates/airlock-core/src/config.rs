@@ -1,0 +1,670 @@
+//! The YAML configuration: its types (serde, unknown keys rejected in security sections),
+//! `${env:X}` / `${file:P}` expansion of connection fields, and validation whose errors carry
+//! the line they refer to.
+
+use crate::policy::PolicySet;
+use crate::secret::Secret;
+use serde::{Deserialize, Deserializer};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+pub const DEFAULT_ADMIN_GROUP: &str = "airlock-admins";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default = "default_store")]
+    pub store: String,
+    #[serde(default = "default_secret_key_file")]
+    pub secret_key_file: String,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default = "default_admin_groups")]
+    pub admin_groups: Vec<String>,
+    #[serde(default)]
+    pub connections: Vec<ConnectionConfig>,
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+    /// Sections of the product contract this version does not enforce yet. They are refused
+    /// rather than ignored: a config that asks for masking must not run without it.
+    #[serde(default)]
+    pub masking: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub notify: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub recording: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub mcp: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    pub api: String,
+    pub postgres: String,
+    pub mysql: String,
+    pub ssh: String,
+    pub http: String,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            api: "127.0.0.1:8700".into(),
+            postgres: "127.0.0.1:15432".into(),
+            mysql: "127.0.0.1:13306".into(),
+            ssh: "127.0.0.1:12222".into(),
+            http: "127.0.0.1:18080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    #[serde(default)]
+    pub oidc: Vec<serde_yaml::Value>,
+    #[serde(default = "yes")]
+    pub agent_tokens: bool,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            oidc: Vec::new(),
+            agent_tokens: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionKind {
+    Postgres,
+    Mysql,
+    Ssh,
+    Http,
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ConnectionKind,
+    pub address: String,
+    #[serde(default)]
+    pub database: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<Secret<String>>,
+}
+
+impl ConnectionConfig {
+    /// The upstream database; like libpq, it defaults to the user name.
+    pub fn database_or_default(&self) -> &str {
+        self.database
+            .as_deref()
+            .or(self.user.as_deref())
+            .unwrap_or("postgres")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionName {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub connections: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default = "yes")]
+    pub record: bool,
+    /// What happens to statements no rule matches, and to unparseable SQL. Deny when absent.
+    #[serde(default)]
+    pub default: Option<ActionName>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matches: String,
+    pub action: ActionName,
+    #[serde(default)]
+    pub reviewers: Vec<String>,
+    #[serde(default)]
+    pub approvals: Option<u32>,
+    #[serde(default, deserialize_with = "human_duration")]
+    pub timeout: Option<Duration>,
+    /// Shown to the agent when the rule denies.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_store() -> String {
+    "sqlite://airlock-data/airlock.db".into()
+}
+fn default_secret_key_file() -> String {
+    "airlock-data/secret.key".into()
+}
+fn default_admin_groups() -> Vec<String> {
+    vec![DEFAULT_ADMIN_GROUP.into()]
+}
+
+fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // An empty document takes every default.
+        Config {
+            listen: Listen::default(),
+            store: default_store(),
+            secret_key_file: default_secret_key_file(),
+            identity: IdentityConfig::default(),
+            admin_groups: default_admin_groups(),
+            connections: Vec::new(),
+            policies: Vec::new(),
+            masking: None,
+            notify: None,
+            recording: None,
+            mcp: None,
+        }
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigIssue {
+    pub line: Option<usize>,
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub source: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            match issue.line {
+                Some(line) => write!(f, "{}:{line}: ", self.source)?,
+                None => write!(f, "{}: ", self.source)?,
+            }
+            if !issue.path.is_empty() {
+                write!(f, "{}: ", issue.path)?;
+            }
+            write!(f, "{}", issue.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A validated configuration and the policy compiled from it.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub policies: PolicySet,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            issues: vec![ConfigIssue {
+                line: None,
+                path: String::new(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Config::parse(&text, &source, path.parent())
+    }
+
+    /// Parses and validates; `base_dir` resolves relative `${file:…}` paths.
+    pub fn parse(
+        text: &str,
+        source: &str,
+        base_dir: Option<&Path>,
+    ) -> Result<LoadedConfig, ConfigError> {
+        let fail = |issues| ConfigError {
+            source: source.to_string(),
+            issues,
+        };
+        let mut config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                fail(vec![ConfigIssue {
+                    line: e.location().map(|l| l.line()),
+                    path: String::new(),
+                    message: e.to_string(),
+                }])
+            })?
+        };
+        let lines = LineIndex::build(text);
+        let mut issues = Vec::new();
+        let mut issue = |path: String, message: String| {
+            issues.push(ConfigIssue {
+                line: lines.line_of(&path),
+                path,
+                message,
+            })
+        };
+
+        for (key, present) in [
+            ("masking", config.masking.is_some()),
+            ("notify", config.notify.is_some()),
+            ("recording", config.recording.is_some()),
+            ("mcp", config.mcp.is_some()),
+        ] {
+            if present {
+                issue(
+                    key.into(),
+                    format!("`{key}` is not supported by this version of Airlock yet; remove it"),
+                );
+            }
+        }
+        if !config.identity.oidc.is_empty() {
+            issue(
+                "identity.oidc".into(),
+                "OIDC issuers are not supported by this version of Airlock yet; use agent tokens"
+                    .into(),
+            );
+        }
+        for (field, value) in [
+            ("api", &config.listen.api),
+            ("postgres", &config.listen.postgres),
+            ("mysql", &config.listen.mysql),
+            ("ssh", &config.listen.ssh),
+            ("http", &config.listen.http),
+        ] {
+            if value.parse::<SocketAddr>().is_err() {
+                issue(
+                    format!("listen.{field}"),
+                    format!("`{value}` is not an address of the form IP:PORT"),
+                );
+            }
+        }
+
+        let mut names = HashSet::new();
+        for (i, conn) in config.connections.iter_mut().enumerate() {
+            let at = |field: &str| format!("connections[{i}].{field}");
+            if !names.insert(conn.name.clone()) {
+                issue(
+                    at("name"),
+                    format!("duplicate connection name `{}`", conn.name),
+                );
+            }
+            if conn.name.is_empty() || conn.name.contains(['/', ' ', '*']) {
+                issue(
+                    at("name"),
+                    "a connection name must be non-empty, without spaces, `/` or `*`".into(),
+                );
+            }
+            if conn.kind != ConnectionKind::Postgres {
+                issue(
+                    at("type"),
+                    format!(
+                        "connection type `{:?}` is not supported by this version of Airlock yet (postgres is)",
+                        conn.kind
+                    )
+                    .to_lowercase(),
+                );
+            }
+            for (field, value) in [
+                ("address", Some(&mut conn.address)),
+                ("database", conn.database.as_mut()),
+                ("user", conn.user.as_mut()),
+            ] {
+                if let Some(value) = value {
+                    match expand(value, base_dir) {
+                        Ok(expanded) => *value = expanded,
+                        Err(message) => issue(at(field), message),
+                    }
+                }
+            }
+            if let Some(password) = conn.password.take() {
+                match expand(password.expose(), base_dir) {
+                    Ok(expanded) => conn.password = Some(Secret::new(expanded)),
+                    Err(message) => issue(at("password"), message),
+                }
+            }
+            if conn.kind == ConnectionKind::Postgres {
+                if conn.user.is_none() {
+                    issue(
+                        at("user"),
+                        "a postgres connection needs the upstream `user`".into(),
+                    );
+                }
+                if !conn.address.contains(':') {
+                    issue(
+                        at("address"),
+                        format!("`{}` needs a port (host:port)", conn.address),
+                    );
+                }
+            }
+        }
+
+        let mut policy_names = HashSet::new();
+        for (i, policy) in config.policies.iter().enumerate() {
+            if !policy_names.insert(policy.name.clone()) {
+                issue(
+                    format!("policies[{i}].name"),
+                    format!("duplicate policy name `{}`", policy.name),
+                );
+            }
+            for (j, pattern) in policy.connections.iter().enumerate() {
+                if !pattern.contains(['*', '?']) && !names.contains(pattern) {
+                    issue(
+                        format!("policies[{i}].connections[{j}]"),
+                        format!("no connection is named `{pattern}`"),
+                    );
+                }
+            }
+        }
+
+        let policies = match PolicySet::compile(&config.policies) {
+            Ok(policies) => policies,
+            Err(errors) => {
+                for (path, message) in errors {
+                    issue(path, message);
+                }
+                PolicySet::default()
+            }
+        };
+        if issues.is_empty() {
+            Ok(LoadedConfig { config, policies })
+        } else {
+            Err(fail(issues))
+        }
+    }
+
+    /// The directory that holds the embedded store (and the bootstrap admin token).
+    pub fn data_dir(&self) -> PathBuf {
+        let path = self.store.strip_prefix("sqlite://").unwrap_or(&self.store);
+        Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
+        self.connections.iter().find(|c| c.name == name)
+    }
+}
+
+/// Expands `${env:NAME}` and `${file:PATH}` (trailing newline removed) inside a value.
+fn expand(value: &str, base_dir: Option<&Path>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unterminated `${` in value".to_string())?;
+        let reference = &after[..end];
+        if let Some(name) = reference.strip_prefix("env:") {
+            let v = std::env::var(name)
+                .map_err(|_| format!("environment variable `{name}` is not set"))?;
+            out.push_str(&v);
+        } else if let Some(file) = reference.strip_prefix("file:") {
+            let path = match base_dir {
+                Some(dir) if Path::new(file).is_relative() => dir.join(file),
+                _ => PathBuf::from(file),
+            };
+            let v = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+            out.push_str(v.trim_end_matches(['\n', '\r']));
+        } else {
+            return Err(format!(
+                "unknown reference `${{{reference}}}` (use ${{env:NAME}} or ${{file:PATH}})"
+            ));
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Maps a key path such as `policies[0].rules[1].match` to its line in the YAML text.
+struct LineIndex {
+    lines: HashMap<String, usize>,
+}
+
+enum Frame {
+    Map { path: String, key: Option<String> },
+    Seq { path: String, index: usize },
+}
+
+struct IndexBuilder {
+    stack: Vec<Frame>,
+    lines: HashMap<String, usize>,
+}
+
+impl IndexBuilder {
+    /// The path of the value about to be read, or `None` when a mapping key is expected.
+    fn value_path(&self) -> Option<String> {
+        match self.stack.last() {
+            None => Some(String::new()),
+            Some(Frame::Map { key: None, .. }) => None,
+            Some(Frame::Map {
+                path,
+                key: Some(key),
+            }) => Some(join(path, key)),
+            Some(Frame::Seq { path, index }) => Some(format!("{path}[{index}]")),
+        }
+    }
+
+    fn value_done(&mut self) {
+        match self.stack.last_mut() {
+            Some(Frame::Map { key, .. }) => *key = None,
+            Some(Frame::Seq { index, .. }) => *index += 1,
+            None => {}
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+impl MarkedEventReceiver for IndexBuilder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        match ev {
+            Event::Scalar(text, ..) => match self.value_path() {
+                None => {
+                    if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                        self.lines.insert(join(path, &text), mark.line());
+                        *key = Some(text);
+                    }
+                }
+                Some(path) => {
+                    self.lines.entry(path).or_insert(mark.line());
+                    self.value_done();
+                }
+            },
+            Event::Alias(_) => self.value_done(),
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                let path = self.value_path().unwrap_or_default();
+                self.lines.entry(path.clone()).or_insert(mark.line());
+                self.stack.push(if matches!(ev, Event::MappingStart(..)) {
+                    Frame::Map { path, key: None }
+                } else {
+                    Frame::Seq { path, index: 0 }
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+                self.value_done();
+            }
+            _ => {}
+        }
+    }
+}
+
+impl LineIndex {
+    fn build(text: &str) -> LineIndex {
+        let mut builder = IndexBuilder {
+            stack: Vec::new(),
+            lines: HashMap::new(),
+        };
+        // The text already parsed as YAML; a failure here only costs line numbers.
+        let _ = Parser::new_from_str(text).load(&mut builder, false);
+        LineIndex {
+            lines: builder.lines,
+        }
+    }
+
+    /// The line of `path`, or of its nearest ancestor that has one.
+    fn line_of(&self, path: &str) -> Option<usize> {
+        let mut path = path;
+        loop {
+            if let Some(line) = self.lines.get(path) {
+                return Some(*line);
+            }
+            let cut = path.rfind(['.', '['])?;
+            path = &path[..cut];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+listen:
+  postgres: 127.0.0.1:15432
+connections:
+  - name: prod-maintenance
+    type: postgres
+    address: db.internal:5432
+    database: app
+    user: maintenance
+    password: ${env:AIRLOCK_TEST_PW}
+policies:
+  - name: db-maintenance-agents
+    groups: [db-maintenance-agents]
+    connections: [prod-maintenance]
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE|DROP|UPDATE
+        action: require-approval
+        reviewers: [dba]
+        approvals: 1
+        timeout: 15m
+    record: true
+"#;
+
+    #[test]
+    fn the_brief_example_loads_and_expands() {
+        std::env::set_var("AIRLOCK_TEST_PW", "pw-from-env");
+        let loaded = Config::parse(EXAMPLE, "airlock.yaml", None).unwrap();
+        let conn = loaded.config.connection("prod-maintenance").unwrap();
+        assert_eq!(conn.password.as_ref().unwrap().expose(), "pw-from-env");
+        assert_eq!(loaded.config.listen.api, "127.0.0.1:8700");
+        assert_eq!(loaded.policies.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_their_line() {
+        let text = EXAMPLE
+            .replace("match: SELECT", "match: SELEKT")
+            .replace("${env:AIRLOCK_TEST_PW}", "${env:AIRLOCK_SURELY_UNSET}");
+        let err = Config::parse(&text, "airlock.yaml", None).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("airlock.yaml:16: policies[0].rules[0].match"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("airlock.yaml:10: connections[0].password"),
+            "{shown}"
+        );
+        assert!(shown.contains("AIRLOCK_SURELY_UNSET"), "{shown}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_a_line() {
+        let text = EXAMPLE.replace("action: allow", "action: allow\n        sneaky: true");
+        let err = Config::parse(&text, "c.yaml", None).unwrap_err();
+        assert_eq!(err.issues[0].line, Some(18), "{err}");
+        assert!(err.to_string().contains("sneaky"));
+    }
+
+    #[test]
+    fn approval_rules_need_reviewers_and_policies_need_known_connections() {
+        let text = EXAMPLE
+            .replace("        reviewers: [dba]\n", "")
+            .replace("connections: [prod-maintenance]", "connections: [nope]");
+        let err = Config::parse(&text, "c.yaml", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("c.yaml:14: policies[0].connections[0]: no connection is named `nope`"),
+            "{err}"
+        );
+        assert!(err.contains("reviewers"), "{err}");
+    }
+
+    #[test]
+    fn empty_config_is_all_defaults_and_unsupported_sections_are_refused() {
+        let loaded = Config::parse("", "c.yaml", None).unwrap();
+        assert_eq!(loaded.config.data_dir(), PathBuf::from("airlock-data"));
+        let err = Config::parse("masking:\n  - columns: [a]\n", "c.yaml", None).unwrap_err();
+        assert_eq!(err.issues[0].line, Some(1));
+    }
+
+    #[test]
+    fn file_references_expand() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "from-file\n").unwrap();
+        let text = EXAMPLE.replace("${env:AIRLOCK_TEST_PW}", "${file:pw}");
+        let loaded = Config::parse(&text, "c.yaml", Some(dir.path())).unwrap();
+        let conn = &loaded.config.connections[0];
+        assert_eq!(conn.password.as_ref().unwrap().expose(), "from-file");
+    }
+}

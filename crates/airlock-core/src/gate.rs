@@ -1,0 +1,361 @@
+//! The gate: the one path every adapter takes. It decides an operation, records the decision
+//! durably, holds it for review when the policy says so, and hands back either a [`Permit`]
+//! (the only thing an adapter may forward with) or a [`Denial`].
+
+use crate::approval::Approvals;
+use crate::classify::ClassifierCache;
+use crate::identity::{Identity, IdentityService};
+use crate::operation::{Operation, Protocol};
+use crate::policy::{decide, Action, Decision, PolicySet};
+use crate::recorder::Recorder;
+use crate::store::{
+    now_millis, ApprovalState, EventDetail, NewApproval, NewEvent, NewSession, OutcomeStatus,
+    Store, StoreError,
+};
+use arc_swap::ArcSwap;
+use std::future::Future;
+use std::sync::Arc;
+
+/// A session as the core knows it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: i64,
+    pub identity: Identity,
+    pub connection: String,
+    pub protocol: Protocol,
+}
+
+/// Proof that an operation was decided, allowed and recorded. Only the gate makes one.
+#[derive(Debug)]
+pub struct Permit {
+    event: Option<i64>,
+    /// Set when a reviewer approved a held operation.
+    pub approved_request: Option<i64>,
+}
+
+impl Permit {
+    /// The recorded statement event, for the outcome that follows.
+    pub fn event(&self) -> Option<i64> {
+        self.event
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialKind {
+    /// The policy refuses it.
+    Policy,
+    /// A reviewer refused it.
+    Rejected,
+    /// No decision came before the timeout.
+    Expired,
+    /// The requester withdrew it.
+    Canceled,
+    /// The decision or its record could not be stored; nothing was forwarded.
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub struct Denial {
+    pub kind: DenialKind,
+    pub message: String,
+}
+
+impl Denial {
+    fn unavailable(e: StoreError) -> Denial {
+        tracing::error!(error = %e, "store failure: refusing the operation");
+        Denial {
+            kind: DenialKind::Unavailable,
+            message: "the gateway could not record this operation, so it was not run".into(),
+        }
+    }
+}
+
+pub enum Submission {
+    Permitted(Permit),
+    Denied(Denial),
+    /// Held for review; tell the client `request_id` at once, then await [`Hold::resolve`].
+    Held(Hold),
+}
+
+pub struct Hold {
+    pub request_id: i64,
+    pub reviewers: Vec<String>,
+    pub timeout: std::time::Duration,
+    event: i64,
+    session_id: i64,
+    approvals: Arc<Approvals>,
+    recorder: Recorder,
+}
+
+impl Hold {
+    /// Waits for the reviewers' decision; `withdraw` completing withdraws the request.
+    pub async fn resolve(self, withdraw: impl Future<Output = ()>) -> Result<Permit, Denial> {
+        let record = self
+            .approvals
+            .wait(self.request_id, self.timeout, withdraw)
+            .await
+            .map_err(Denial::unavailable)?;
+        let decided_by: Vec<String> = record
+            .votes
+            .iter()
+            .map(|v| v.reviewer_name.clone())
+            .collect();
+        self.recorder
+            .append(NewEvent {
+                session_id: self.session_id,
+                at: now_millis(),
+                detail: EventDetail::Resolution {
+                    statement_event: self.event,
+                    request_id: self.request_id,
+                    state: record.state,
+                    reason: record.reason.clone(),
+                    decided_by: decided_by.clone(),
+                },
+            })
+            .await
+            .map_err(Denial::unavailable)?;
+        let id = self.request_id;
+        let reason = record.reason.as_deref().unwrap_or("no reason given");
+        match record.state {
+            ApprovalState::Approved => Ok(Permit {
+                event: Some(self.event),
+                approved_request: Some(id),
+            }),
+            ApprovalState::Denied => Err(Denial {
+                kind: DenialKind::Rejected,
+                message: format!(
+                    "approval request {id} was denied by {}: {reason}",
+                    decided_by
+                        .last()
+                        .map(String::as_str)
+                        .unwrap_or("a reviewer")
+                ),
+            }),
+            ApprovalState::Expired => Err(Denial {
+                kind: DenialKind::Expired,
+                message: format!(
+                    "approval request {id} expired after {} without a decision",
+                    humantime::format_duration(self.timeout)
+                ),
+            }),
+            ApprovalState::Canceled | ApprovalState::Pending => Err(Denial {
+                kind: DenialKind::Canceled,
+                message: format!("approval request {id} was withdrawn"),
+            }),
+        }
+    }
+}
+
+pub struct Gate {
+    policies: ArcSwap<PolicySet>,
+    store: Arc<dyn Store>,
+    recorder: Recorder,
+    approvals: Arc<Approvals>,
+    identity: IdentityService,
+    classifier: ClassifierCache,
+}
+
+impl Gate {
+    pub fn new(store: Arc<dyn Store>, policies: PolicySet, agent_tokens: bool) -> Gate {
+        Gate {
+            policies: ArcSwap::from_pointee(policies),
+            recorder: Recorder::start(store.clone()),
+            approvals: Arc::new(Approvals::new(store.clone())),
+            identity: IdentityService::new(store.clone(), agent_tokens),
+            classifier: ClassifierCache::new(10_000),
+            store,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn identity(&self) -> &IdentityService {
+        &self.identity
+    }
+
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
+    }
+
+    pub fn classifier(&self) -> &ClassifierCache {
+        &self.classifier
+    }
+
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.load_full()
+    }
+
+    /// Replaces the policy snapshot; every later decision uses the new one.
+    pub fn replace_policies(&self, policies: PolicySet) {
+        self.policies.store(Arc::new(policies));
+    }
+
+    pub async fn open_session(
+        &self,
+        identity: Identity,
+        connection: &str,
+        protocol: Protocol,
+        client_addr: &str,
+    ) -> Result<Session, StoreError> {
+        let id = self
+            .store
+            .open_session(&NewSession {
+                protocol: protocol.as_str().into(),
+                connection: connection.into(),
+                subject: identity.subject.clone(),
+                display_name: identity.name.clone(),
+                groups: identity.groups.clone(),
+                auth_method: identity.method.as_str().into(),
+                client_addr: client_addr.into(),
+                started_at: now_millis(),
+            })
+            .await?;
+        Ok(Session {
+            id,
+            identity,
+            connection: connection.into(),
+            protocol,
+        })
+    }
+
+    pub async fn close_session(&self, session: &Session, reason: &str) {
+        if let Err(e) = self
+            .store
+            .close_session(session.id, now_millis(), reason)
+            .await
+        {
+            tracing::error!(session = session.id, error = %e, "could not record the session end");
+        }
+    }
+
+    /// Decides and records an operation. Nothing here forwards anything.
+    pub async fn submit(&self, session: &Session, op: &Operation) -> Submission {
+        let decision = decide(&self.policies.load(), &session.identity, op);
+        self.apply(session, op, decision).await
+    }
+
+    async fn apply(&self, session: &Session, op: &Operation, decision: Decision) -> Submission {
+        let kinds = op.classification.kind_names();
+        let statement = |request_id: Option<i64>, reason: Option<String>| NewEvent {
+            session_id: session.id,
+            at: now_millis(),
+            detail: EventDetail::Statement {
+                operation: op.text.to_string(),
+                params: op.params.clone(),
+                statement_kinds: kinds.clone(),
+                action: decision.action.name().into(),
+                policy: decision.policy.clone(),
+                rule: decision.rule.clone(),
+                reason,
+                request_id,
+            },
+        };
+        match &decision.action {
+            Action::Allow => {
+                if !decision.record {
+                    return Submission::Permitted(Permit {
+                        event: None,
+                        approved_request: None,
+                    });
+                }
+                match self.recorder.append(statement(None, None)).await {
+                    Ok(event) => Submission::Permitted(Permit {
+                        event: Some(event),
+                        approved_request: None,
+                    }),
+                    Err(e) => Submission::Denied(Denial::unavailable(e)),
+                }
+            }
+            Action::Deny { reason } => {
+                if let Err(e) = self
+                    .recorder
+                    .append(statement(None, Some(reason.clone())))
+                    .await
+                {
+                    tracing::error!(session = session.id, error = %e, "could not record a denial");
+                }
+                Submission::Denied(Denial {
+                    kind: DenialKind::Policy,
+                    message: reason.clone(),
+                })
+            }
+            Action::RequireApproval(spec) => {
+                let now = now_millis();
+                let request = NewApproval {
+                    session_id: session.id,
+                    requester_subject: session.identity.subject.clone(),
+                    requester_name: session.identity.name.clone(),
+                    requester_groups: session.identity.groups.clone(),
+                    connection: op.connection.clone(),
+                    protocol: session.protocol.as_str().into(),
+                    operation: op.text.to_string(),
+                    params: op.params.clone(),
+                    statement_kinds: kinds.clone(),
+                    policy: decision.policy.clone().unwrap_or_default(),
+                    rule: decision.rule.clone().unwrap_or_default(),
+                    reviewers: spec.reviewers.clone(),
+                    approvals_needed: spec.approvals,
+                    created_at: now,
+                    expires_at: now.saturating_add(spec.timeout.as_millis() as i64),
+                };
+                let request_id = match self.approvals.open(&request).await {
+                    Ok(id) => id,
+                    Err(e) => return Submission::Denied(Denial::unavailable(e)),
+                };
+                let event = match self
+                    .recorder
+                    .append(statement(Some(request_id), None))
+                    .await
+                {
+                    Ok(event) => event,
+                    Err(e) => {
+                        let _ = self
+                            .store
+                            .finish_approval(
+                                request_id,
+                                ApprovalState::Canceled,
+                                "could not be recorded",
+                                now_millis(),
+                            )
+                            .await;
+                        return Submission::Denied(Denial::unavailable(e));
+                    }
+                };
+                Submission::Held(Hold {
+                    request_id,
+                    reviewers: spec.reviewers.clone(),
+                    timeout: spec.timeout,
+                    event,
+                    session_id: session.id,
+                    approvals: self.approvals.clone(),
+                    recorder: self.recorder.clone(),
+                })
+            }
+        }
+    }
+
+    /// Records what the upstream answered to a permitted operation (not awaited).
+    pub fn record_outcome(
+        &self,
+        session: &Session,
+        event: i64,
+        status: OutcomeStatus,
+        rows: Option<u64>,
+        tag: Option<String>,
+        error: Option<String>,
+    ) {
+        self.recorder.append_later(NewEvent {
+            session_id: session.id,
+            at: now_millis(),
+            detail: EventDetail::Outcome {
+                statement_event: event,
+                status,
+                rows,
+                tag,
+                error,
+            },
+        });
+    }
+}

@@ -1,0 +1,29 @@
+//! An operation: what an adapter asks the core to decide, normalized across protocols.
+
+use crate::classify::Classification;
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Postgres,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub connection: String,
+    /// The exact text the agent sent.
+    pub text: Arc<str>,
+    /// Bound parameters in text form (`None` for SQL NULL), for reviewers and the record.
+    pub params: Vec<Option<String>>,
+    pub classification: Arc<Classification>,
+}

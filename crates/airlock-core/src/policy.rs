@@ -1,0 +1,528 @@
+//! The policy engine: policies compiled from config, and [`decide`], a pure function of
+//! (policy snapshot, identity, operation). No I/O, no clock: `airlock policy explain` and the
+//! gateway call the same code.
+
+use crate::classify::{Classification, StatementKind};
+use crate::config::{ActionName, PolicyConfig, RuleConfig};
+use crate::identity::Identity;
+use crate::operation::Operation;
+use serde::Serialize;
+use std::time::Duration;
+
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApprovalSpec {
+    pub reviewers: Vec<String>,
+    pub approvals: u32,
+    #[serde(with = "duration_secs")]
+    pub timeout: Duration,
+}
+
+mod duration_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    Allow,
+    Deny { reason: String },
+    RequireApproval(ApprovalSpec),
+}
+
+impl Action {
+    fn severity(&self) -> u8 {
+        match self {
+            Action::Allow => 0,
+            Action::RequireApproval(spec) => 1 + (spec.approvals.min(100) as u8),
+            Action::Deny { .. } => u8::MAX,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny { .. } => "deny",
+            Action::RequireApproval(_) => "require-approval",
+        }
+    }
+}
+
+/// The verdict of the policy on one operation, and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    #[serde(flatten)]
+    pub action: Action,
+    pub policy: Option<String>,
+    pub rule: Option<String>,
+    /// Whether the session's operations are recorded (`record:` of the policies that apply).
+    pub record: bool,
+}
+
+#[derive(Debug, Clone)]
+enum KindMatcher {
+    Any,
+    Kinds(Vec<StatementKind>),
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    label: String,
+    matcher: KindMatcher,
+    action: Action,
+}
+
+#[derive(Debug, Clone)]
+struct CompiledPolicy {
+    name: String,
+    groups: Vec<String>,
+    connections: Vec<String>,
+    rules: Vec<CompiledRule>,
+    record: bool,
+    default: ActionName,
+}
+
+/// An immutable snapshot of every policy; swapped whole when policies change.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    policies: Vec<CompiledPolicy>,
+}
+
+impl PolicySet {
+    /// Compiles policies; errors are (config path, message) pairs.
+    pub fn compile(configs: &[PolicyConfig]) -> Result<PolicySet, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut policies = Vec::new();
+        for (i, p) in configs.iter().enumerate() {
+            if p.groups.is_empty() {
+                errors.push((
+                    format!("policies[{i}].groups"),
+                    "a policy needs at least one group".into(),
+                ));
+            }
+            if p.default == Some(ActionName::RequireApproval) {
+                errors.push((
+                    format!("policies[{i}].default"),
+                    "`default` may be allow or deny (a held default has no reviewers)".into(),
+                ));
+            }
+            let mut rules = Vec::new();
+            for (j, r) in p.rules.iter().enumerate() {
+                match compile_rule(r) {
+                    Ok(rule) => rules.push(rule),
+                    Err((field, message)) => {
+                        errors.push((format!("policies[{i}].rules[{j}].{field}"), message))
+                    }
+                }
+            }
+            policies.push(CompiledPolicy {
+                name: p.name.clone(),
+                groups: p.groups.clone(),
+                connections: p.connections.clone(),
+                rules,
+                record: p.record,
+                default: p.default.unwrap_or(ActionName::Deny),
+            });
+        }
+        if errors.is_empty() {
+            Ok(PolicySet { policies })
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Whether any policy lets this identity use the connection at all.
+    pub fn grants_connection(&self, identity: &Identity, connection: &str) -> bool {
+        self.policies
+            .iter()
+            .any(|p| applies(p, identity, connection))
+    }
+}
+
+fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> {
+    let matcher = if r.matches.trim() == "*" {
+        KindMatcher::Any
+    } else {
+        let mut kinds = Vec::new();
+        for part in r.matches.split('|') {
+            match StatementKind::from_name(part) {
+                Some(kind) => kinds.push(kind),
+                None => {
+                    let known: Vec<&str> = StatementKind::ALL.iter().map(|k| k.name()).collect();
+                    return Err((
+                        "match",
+                        format!(
+                            "unknown statement kind `{}`; use `*` or kinds separated by `|`: {}",
+                            part.trim(),
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        KindMatcher::Kinds(kinds)
+    };
+    let approval_fields = !r.reviewers.is_empty() || r.approvals.is_some() || r.timeout.is_some();
+    let action = match r.action {
+        ActionName::Allow | ActionName::Deny if approval_fields => {
+            return Err((
+                "action",
+                "`reviewers`, `approvals` and `timeout` belong to `action: require-approval`"
+                    .into(),
+            ))
+        }
+        ActionName::Allow => Action::Allow,
+        ActionName::Deny => Action::Deny {
+            reason: r.reason.clone().unwrap_or_default(),
+        },
+        ActionName::RequireApproval => {
+            if r.reviewers.is_empty() {
+                return Err((
+                    "reviewers",
+                    "`action: require-approval` needs `reviewers` (the groups that may decide)"
+                        .into(),
+                ));
+            }
+            let approvals = r.approvals.unwrap_or(1);
+            if approvals == 0 {
+                return Err(("approvals", "`approvals` must be at least 1".into()));
+            }
+            let timeout = r.timeout.unwrap_or(DEFAULT_APPROVAL_TIMEOUT);
+            if timeout.is_zero() {
+                return Err(("timeout", "`timeout` must be longer than zero".into()));
+            }
+            Action::RequireApproval(ApprovalSpec {
+                reviewers: r.reviewers.clone(),
+                approvals,
+                timeout,
+            })
+        }
+    };
+    Ok(CompiledRule {
+        label: r
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("match: {}", r.matches.trim())),
+        matcher,
+        action,
+    })
+}
+
+fn applies(policy: &CompiledPolicy, identity: &Identity, connection: &str) -> bool {
+    identity.in_any_group(&policy.groups)
+        && policy
+            .connections
+            .iter()
+            .any(|pattern| glob_match(pattern, connection))
+}
+
+/// `*` matches any run of characters, `?` any one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ti;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+struct Candidate<'a> {
+    action: Action,
+    policy: Option<&'a str>,
+    rule: Option<String>,
+}
+
+fn stricter<'a>(current: Option<Candidate<'a>>, next: Candidate<'a>) -> Option<Candidate<'a>> {
+    match current {
+        Some(c) if c.action.severity() >= next.action.severity() => Some(c),
+        _ => Some(next),
+    }
+}
+
+/// Decides an operation. Most restrictive wins across statements, kinds and rules:
+/// deny over require-approval over allow. Unmatched kinds and unparseable SQL take the applicable
+/// policies' `default` (deny unless every applicable policy says allow).
+pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision {
+    let applicable: Vec<&CompiledPolicy> = set
+        .policies
+        .iter()
+        .filter(|p| applies(p, identity, &op.connection))
+        .collect();
+    if applicable.is_empty() {
+        return Decision {
+            action: Action::Deny {
+                reason: format!(
+                    "no policy lets {} use connection `{}`",
+                    identity.name, op.connection
+                ),
+            },
+            policy: None,
+            rule: None,
+            record: true,
+        };
+    }
+    let record = applicable.iter().any(|p| p.record);
+    let fallback = |what: String| -> Candidate {
+        match applicable.iter().find(|p| p.default == ActionName::Deny) {
+            Some(p) => Candidate {
+                action: Action::Deny { reason: what },
+                policy: Some(&p.name),
+                rule: Some("default: deny".into()),
+            },
+            None => Candidate {
+                action: Action::Allow,
+                policy: Some(&applicable[0].name),
+                rule: Some("default: allow".into()),
+            },
+        }
+    };
+
+    let mut verdict: Option<Candidate> = None;
+    match op.classification.as_ref() {
+        Classification::Unparseable(error) => {
+            verdict = stricter(
+                verdict,
+                fallback(format!("the statement could not be parsed: {error}")),
+            );
+        }
+        Classification::Parsed(statements) => {
+            for kind in statements.iter().flat_map(|s| s.kinds.iter().copied()) {
+                let mut for_kind: Option<Candidate> = None;
+                for policy in &applicable {
+                    for rule in &policy.rules {
+                        let hit = match &rule.matcher {
+                            KindMatcher::Any => true,
+                            KindMatcher::Kinds(kinds) => kinds.contains(&kind),
+                        };
+                        if hit {
+                            let mut action = rule.action.clone();
+                            if let Action::Deny { reason } = &mut action {
+                                if reason.is_empty() {
+                                    *reason = format!(
+                                        "{kind} is denied on connection `{}` by policy `{}`",
+                                        op.connection, policy.name
+                                    );
+                                }
+                            }
+                            for_kind = stricter(
+                                for_kind,
+                                Candidate {
+                                    action,
+                                    policy: Some(&policy.name),
+                                    rule: Some(rule.label.clone()),
+                                },
+                            );
+                        }
+                    }
+                }
+                let for_kind = for_kind.unwrap_or_else(|| {
+                    fallback(format!(
+                        "no rule allows {kind} on connection `{}`",
+                        op.connection
+                    ))
+                });
+                verdict = stricter(verdict, for_kind);
+            }
+        }
+    }
+    match verdict {
+        Some(c) => Decision {
+            action: c.action,
+            policy: c.policy.map(str::to_string),
+            rule: c.rule,
+            record,
+        },
+        // An empty query (only whitespace or `;`) runs nothing.
+        None => Decision {
+            action: Action::Allow,
+            policy: None,
+            rule: None,
+            record,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+    use crate::config::Config;
+    use crate::identity::AuthMethod;
+    use std::sync::Arc;
+
+    const POLICIES: &str = r#"
+connections:
+  - { name: prod, type: postgres, address: "db:5432", user: u }
+  - { name: prod-replica, type: postgres, address: "db2:5432", user: u }
+  - { name: staging, type: postgres, address: "db3:5432", user: u }
+policies:
+  - name: maintenance
+    groups: [agents]
+    connections: ["prod*"]
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE|DROP|UPDATE
+        action: require-approval
+        reviewers: [dba]
+        approvals: 2
+        timeout: 5m
+      - name: no-truncate
+        match: truncate
+        action: deny
+        reason: never truncate prod
+  - name: lenient
+    groups: [lenient]
+    connections: [staging]
+    default: allow
+    rules:
+      - match: DROP
+        action: deny
+"#;
+
+    fn set() -> PolicySet {
+        Config::parse(POLICIES, "t.yaml", None).unwrap().policies
+    }
+
+    fn who(groups: &[&str]) -> Identity {
+        Identity {
+            subject: "token:t1".into(),
+            name: "agent-1".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            method: AuthMethod::AgentToken,
+            expires_at: None,
+        }
+    }
+
+    fn decide_sql(groups: &[&str], connection: &str, sql: &str) -> Decision {
+        let op = Operation {
+            connection: connection.into(),
+            text: Arc::from(sql),
+            params: vec![],
+            classification: Arc::new(classify(sql)),
+        };
+        decide(&set(), &who(groups), &op)
+    }
+
+    #[test]
+    fn reads_pass_writes_wait_truncates_fail() {
+        assert_eq!(
+            decide_sql(&["agents"], "prod", "select 1").action,
+            Action::Allow
+        );
+        let held = decide_sql(&["agents"], "prod", "delete from t");
+        match held.action {
+            Action::RequireApproval(spec) => {
+                assert_eq!(spec.reviewers, vec!["dba"]);
+                assert_eq!(spec.approvals, 2);
+                assert_eq!(spec.timeout, Duration::from_secs(300));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(held.rule.as_deref(), Some("match: DELETE|DROP|UPDATE"));
+        assert_eq!(held.policy.as_deref(), Some("maintenance"));
+        let denied = decide_sql(&["agents"], "prod-replica", "TRUNCATE t");
+        assert_eq!(
+            denied.action,
+            Action::Deny {
+                reason: "never truncate prod".into()
+            }
+        );
+        assert_eq!(denied.rule.as_deref(), Some("no-truncate"));
+    }
+
+    #[test]
+    fn most_restrictive_wins_across_statements() {
+        assert!(matches!(
+            decide_sql(&["agents"], "prod", "select 1; drop table t").action,
+            Action::RequireApproval(_)
+        ));
+        assert!(matches!(
+            decide_sql(&["agents"], "prod", "select 1; truncate t; delete from t").action,
+            Action::Deny { .. }
+        ));
+        assert!(matches!(
+            decide_sql(
+                &["agents"],
+                "prod",
+                "/* hi */ with d as (delete from t returning *) select * from d"
+            )
+            .action,
+            Action::RequireApproval(_)
+        ));
+    }
+
+    #[test]
+    fn fail_closed_without_rule_policy_or_parse() {
+        let d = decide_sql(&["agents"], "prod", "insert into t values (1)");
+        assert!(
+            matches!(&d.action, Action::Deny { reason } if reason.contains("no rule allows INSERT"))
+        );
+        let d = decide_sql(&["agents"], "prod", "selec 1");
+        assert!(
+            matches!(&d.action, Action::Deny { reason } if reason.contains("could not be parsed"))
+        );
+        let d = decide_sql(&["agents"], "staging", "select 1");
+        assert!(matches!(&d.action, Action::Deny { reason } if reason.contains("no policy")));
+        let d = decide_sql(&["someone-else"], "prod", "select 1");
+        assert!(matches!(d.action, Action::Deny { .. }));
+    }
+
+    #[test]
+    fn a_policy_default_can_allow() {
+        assert_eq!(
+            decide_sql(&["lenient"], "staging", "insert into t values (1)").action,
+            Action::Allow
+        );
+        assert_eq!(
+            decide_sql(&["lenient"], "staging", "selec 1").action,
+            Action::Allow
+        );
+        assert!(matches!(
+            decide_sql(&["lenient"], "staging", "drop table t").action,
+            Action::Deny { .. }
+        ));
+    }
+
+    #[test]
+    fn empty_queries_are_allowed_when_the_connection_is_granted() {
+        assert_eq!(decide_sql(&["agents"], "prod", " ; ").action, Action::Allow);
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("prod*", "prod"));
+        assert!(glob_match("prod*", "prod-replica"));
+        assert!(glob_match("*", "x"));
+        assert!(glob_match("p?od", "prod"));
+        assert!(!glob_match("prod", "prod-replica"));
+        assert!(!glob_match("*-db", "prod-dbx"));
+    }
+}

@@ -1,0 +1,661 @@
+//! [`SqliteStore`]: the embedded SQLite backend. Opens the database with durable settings (WAL,
+//! `synchronous=FULL`, foreign keys, a busy timeout), applies the migrations, and implements
+//! each [`Store`] method with runtime-checked queries. Writes that read before they write
+//! (`cast_vote`) run in `BEGIN IMMEDIATE` transactions so concurrent writers serialize.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use airlock_core::store::{
+    ApprovalRecord, ApprovalState, EventRecord, Millis, NewApproval, NewEvent, NewSession,
+    SessionFilter, SessionRecord, Store, StoreError, StoredConnection, TokenRecord, Vote,
+};
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Sqlite};
+
+use crate::codec::{self, to_json};
+use crate::error::{db, migrate};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How long a connection waits for another writer's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections in the pool of a file database.
+const MAX_CONNECTIONS: u32 = 4;
+/// Sessions returned by `list_sessions` when the filter sets no limit.
+const DEFAULT_SESSION_LIMIT: i64 = 1000;
+
+/// Starts a write transaction that takes the write lock at once, so that what it reads cannot
+/// change before it writes.
+const BEGIN_IMMEDIATE: &str = "BEGIN IMMEDIATE";
+
+macro_rules! session_select {
+    () => {
+        "SELECT s.id, s.protocol, s.connection, s.subject, s.display_name, s.\"groups\", \
+         s.auth_method, s.client_addr, s.started_at, s.ended_at, s.end_reason, \
+         (SELECT COUNT(*) FROM events e WHERE e.session_id = s.id) AS event_count \
+         FROM sessions s"
+    };
+}
+
+macro_rules! approval_select {
+    () => {
+        "SELECT a.id, a.session_id, a.requester_subject, a.requester_name, a.requester_groups, \
+         a.connection, a.protocol, a.operation, a.params, a.statement_kinds, a.policy, a.rule, \
+         a.reviewers, a.approvals_needed, a.created_at, a.expires_at, a.state, a.decided_at, \
+         a.reason FROM approvals a"
+    };
+}
+
+macro_rules! vote_select {
+    () => {
+        "SELECT v.approval_id, v.reviewer_subject, v.reviewer_name, v.reviewer_groups, \
+         v.approve, v.reason, v.at FROM votes v"
+    };
+}
+
+/// The embedded SQLite store. Cloning is cheap and shares the connection pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it, and its parent directories, when missing) the database at
+    /// `url_or_path`: a `sqlite://path/to/airlock.db` URL (query parameters as sqlx accepts them)
+    /// or a plain file path. `:memory:` and `sqlite::memory:` open a private in-memory database
+    /// as [`open_in_memory`](Self::open_in_memory) does. Applies pending migrations.
+    pub async fn open(url_or_path: &str) -> Result<SqliteStore, StoreError> {
+        let location = url_or_path.trim();
+        if location.is_empty() {
+            return Err(StoreError::Backend("no database location given".to_owned()));
+        }
+        if is_in_memory(location) {
+            return SqliteStore::open_in_memory().await;
+        }
+        let options = if location.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(location).map_err(db)?
+        } else {
+            SqliteConnectOptions::new().filename(location)
+        };
+        if let Some(parent) = options.get_filename().parent() {
+            if !parent.as_os_str().is_empty() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                    StoreError::Backend(format!(
+                        "cannot create the directory {}: {e}",
+                        parent.display()
+                    ))
+                })?;
+            }
+        }
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let path = options.get_filename().to_path_buf();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        let store = SqliteStore::migrated(pool).await?;
+        tracing::debug!(path = %path.display(), "opened the SQLite store");
+        Ok(store)
+    }
+
+    /// Opens a fresh in-memory database (one connection, kept for the store's lifetime), with
+    /// the schema applied. Nothing survives the store; meant for tests.
+    pub async fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .in_memory(true)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        SqliteStore::migrated(pool).await
+    }
+
+    /// Waits for in-flight work and closes every connection; the store is unusable afterwards.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<SqliteStore, StoreError> {
+        MIGRATOR.run(&pool).await.map_err(migrate)?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+/// Whether a location names an in-memory database rather than a file.
+fn is_in_memory(location: &str) -> bool {
+    let rest = location
+        .strip_prefix("sqlite://")
+        .or_else(|| location.strip_prefix("sqlite:"))
+        .unwrap_or(location);
+    let (database, params) = rest.split_once('?').unwrap_or((rest, ""));
+    database == ":memory:" || params.split('&').any(|param| param == "mode=memory")
+}
+
+/// Loads one request and its votes on `conn`.
+async fn load_approval(
+    conn: &mut SqliteConnection,
+    id: i64,
+) -> Result<Option<ApprovalRecord>, StoreError> {
+    let row = sqlx::query(concat!(approval_select!(), " WHERE a.id = ?"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let votes = sqlx::query(concat!(
+        vote_select!(),
+        " WHERE v.approval_id = ? ORDER BY v.at, v.rowid"
+    ))
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?
+    .iter()
+    .map(|row| codec::vote(row).map(|(_, vote)| vote))
+    .collect::<Result<Vec<_>, _>>()?;
+    codec::approval(&row, votes).map(Some)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn create_token(&self, token: &TokenRecord, hash: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, name, \"groups\", hash, created_at, expires_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.id)
+        .bind(&token.name)
+        .bind(to_json(&token.groups, "token groups")?)
+        .bind(hash)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .bind(token.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn find_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, name, \"groups\", created_at, expires_at, revoked_at \
+             FROM tokens WHERE hash = ?",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(codec::token)
+        .transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, name, \"groups\", created_at, expires_at, revoked_at \
+             FROM tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(codec::token)
+        .collect()
+    }
+
+    async fn count_tokens(&self) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        u64::try_from(count).map_err(|_| StoreError::Corrupt("negative token count".to_owned()))
+    }
+
+    async fn revoke_token(&self, id: &str, at: Millis) -> Result<bool, StoreError> {
+        let result =
+            sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(at)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn open_session(&self, session: &NewSession) -> Result<i64, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO sessions (protocol, connection, subject, display_name, \"groups\", \
+             auth_method, client_addr, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&session.protocol)
+        .bind(&session.connection)
+        .bind(&session.subject)
+        .bind(&session.display_name)
+        .bind(to_json(&session.groups, "session groups")?)
+        .bind(&session.auth_method)
+        .bind(&session.client_addr)
+        .bind(session.started_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(result.last_insert_rowid())
+    }
+
+    /// Records the end of a session; closing an already closed session keeps its first end.
+    async fn close_session(&self, id: i64, at: Millis, reason: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
+        let result = sqlx::query(
+            "UPDATE sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL",
+        )
+        .bind(at)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if result.rows_affected() == 0 {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM sessions WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound);
+            }
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn get_session(&self, id: i64) -> Result<Option<SessionRecord>, StoreError> {
+        sqlx::query(concat!(session_select!(), " WHERE s.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+            .as_ref()
+            .map(codec::session)
+            .transpose()
+    }
+
+    async fn list_sessions(
+        &self,
+        filter: &SessionFilter,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(concat!(session_select!(), " WHERE 1 = 1"));
+        if let Some(subject) = &filter.subject {
+            query.push(" AND s.subject = ").push_bind(subject.clone());
+        }
+        if let Some(since) = filter.since {
+            query.push(" AND s.started_at >= ").push_bind(since);
+        }
+        let limit = filter.limit.unwrap_or(DEFAULT_SESSION_LIMIT).max(0);
+        query
+            .push(" ORDER BY s.started_at DESC, s.id DESC LIMIT ")
+            .push_bind(limit);
+        query
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(codec::session)
+            .collect()
+    }
+
+    async fn append_events(&self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Encode everything before taking the write lock.
+        let encoded = events
+            .iter()
+            .map(|event| codec::encode_event(&event.detail))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
+        let mut ids = Vec::with_capacity(events.len());
+        for (event, (kind, detail)) in events.iter().zip(&encoded) {
+            // The same SQL text each time: sqlx prepares it once per connection and reuses it.
+            let result = sqlx::query(
+                "INSERT INTO events (session_id, at, kind, detail) VALUES (?, ?, ?, ?)",
+            )
+            .bind(event.session_id)
+            .bind(event.at)
+            .bind(kind.as_str())
+            .bind(detail.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            ids.push(result.last_insert_rowid());
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(ids)
+    }
+
+    async fn list_events(&self, session_id: i64) -> Result<Vec<EventRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, session_id, at, detail FROM events WHERE session_id = ? ORDER BY id",
+        )
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(codec::event)
+        .collect()
+    }
+
+    async fn create_approval(&self, request: &NewApproval) -> Result<i64, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO approvals (session_id, requester_subject, requester_name, \
+             requester_groups, connection, protocol, operation, params, statement_kinds, policy, \
+             rule, reviewers, approvals_needed, created_at, expires_at, state) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+        )
+        .bind(request.session_id)
+        .bind(&request.requester_subject)
+        .bind(&request.requester_name)
+        .bind(to_json(&request.requester_groups, "requester groups")?)
+        .bind(&request.connection)
+        .bind(&request.protocol)
+        .bind(&request.operation)
+        .bind(to_json(&request.params, "parameters")?)
+        .bind(to_json(&request.statement_kinds, "statement kinds")?)
+        .bind(&request.policy)
+        .bind(&request.rule)
+        .bind(to_json(&request.reviewers, "reviewers")?)
+        .bind(i64::from(request.approvals_needed))
+        .bind(request.created_at)
+        .bind(request.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(result.last_insert_rowid())
+    }
+
+    async fn get_approval(&self, id: i64) -> Result<Option<ApprovalRecord>, StoreError> {
+        // One read transaction, so the request and its votes come from the same snapshot.
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let record = load_approval(&mut tx, id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    /// Newest first.
+    async fn list_approvals(
+        &self,
+        state: Option<ApprovalState>,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let (rows, vote_rows) = match state {
+            Some(state) => {
+                let rows = sqlx::query(concat!(
+                    approval_select!(),
+                    " WHERE a.state = ? ORDER BY a.created_at DESC, a.id DESC"
+                ))
+                .bind(state.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+                let votes = sqlx::query(concat!(
+                    vote_select!(),
+                    " JOIN approvals a ON a.id = v.approval_id WHERE a.state = ? \
+                     ORDER BY v.approval_id, v.at, v.rowid"
+                ))
+                .bind(state.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+                (rows, votes)
+            }
+            None => {
+                let rows = sqlx::query(concat!(
+                    approval_select!(),
+                    " ORDER BY a.created_at DESC, a.id DESC"
+                ))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+                let votes = sqlx::query(concat!(
+                    vote_select!(),
+                    " ORDER BY v.approval_id, v.at, v.rowid"
+                ))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+                (rows, votes)
+            }
+        };
+        tx.commit().await.map_err(db)?;
+
+        let mut votes: HashMap<i64, Vec<Vote>> = HashMap::new();
+        for row in &vote_rows {
+            let (approval_id, vote) = codec::vote(row)?;
+            votes.entry(approval_id).or_default().push(vote);
+        }
+        rows.iter()
+            .map(|row| {
+                let id: i64 = sqlx::Row::try_get(row, "id").map_err(db)?;
+                codec::approval(row, votes.remove(&id).unwrap_or_default())
+            })
+            .collect()
+    }
+
+    async fn cast_vote(&self, id: i64, vote: &Vote) -> Result<ApprovalRecord, StoreError> {
+        let groups = to_json(&vote.reviewer_groups, "reviewer groups")?;
+        // The write lock is held from the first read, so two votes cannot both see "pending"
+        // and both settle the request.
+        let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
+
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT state, approvals_needed FROM approvals WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let Some((state, needed)) = row else {
+            return Err(StoreError::NotFound);
+        };
+        let state = codec::parse_state(&state, id)?;
+        if state != ApprovalState::Pending {
+            return Err(StoreError::Conflict(format!(
+                "request {id} is already {}",
+                state.as_str()
+            )));
+        }
+
+        let voted: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM votes WHERE approval_id = ? AND reviewer_subject = ?",
+        )
+        .bind(id)
+        .bind(&vote.reviewer_subject)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        if voted.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "{} already voted on request {id}",
+                vote.reviewer_subject
+            )));
+        }
+
+        sqlx::query(
+            "INSERT INTO votes (approval_id, reviewer_subject, reviewer_name, reviewer_groups, \
+             approve, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&vote.reviewer_subject)
+        .bind(&vote.reviewer_name)
+        .bind(groups)
+        .bind(vote.approve)
+        .bind(vote.reason.as_deref())
+        .bind(vote.at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+
+        let settled = if vote.approve {
+            let approvals: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM votes WHERE approval_id = ? AND approve = 1",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+            (approvals >= needed).then_some(ApprovalState::Approved)
+        } else {
+            Some(ApprovalState::Denied)
+        };
+        if let Some(settled) = settled {
+            sqlx::query(
+                "UPDATE approvals SET state = ?, decided_at = ?, reason = ? \
+                 WHERE id = ? AND state = 'pending'",
+            )
+            .bind(settled.as_str())
+            .bind(vote.at)
+            .bind(vote.reason.as_deref())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+
+        let record = load_approval(&mut tx, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
+    }
+
+    async fn finish_approval(
+        &self,
+        id: i64,
+        state: ApprovalState,
+        reason: &str,
+        at: Millis,
+    ) -> Result<bool, StoreError> {
+        if state == ApprovalState::Pending {
+            return Err(StoreError::Conflict(format!(
+                "request {id} cannot be finished as pending"
+            )));
+        }
+        let result = sqlx::query(
+            "UPDATE approvals SET state = ?, decided_at = ?, reason = ? \
+             WHERE id = ? AND state = 'pending'",
+        )
+        .bind(state.as_str())
+        .bind(at)
+        .bind(reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn upsert_connection(&self, connection: &StoredConnection) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO connections (name, kind, address, \"database\", \"user\", sealed_password) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, address = excluded.address, \
+             \"database\" = excluded.\"database\", \"user\" = excluded.\"user\", \
+             sealed_password = excluded.sealed_password",
+        )
+        .bind(&connection.name)
+        .bind(&connection.kind)
+        .bind(&connection.address)
+        .bind(connection.database.as_deref())
+        .bind(connection.user.as_deref())
+        .bind(connection.sealed_password.as_deref())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn list_connections(&self) -> Result<Vec<StoredConnection>, StoreError> {
+        sqlx::query(
+            "SELECT name, kind, address, \"database\", \"user\", sealed_password \
+             FROM connections ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(codec::connection)
+        .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::{is_in_memory, SqliteStore};
+
+    #[tokio::test]
+    async fn connections_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("airlock.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let mut conn = store.pool.acquire().await.unwrap();
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(synchronous, 2, "FULL");
+        assert_eq!(foreign_keys, 1);
+        assert_eq!(busy_timeout, 5000);
+    }
+
+    #[test]
+    fn recognises_in_memory_locations() {
+        assert!(is_in_memory(":memory:"));
+        assert!(is_in_memory("sqlite::memory:"));
+        assert!(is_in_memory("sqlite://:memory:"));
+        assert!(is_in_memory("sqlite://airlock?mode=memory"));
+        assert!(!is_in_memory("sqlite://data/airlock.db"));
+        assert!(!is_in_memory("/var/lib/airlock/airlock.db"));
+    }
+}
