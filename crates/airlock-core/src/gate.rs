@@ -336,6 +336,11 @@ impl Gate {
         }
     }
 
+    /// Waits until every queued record is written.
+    pub async fn flush(&self) {
+        self.recorder.flush().await;
+    }
+
     /// Records what the upstream answered to a permitted operation (not awaited).
     pub fn record_outcome(
         &self,

@@ -11,21 +11,42 @@ const MAX_BATCH: usize = 512;
 
 type Reply = oneshot::Sender<Result<i64, StoreError>>;
 
+enum Item {
+    Event(NewEvent, Option<Reply>),
+    /// Answered once everything queued before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
 #[derive(Clone)]
 pub struct Recorder {
-    queue: mpsc::Sender<(NewEvent, Option<Reply>)>,
+    queue: mpsc::Sender<Item>,
 }
 
 impl Recorder {
     /// Starts the writer task.
     pub fn start(store: Arc<dyn Store>) -> Recorder {
-        let (queue, mut rx) = mpsc::channel::<(NewEvent, Option<Reply>)>(QUEUE);
+        let (queue, mut rx) = mpsc::channel::<Item>(QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let (events, replies): (Vec<NewEvent>, Vec<Option<Reply>>) =
-                    batch.drain(..).unzip();
-                match store.append_events(&events).await {
+                let mut events = Vec::with_capacity(batch.len());
+                let mut replies = Vec::with_capacity(batch.len());
+                let mut flushes = Vec::new();
+                for item in batch.drain(..) {
+                    match item {
+                        Item::Event(event, reply) => {
+                            events.push(event);
+                            replies.push(reply);
+                        }
+                        Item::Flush(done) => flushes.push(done),
+                    }
+                }
+                let written = if events.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    store.append_events(&events).await
+                };
+                match written {
                     Ok(ids) => {
                         for (reply, id) in replies.into_iter().zip(ids) {
                             if let Some(reply) = reply {
@@ -40,6 +61,9 @@ impl Recorder {
                         }
                     }
                 }
+                for done in flushes {
+                    let _ = done.send(());
+                }
             }
         });
         Recorder { queue }
@@ -49,7 +73,7 @@ impl Recorder {
     pub async fn append(&self, event: NewEvent) -> Result<i64, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.queue
-            .send((event, Some(tx)))
+            .send(Item::Event(event, Some(tx)))
             .await
             .map_err(|_| StoreError::Backend("recorder stopped".into()))?;
         rx.await
@@ -58,8 +82,16 @@ impl Recorder {
 
     /// Appends an event without waiting (outcomes, which follow what was already recorded).
     pub fn append_later(&self, event: NewEvent) {
-        if let Err(e) = self.queue.try_send((event, None)) {
+        if let Err(e) = self.queue.try_send(Item::Event(event, None)) {
             tracing::error!("recording queue full or stopped; an outcome event was dropped: {e}");
+        }
+    }
+
+    /// Waits until everything queued so far is written (for shutdown).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Item::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
         }
     }
 }

@@ -1,1 +1,465 @@
-//! placeholder
+//! The PostgreSQL adapter: a listener that speaks the PostgreSQL wire protocol to agents,
+//! logs them in with their Airlock token (sent as the password), logs in to the upstream with
+//! the connection's own credential, and relays every message through the gate.
+//!
+//! Modules: `codec` (framing and messages), `upstream` (login to the real server), `cancel`
+//! (cancel requests and held statements), `session` (the relay).
+
+pub mod cancel;
+pub mod codec;
+pub mod session;
+pub mod upstream;
+
+use crate::cancel::{CancelAction, CancelRegistry};
+use crate::codec::Severity;
+use crate::session::{End, Relay};
+use crate::upstream::UpstreamTarget;
+use airlock_core::gate::Gate;
+use airlock_core::identity::AuthError;
+use airlock_core::operation::Protocol;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+/// A client has this long to finish the startup exchange and log in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_SESSIONS: usize = 10_000;
+
+/// Startup parameters passed on to the upstream; anything else (notably `options`, which can
+/// set arbitrary server settings, and `replication`) stays at the gateway.
+const FORWARDED_PARAMETERS: [&str; 6] = [
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+];
+
+pub struct PgGateway {
+    gate: Arc<Gate>,
+    targets: HashMap<String, UpstreamTarget>,
+    cancels: Arc<CancelRegistry>,
+    sessions: Arc<Semaphore>,
+}
+
+/// A refusal during login: sent as a FATAL ErrorResponse, then the connection closes.
+struct LoginError {
+    code: &'static str,
+    message: String,
+    hint: Option<String>,
+}
+
+impl LoginError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        LoginError {
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    fn to_bytes(&self) -> Bytes {
+        codec::error_response(
+            Severity::Fatal,
+            self.code,
+            &self.message,
+            None,
+            self.hint.as_deref(),
+        )
+    }
+}
+
+enum Opening {
+    Cancel((i32, i32)),
+    Startup {
+        minor: i32,
+        params: Vec<(String, String)>,
+    },
+}
+
+impl PgGateway {
+    pub fn new(gate: Arc<Gate>, targets: HashMap<String, UpstreamTarget>) -> Arc<PgGateway> {
+        Arc::new(PgGateway {
+            gate,
+            targets,
+            cancels: Arc::new(CancelRegistry::default()),
+            sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
+        })
+    }
+
+    /// Accepts connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.sessions.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "session limit reached; refusing connection");
+                tokio::spawn(refuse_busy(stream));
+                continue;
+            };
+            let gateway = self.clone();
+            tokio::spawn(
+                async move {
+                    gateway.handle(stream, peer).await;
+                    drop(permit);
+                }
+                .instrument(tracing::info_span!("pg", %peer)),
+            );
+        }
+    }
+
+    async fn handle(&self, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let mut buf = BytesMut::with_capacity(8192);
+        let opening =
+            match tokio::time::timeout(LOGIN_TIMEOUT, read_opening(&mut stream, &mut buf)).await {
+                Ok(Ok(Some(opening))) => opening,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    let _ = stream.write_all(&e.to_bytes()).await;
+                    return;
+                }
+                Err(_) => {
+                    let e = LoginError::new("08P01", "the startup exchange timed out");
+                    let _ = stream.write_all(&e.to_bytes()).await;
+                    return;
+                }
+            };
+        match opening {
+            Opening::Cancel(key) => self.cancel(key).await,
+            Opening::Startup { minor, params } => {
+                let login = tokio::time::timeout(
+                    LOGIN_TIMEOUT,
+                    self.login(&mut stream, &mut buf, minor, &params, peer),
+                )
+                .await
+                .unwrap_or_else(|_| Err(LoginError::new("08P01", "login timed out")));
+                match login {
+                    Ok(ready) => self.run_session(stream, buf, ready).await,
+                    Err(e) => {
+                        tracing::info!(code = e.code, reason = %e.message, "login refused");
+                        let _ = stream.write_all(&e.to_bytes()).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn cancel(&self, key: (i32, i32)) {
+        match self.cancels.cancel(key) {
+            CancelAction::Withdrawn => tracing::info!("cancel request withdrew a held statement"),
+            CancelAction::Forward(address, upstream_key) => {
+                if let Err(e) = upstream::cancel(&address, upstream_key).await {
+                    tracing::warn!(error = %e, "could not forward a cancel request");
+                }
+            }
+            CancelAction::Nothing => {}
+        }
+    }
+
+    async fn login(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        minor: i32,
+        params: &[(String, String)],
+        peer: SocketAddr,
+    ) -> Result<Ready, LoginError> {
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let unsupported: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if minor > 0 || !unsupported.is_empty() {
+            write(stream, &codec::negotiate_protocol_version(0, &unsupported)).await?;
+        }
+        if param("replication").is_some_and(|v| v != "false" && v != "0") {
+            return Err(LoginError::new(
+                "08P01",
+                "replication connections are not allowed through the gateway",
+            ));
+        }
+        let user = param("user").unwrap_or("");
+        let connection = param("database")
+            .filter(|d| !d.is_empty())
+            .unwrap_or(user)
+            .to_string();
+
+        write(stream, &codec::auth_request(3)).await?;
+        let token = read_password(stream, buf).await?;
+        let identity = self
+            .gate
+            .identity()
+            .authenticate(&token)
+            .await
+            .map_err(|e| {
+                tracing::info!(reason = %e, "authentication failed");
+                match e {
+                    AuthError::Store(_) => {
+                        LoginError::new("58000", "the gateway cannot verify tokens right now")
+                    }
+                    _ => LoginError::new(
+                        "28P01",
+                        format!("password authentication failed for user \"{user}\""),
+                    )
+                    .hint(format!(
+                        "{} The password must be an Airlock token.",
+                        AuthError::CLIENT_MESSAGE
+                    )),
+                }
+            })?;
+        let target = self.targets.get(&connection).ok_or_else(|| {
+            LoginError::new("3D000", format!("connection \"{connection}\" does not exist"))
+                .hint("The database name selects the Airlock connection; `airlock` lists connections at /api/v1/connections.")
+        })?;
+        if !self
+            .gate
+            .policies()
+            .grants_connection(&identity, &connection)
+        {
+            return Err(LoginError::new(
+                "42501",
+                format!(
+                    "no policy lets {} use connection \"{connection}\"",
+                    identity.name
+                ),
+            ));
+        }
+        let forwarded: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| FORWARDED_PARAMETERS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        let upstream = upstream::connect(target, &forwarded).await.map_err(|e| {
+            tracing::error!(connection = %connection, error = %e, "upstream login failed");
+            LoginError::new(
+                "08006",
+                format!("the gateway could not connect to the upstream of \"{connection}\""),
+            )
+            .hint("The upstream is down or refused the gateway's credentials; an administrator can see the details in the gateway log.")
+        })?;
+        let session = self
+            .gate
+            .open_session(identity, &connection, Protocol::Postgres, &peer.to_string())
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not record the session");
+                LoginError::new(
+                    "58000",
+                    "the gateway could not record the session, so it was refused",
+                )
+            })?;
+        Ok(Ready {
+            session,
+            upstream,
+            address: target.address.clone(),
+        })
+    }
+
+    async fn run_session(&self, mut client: TcpStream, client_buf: BytesMut, ready: Ready) {
+        let Ready {
+            session,
+            upstream,
+            address,
+        } = ready;
+        let cancel = self.cancels.register(address, upstream.key);
+        let (pid, secret) = cancel.key();
+        let mut hello = BytesMut::new();
+        hello.extend_from_slice(&codec::auth_request(0));
+        for parameter in &upstream.parameters {
+            hello.extend_from_slice(parameter);
+        }
+        hello.extend_from_slice(&codec::backend_key_data(pid, secret));
+        hello.extend_from_slice(&codec::ready_for_query(b'I'));
+        let span = tracing::info_span!("session", id = session.id, connection = %session.connection, who = %session.identity.name);
+        let end = async {
+            tracing::info!("session opened");
+            if let Err(e) = client.write_all(&hello).await {
+                return End::Io(e);
+            }
+            let mut upstream_stream = upstream.stream;
+            let relay = Relay {
+                gate: &self.gate,
+                session: &session,
+                cancel: &cancel,
+            };
+            relay
+                .run(
+                    &mut client,
+                    &mut upstream_stream,
+                    client_buf,
+                    upstream.leftover,
+                )
+                .await
+        }
+        .instrument(span.clone())
+        .await;
+        let reason = match end {
+            End::ClientClosed => "client closed".to_string(),
+            End::ClientViolation(_) => "client protocol violation".to_string(),
+            End::UpstreamClosed => "upstream closed".to_string(),
+            End::Io(e) => format!("i/o error: {e}"),
+        };
+        span.in_scope(|| tracing::info!(%reason, "session closed"));
+        self.gate.close_session(&session, &reason).await;
+    }
+}
+
+struct Ready {
+    session: airlock_core::gate::Session,
+    upstream: upstream::Upstream,
+    address: String,
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LoginError> {
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(|e| LoginError::new("08006", e.to_string()))
+}
+
+async fn refuse_busy(mut stream: TcpStream) {
+    let e = LoginError::new(
+        "53300",
+        "the gateway has too many sessions; try again later",
+    );
+    let _ = stream.write_all(&e.to_bytes()).await;
+}
+
+/// Reads the opening packet, answering SSL and GSS encryption requests with "not supported"
+/// (so clients continue in clear). `None` when the client went away.
+async fn read_opening(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<Opening>, LoginError> {
+    loop {
+        let packet = loop {
+            match codec::next_startup_packet(buf) {
+                Ok(Some(packet)) => break packet,
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(LoginError::new(
+                        "08P01",
+                        format!("invalid startup packet: {e}"),
+                    ))
+                }
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        };
+        let mut r = codec::Reader::new(&packet, "startup");
+        let code = r
+            .i32()
+            .map_err(|e| LoginError::new("08P01", e.to_string()))?;
+        match code {
+            codec::SSL_REQUEST | codec::GSSENC_REQUEST => {
+                if !buf.is_empty() {
+                    // Bytes sent before our answer could be spliced into a later TLS session.
+                    return Err(LoginError::new(
+                        "08P01",
+                        "unexpected data after an encryption request",
+                    ));
+                }
+                write(stream, b"N").await?;
+            }
+            codec::CANCEL_REQUEST => {
+                let (Ok(pid), Ok(secret)) = (r.i32(), r.i32()) else {
+                    return Err(LoginError::new("08P01", "malformed cancel request"));
+                };
+                return Ok(Some(Opening::Cancel((pid, secret))));
+            }
+            version if version >> 16 == 3 => {
+                let mut params = Vec::new();
+                loop {
+                    let key = r
+                        .cstr()
+                        .map_err(|_| LoginError::new("08P01", "malformed startup packet"))?;
+                    if key.is_empty() {
+                        break;
+                    }
+                    let value = r
+                        .cstr()
+                        .map_err(|_| LoginError::new("08P01", "malformed startup packet"))?;
+                    params.push((key.to_string(), value.to_string()));
+                }
+                return Ok(Some(Opening::Startup {
+                    minor: version & 0xffff,
+                    params,
+                }));
+            }
+            other => {
+                return Err(LoginError::new(
+                    "0A000",
+                    format!(
+                        "unsupported frontend protocol {}.{}: the gateway speaks 3.0",
+                        other >> 16,
+                        other & 0xffff
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Reads the PasswordMessage that answers our cleartext password request.
+async fn read_password(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<String, LoginError> {
+    loop {
+        match codec::next_message(buf) {
+            Ok(Some((b'p', len))) => {
+                let msg = buf.split_to(len);
+                let token = codec::Reader::new(codec::body(&msg), "PasswordMessage")
+                    .cstr()
+                    .map_err(|e| LoginError::new("08P01", e.to_string()))?
+                    .to_string();
+                return Ok(token);
+            }
+            Ok(Some((other, _))) => {
+                return Err(LoginError::new(
+                    "08P01",
+                    format!("expected a password message, got {:?}", other as char),
+                ))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(LoginError::new("08P01", e.to_string())),
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => {
+                return Err(LoginError::new(
+                    "08006",
+                    "the client went away during login",
+                ))
+            }
+            Ok(_) => {}
+        }
+        if buf.len() > codec::MAX_STARTUP_LEN {
+            return Err(LoginError::new("08P01", "password message too long"));
+        }
+    }
+}

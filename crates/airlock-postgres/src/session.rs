@@ -1,0 +1,628 @@
+//! One agent session after login: the relay between client and upstream.
+//!
+//! Client → upstream: every message is framed; Query and Execute are decided by the gate before
+//! they are forwarded, everything else passes through untouched (in place, in one write per
+//! batch). Upstream → client: passed through in place; only CommandComplete, ErrorResponse and
+//! ReadyForQuery are looked at, to record outcomes and to put refusals in their place.
+//!
+//! A refusal is realised on the upstream itself: instead of the refused message the gateway sends
+//! a message that can only fail, carrying a random marker, and rewrites the resulting error into
+//! the refusal. So the refusal lands exactly where the refused message stood in the response
+//! stream, the upstream skips to the next Sync as it would for any error, and the transaction
+//! status the client sees is the upstream's own.
+
+use crate::cancel::CancelSlot;
+use crate::codec::{self, Severity};
+use airlock_core::classify::Classification;
+use airlock_core::gate::{Denial, DenialKind, Gate, Session, Submission};
+use airlock_core::operation::Operation;
+use airlock_core::store::OutcomeStatus;
+use bytes::{Buf, Bytes, BytesMut};
+use rand::Rng;
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// What the upstream will answer, in order, for what the client side forwarded.
+enum Expect {
+    /// A permitted Query (`simple`) or Execute; its outcome is recorded against `event`.
+    Outcome { event: Option<i64>, simple: bool },
+    /// A refusal: the upstream error carrying `marker` is replaced by `error`.
+    Refusal { marker: String, error: Bytes },
+    /// A Sync or Query: the upstream answers with ReadyForQuery.
+    SyncPoint,
+}
+
+type Expectations = Arc<Mutex<VecDeque<Expect>>>;
+
+/// Why a session ended.
+pub enum End {
+    ClientClosed,
+    /// The client broke the protocol; this FATAL is sent before closing.
+    ClientViolation(Bytes),
+    UpstreamClosed,
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for End {
+    fn from(e: std::io::Error) -> Self {
+        End::Io(e)
+    }
+}
+
+#[derive(Clone)]
+struct Prepared {
+    sql: Arc<str>,
+    classification: Arc<Classification>,
+}
+
+struct Portal {
+    statement: Option<Prepared>,
+    params: Vec<Option<String>>,
+}
+
+pub struct Relay<'a> {
+    pub gate: &'a Gate,
+    pub session: &'a Session,
+    pub cancel: &'a CancelSlot,
+}
+
+impl Relay<'_> {
+    /// Relays until either side closes. `client_buf` holds bytes already read from the client.
+    pub async fn run(
+        &self,
+        client: &mut TcpStream,
+        upstream: &mut TcpStream,
+        client_buf: BytesMut,
+        upstream_buf: BytesMut,
+    ) -> End {
+        let expectations: Expectations = Arc::new(Mutex::new(VecDeque::new()));
+        let (inject_tx, inject_rx) = mpsc::unbounded_channel::<Bytes>();
+        let (client_read, mut client_write) = client.split();
+        let (upstream_read, upstream_write) = upstream.split();
+        let mut to_upstream = ClientSide {
+            relay: self,
+            reader: client_read,
+            buf: client_buf,
+            upstream: upstream_write,
+            pending_from: 0,
+            skip_until_sync: false,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            expectations: expectations.clone(),
+            inject: inject_tx,
+        };
+        let mut to_client = UpstreamSide {
+            relay: self,
+            reader: upstream_read,
+            buf: upstream_buf,
+            expectations,
+            local: VecDeque::new(),
+            simple: None,
+        };
+        let end = tokio::select! {
+            end = to_upstream.run() => end,
+            end = to_client.run(&mut client_write, inject_rx) => end,
+        };
+        match &end {
+            End::ClientViolation(fatal) => {
+                let _ = client_write.write_all(fatal).await;
+            }
+            End::UpstreamClosed => {
+                let fatal = codec::error_response(
+                    Severity::Fatal,
+                    "08006",
+                    "the upstream server closed the connection",
+                    Some("Airlock lost its connection to the upstream; reconnect to start a new session."),
+                    None,
+                );
+                let _ = client_write.write_all(&fatal).await;
+            }
+            _ => {}
+        }
+        end
+    }
+}
+
+fn marker() -> String {
+    format!("airlock_refused_{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+fn refusal_error(denial: &Denial) -> Bytes {
+    let (code, message, detail) = match denial.kind {
+        DenialKind::Policy => ("42501", format!("airlock: {}", denial.message), None),
+        DenialKind::Rejected => ("42501", format!("airlock: {}", denial.message), None),
+        DenialKind::Expired => ("57014", format!("airlock: {}", denial.message), None),
+        DenialKind::Canceled => (
+            "57014",
+            "canceling statement due to user request".to_string(),
+            Some(format!("airlock: {}", denial.message)),
+        ),
+        DenialKind::Unavailable => ("58000", format!("airlock: {}", denial.message), None),
+    };
+    codec::error_response(Severity::Error, code, &message, detail.as_deref(), None)
+}
+
+struct ClientSide<'r, 'a, R, W> {
+    relay: &'r Relay<'a>,
+    reader: R,
+    buf: BytesMut,
+    upstream: W,
+    /// Start of the bytes in `buf` that are yet to be forwarded.
+    pending_from: usize,
+    /// After a refusal in the extended protocol, the rest of the batch is dropped up to Sync,
+    /// exactly as the upstream would skip it after an error.
+    skip_until_sync: bool,
+    statements: HashMap<String, Prepared>,
+    portals: HashMap<String, Portal>,
+    expectations: Expectations,
+    inject: mpsc::UnboundedSender<Bytes>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
+    async fn run(&mut self) -> End {
+        loop {
+            match self.process_buffered().await {
+                Ok(()) => {}
+                Err(end) => return end,
+            }
+            match self.reader.read_buf(&mut self.buf).await {
+                Ok(0) => return End::ClientClosed,
+                Ok(_) => {}
+                Err(e) => return End::Io(e),
+            }
+        }
+    }
+
+    fn expect(&self, items: impl IntoIterator<Item = Expect>) {
+        if let Ok(mut queue) = self.expectations.lock() {
+            queue.extend(items);
+        }
+    }
+
+    async fn flush_until(&mut self, end: usize) -> Result<(), End> {
+        if end > self.pending_from {
+            self.upstream
+                .write_all(&self.buf[self.pending_from..end])
+                .await?;
+        }
+        self.pending_from = end;
+        Ok(())
+    }
+
+    /// Handles every complete message in the buffer, then forwards what passes through.
+    async fn process_buffered(&mut self) -> Result<(), End> {
+        let mut pos = 0;
+        loop {
+            let (tag, len) = match codec::next_message(&self.buf[pos..]) {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(e) => return Err(violation(&e.to_string())),
+            };
+            let range = pos..pos + len;
+            pos += len;
+            if self.skip_until_sync && tag != b'S' {
+                self.drop_message(range).await?;
+                continue;
+            }
+            match tag {
+                b'Q' => self.on_query(range).await?,
+                b'P' => self.on_parse(range)?,
+                b'B' => self.on_bind(range)?,
+                b'E' => self.on_execute(range).await?,
+                b'C' => self.on_close(range)?,
+                b'S' => {
+                    self.skip_until_sync = false;
+                    self.expect([Expect::SyncPoint]);
+                }
+                b'D' | b'H' | b'd' | b'c' | b'f' => {}
+                b'X' => {
+                    self.flush_until(range.end).await?;
+                    return Err(End::ClientClosed);
+                }
+                b'F' => {
+                    self.drop_message(range).await?;
+                    let denial = Denial {
+                        kind: DenialKind::Policy,
+                        message: "the fast-path function call interface is not allowed through the gateway".into(),
+                    };
+                    self.refuse(&denial, true).await?;
+                }
+                other => {
+                    return Err(violation(&format!(
+                        "unexpected message type {:?} from the client",
+                        other as char
+                    )))
+                }
+            }
+        }
+        self.flush_until(pos).await?;
+        self.buf.advance(pos);
+        self.pending_from = 0;
+        Ok(())
+    }
+
+    /// Leaves a message out of what is forwarded.
+    async fn drop_message(&mut self, range: Range<usize>) -> Result<(), End> {
+        self.flush_until(range.start).await?;
+        self.pending_from = range.end;
+        Ok(())
+    }
+
+    async fn on_query(&mut self, range: Range<usize>) -> Result<(), End> {
+        let sql =
+            codec::decode_query(&self.buf[range.clone()]).map_err(|e| violation(&e.to_string()))?;
+        let classification = self.relay.gate.classifier().classify(sql);
+        let op = Operation {
+            connection: self.relay.session.connection.clone(),
+            text: Arc::from(sql),
+            params: Vec::new(),
+            classification,
+        };
+        self.decide_and_forward(range, op, true).await
+    }
+
+    fn on_parse(&mut self, range: Range<usize>) -> Result<(), End> {
+        let parse = codec::decode_parse(&self.buf[range]).map_err(|e| violation(&e.to_string()))?;
+        let prepared = Prepared {
+            sql: Arc::from(parse.query),
+            classification: self.relay.gate.classifier().classify(parse.query),
+        };
+        self.statements.insert(parse.name.to_string(), prepared);
+        Ok(())
+    }
+
+    fn on_bind(&mut self, range: Range<usize>) -> Result<(), End> {
+        let bind = codec::decode_bind(&self.buf[range]).map_err(|e| violation(&e.to_string()))?;
+        let portal = Portal {
+            statement: self.statements.get(bind.statement).cloned(),
+            params: bind.params,
+        };
+        self.portals.insert(bind.portal.to_string(), portal);
+        Ok(())
+    }
+
+    fn on_close(&mut self, range: Range<usize>) -> Result<(), End> {
+        let (kind, name) = codec::decode_target(&self.buf[range], "Close")
+            .map_err(|e| violation(&e.to_string()))?;
+        if kind == b'S' {
+            self.statements.remove(name);
+        } else {
+            self.portals.remove(name);
+        }
+        Ok(())
+    }
+
+    async fn on_execute(&mut self, range: Range<usize>) -> Result<(), End> {
+        let name = codec::decode_execute_portal(&self.buf[range.clone()])
+            .map_err(|e| violation(&e.to_string()))?;
+        let op = match self.portals.get(name) {
+            Some(Portal {
+                statement: Some(prepared),
+                params,
+            }) => Operation {
+                connection: self.relay.session.connection.clone(),
+                text: prepared.sql.clone(),
+                params: params.clone(),
+                classification: prepared.classification.clone(),
+            },
+            _ => {
+                // Not bound through this session's Parse/Bind: nothing to judge, so refuse.
+                let message = format!("portal \"{name}\" was not prepared through the gateway");
+                self.drop_message(range).await?;
+                let denial = Denial {
+                    kind: DenialKind::Policy,
+                    message,
+                };
+                return self.refuse(&denial, false).await;
+            }
+        };
+        self.decide_and_forward(range, op, false).await
+    }
+
+    /// Asks the gate; forwards on a permit, holds on require-approval, refuses otherwise.
+    async fn decide_and_forward(
+        &mut self,
+        range: Range<usize>,
+        op: Operation,
+        simple: bool,
+    ) -> Result<(), End> {
+        let relay = self.relay;
+        let verdict = match relay.gate.submit(relay.session, &op).await {
+            Submission::Permitted(permit) => Ok(permit),
+            Submission::Denied(denial) => Err(denial),
+            Submission::Held(hold) => {
+                // Everything before the held message goes now; the held one waits.
+                self.flush_until(range.start).await?;
+                let reviewers = hold.reviewers.join(", ");
+                let notice = codec::error_response(
+                    Severity::Notice,
+                    "01000",
+                    &format!(
+                        "airlock: approval request {} is waiting for review by [{reviewers}]; the statement runs once approved (expires in {})",
+                        hold.request_id,
+                        humantime::format_duration(hold.timeout)
+                    ),
+                    None,
+                    Some(&format!(
+                        "A reviewer decides with: airlock approve {id} / airlock deny {id} --reason TEXT. Cancel the query to withdraw it.",
+                        id = hold.request_id
+                    )),
+                );
+                let _ = self.inject.send(notice);
+                let signal = relay.cancel.hold();
+                let reader = &mut self.reader;
+                let buf = &mut self.buf;
+                let withdraw = async {
+                    tokio::select! {
+                        _ = signal.notified() => {}
+                        _ = wait_for_eof(reader, buf) => {}
+                    }
+                };
+                let verdict = hold.resolve(withdraw).await;
+                relay.cancel.release();
+                verdict
+            }
+        };
+        match verdict {
+            Ok(permit) => {
+                self.expect(
+                    [Expect::Outcome {
+                        event: permit.event(),
+                        simple,
+                    }]
+                    .into_iter()
+                    .chain(simple.then_some(Expect::SyncPoint)),
+                );
+                Ok(())
+            }
+            Err(denial) => {
+                self.drop_message(range).await?;
+                self.refuse(&denial, simple).await
+            }
+        }
+    }
+
+    /// Sends the upstream a message that can only fail, to be rewritten into `denial`.
+    async fn refuse(&mut self, denial: &Denial, simple: bool) -> Result<(), End> {
+        tracing::info!(session = self.relay.session.id, reason = %denial.message, "refused");
+        let marker = marker();
+        let error = refusal_error(denial);
+        let failing = if simple {
+            self.expect([
+                Expect::Refusal {
+                    marker: marker.clone(),
+                    error,
+                },
+                Expect::SyncPoint,
+            ]);
+            codec::failing_query(&marker)
+        } else {
+            self.skip_until_sync = true;
+            self.expect([Expect::Refusal {
+                marker: marker.clone(),
+                error,
+            }]);
+            codec::failing_parse(&marker)
+        };
+        self.upstream.write_all(&failing).await?;
+        Ok(())
+    }
+}
+
+fn violation(what: &str) -> End {
+    End::ClientViolation(codec::error_response(
+        Severity::Fatal,
+        "08P01",
+        &format!("invalid message from the client: {what}"),
+        None,
+        None,
+    ))
+}
+
+/// Reads (and keeps) client bytes while a statement is held, returning when the client goes.
+async fn wait_for_eof<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) {
+    loop {
+        if buf.len() > codec::MAX_MESSAGE_LEN {
+            return std::future::pending().await;
+        }
+        match reader.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+struct UpstreamSide<'r, 'a, R> {
+    relay: &'r Relay<'a>,
+    reader: R,
+    buf: BytesMut,
+    expectations: Expectations,
+    /// Expectations taken from the shared queue, oldest first.
+    local: VecDeque<Expect>,
+    /// Tags seen so far for the simple Query being answered: (last tag, rows).
+    simple: Option<(String, u64)>,
+}
+
+impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
+    async fn run<W: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut W,
+        mut inject: mpsc::UnboundedReceiver<Bytes>,
+    ) -> End {
+        loop {
+            if let Err(end) = self.forward_buffered(client).await {
+                return end;
+            }
+            tokio::select! {
+                biased;
+                Some(msg) = inject.recv() => {
+                    if let Err(e) = client.write_all(&msg).await {
+                        return End::Io(e);
+                    }
+                }
+                read = self.reader.read_buf(&mut self.buf) => match read {
+                    Ok(0) => return End::UpstreamClosed,
+                    Ok(_) => {}
+                    Err(_) => return End::UpstreamClosed,
+                }
+            }
+        }
+    }
+
+    fn take_expectations(&mut self) {
+        if let Ok(mut shared) = self.expectations.lock() {
+            self.local.extend(shared.drain(..));
+        }
+    }
+
+    async fn forward_buffered<W: AsyncWrite + Unpin>(&mut self, client: &mut W) -> Result<(), End> {
+        let mut pos = 0;
+        let mut from = 0;
+        let mut took = false;
+        loop {
+            let (tag, len) = match codec::next_message(&self.buf[pos..]) {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(_) => return Err(End::UpstreamClosed),
+            };
+            let range = pos..pos + len;
+            pos += len;
+            if !matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's') {
+                continue;
+            }
+            if !took {
+                self.take_expectations();
+                took = true;
+            }
+            if let Some(replacement) = self.on_tracked(tag, range.clone()) {
+                client.write_all(&self.buf[from..range.start]).await?;
+                client.write_all(&replacement).await?;
+                from = range.end;
+            }
+        }
+        if pos > from {
+            client.write_all(&self.buf[from..pos]).await?;
+        }
+        self.buf.advance(pos);
+        Ok(())
+    }
+
+    fn outcome(
+        &self,
+        event: Option<i64>,
+        status: OutcomeStatus,
+        tag: Option<String>,
+        error: Option<String>,
+    ) {
+        if let Some(event) = event {
+            let rows = tag.as_deref().and_then(codec::rows_of_tag);
+            self.relay
+                .gate
+                .record_outcome(self.relay.session, event, status, rows, tag, error);
+        }
+    }
+
+    /// Tracks one response message; returns a replacement when it must be rewritten.
+    fn on_tracked(&mut self, tag: u8, range: Range<usize>) -> Option<Bytes> {
+        match tag {
+            b'C' | b'I' | b's' => {
+                let command = if tag == b'C' {
+                    Some(codec::decode_command_tag(&self.buf[range]))
+                } else {
+                    None
+                };
+                match self.local.front() {
+                    Some(Expect::Outcome { simple: true, .. }) => {
+                        if let Some(command) = command {
+                            let rows = codec::rows_of_tag(&command).unwrap_or(0);
+                            let total = self.simple.as_ref().map_or(0, |(_, r)| *r) + rows;
+                            self.simple = Some((command, total));
+                        }
+                    }
+                    Some(Expect::Outcome {
+                        simple: false,
+                        event,
+                    }) => {
+                        let event = *event;
+                        self.local.pop_front();
+                        self.outcome(event, OutcomeStatus::Ok, command, None);
+                    }
+                    _ => {}
+                }
+                None
+            }
+            b'E' => {
+                // A refusal pending in this segment whose marker this error carries?
+                let msg = &self.buf[range];
+                let refusal = self
+                    .local
+                    .iter()
+                    .take_while(|e| !matches!(e, Expect::SyncPoint))
+                    .position(|e| matches!(e, Expect::Refusal { marker, .. } if contains(msg, marker.as_bytes())));
+                if let Some(index) = refusal {
+                    if let Some(Expect::Refusal { error, .. }) = self.local.remove(index) {
+                        return Some(error);
+                    }
+                    return None;
+                }
+                let fields = codec::decode_fields(msg);
+                let text = codec::field(&fields, b'M').unwrap_or("error").to_string();
+                match self.local.front() {
+                    Some(Expect::Outcome { event, simple }) => {
+                        let (event, simple) = (*event, *simple);
+                        self.local.pop_front();
+                        if simple {
+                            self.simple = None;
+                        }
+                        self.outcome(event, OutcomeStatus::Error, None, Some(text));
+                    }
+                    _ => {}
+                }
+                None
+            }
+            b'Z' => {
+                while let Some(expect) = self.local.pop_front() {
+                    match expect {
+                        Expect::SyncPoint => break,
+                        Expect::Outcome {
+                            event,
+                            simple: true,
+                        } => {
+                            let done = self.simple.take();
+                            let (tag, rows) = match done {
+                                Some((tag, rows)) => (Some(tag), rows),
+                                None => (None, 0),
+                            };
+                            if let Some(event) = event {
+                                self.relay.gate.record_outcome(
+                                    self.relay.session,
+                                    event,
+                                    OutcomeStatus::Ok,
+                                    Some(rows),
+                                    tag,
+                                    None,
+                                );
+                            }
+                        }
+                        Expect::Outcome {
+                            event,
+                            simple: false,
+                        } => self.outcome(event, OutcomeStatus::NotRun, None, None),
+                        // The upstream skipped it after an earlier error, which the client saw.
+                        Expect::Refusal { .. } => {}
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,139 @@
+//! `airlock serve`: loads and validates the config, opens the store, seals the upstream
+//! credentials into it, creates the bootstrap admin token on first start, and runs the API and
+//! protocol listeners until SIGINT/SIGTERM.
+
+use airlock_api::{router, ApiState};
+use airlock_core::config::{Config, ConnectionKind, LoadedConfig};
+use airlock_core::gate::Gate;
+use airlock_core::sealer::{create_private, Sealer};
+use airlock_core::store::{Store, StoredConnection};
+use airlock_postgres::upstream::UpstreamTarget;
+use airlock_postgres::PgGateway;
+use airlock_store::SqliteStore;
+use anyhow::{bail, Context};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let LoadedConfig { config, policies } = match &config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::parse("", "<defaults>", None)?,
+    };
+    let store = open_store(&config.store).await?;
+    let sealer = Sealer::load_or_create(Path::new(&config.secret_key_file))?;
+    for c in &config.connections {
+        store
+            .upsert_connection(&StoredConnection {
+                name: c.name.clone(),
+                kind: format!("{:?}", c.kind).to_lowercase(),
+                address: c.address.clone(),
+                database: c.database.clone(),
+                user: c.user.clone(),
+                sealed_password: c.password.as_ref().map(|p| sealer.seal(p.expose().as_bytes())),
+            })
+            .await
+            .context("storing connections")?;
+    }
+
+    let gate = Arc::new(Gate::new(store.clone(), policies, config.identity.agent_tokens));
+    bootstrap_admin(&gate, &config).await?;
+
+    let targets: HashMap<String, UpstreamTarget> = config
+        .connections
+        .iter()
+        .filter(|c| c.kind == ConnectionKind::Postgres)
+        .map(|c| {
+            (
+                c.name.clone(),
+                UpstreamTarget {
+                    address: c.address.clone(),
+                    database: c.database_or_default().to_string(),
+                    user: c.user.clone().unwrap_or_default(),
+                    password: c.password.clone(),
+                },
+            )
+        })
+        .collect();
+
+    let api_listener = bind(&config.listen.api, "api").await?;
+    let pg_listener = bind(&config.listen.postgres, "postgres").await?;
+    tracing::info!(
+        api = %config.listen.api,
+        postgres = %config.listen.postgres,
+        connections = config.connections.len(),
+        "airlock is serving (MySQL, SSH and HTTP listeners are not part of this version)"
+    );
+
+    let api = router(ApiState {
+        gate: gate.clone(),
+        config: Arc::new(config),
+    });
+    let pg = PgGateway::new(gate.clone(), targets);
+    tokio::select! {
+        result = axum::serve(api_listener, api) => result.context("API listener failed")?,
+        result = pg.serve(pg_listener) => result.context("PostgreSQL listener failed")?,
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    gate.flush().await;
+    Ok(())
+}
+
+async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        bail!("store `{url}`: a PostgreSQL store is not supported by this version yet; use sqlite://PATH");
+    }
+    let store = SqliteStore::open(url)
+        .await
+        .with_context(|| format!("opening the store {url}"))?;
+    Ok(Arc::new(store))
+}
+
+async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} ({what})"))
+}
+
+/// On first start (no tokens at all), mints an admin token and writes it, mode 0600, to
+/// `admin.token` beside the store. The token itself is never logged.
+async fn bootstrap_admin(gate: &Gate, config: &Config) -> anyhow::Result<()> {
+    if gate.store().count_tokens().await? > 0 {
+        return Ok(());
+    }
+    let dir = config.data_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("admin.token");
+    let minted = gate
+        .identity()
+        .mint("bootstrap-admin", config.admin_groups.clone(), None)
+        .await?;
+    if path.exists() {
+        std::fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    let mut file = create_private(&path).with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{}", minted.token)?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "created the bootstrap admin token; read it from this file");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+}
