@@ -267,7 +267,8 @@ fn stricter<'a>(current: Option<Candidate<'a>>, next: Candidate<'a>) -> Option<C
 }
 
 /// Decides an operation. Most restrictive wins across statements, kinds and rules:
-/// deny over require-approval over allow. Unmatched kinds and unparseable SQL take the applicable
+/// deny over require-approval over allow. Transaction control no rule names is allowed. Other
+/// unmatched kinds and unparseable SQL take the applicable
 /// policies' `default` (deny unless every applicable policy says allow).
 pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision {
     let applicable: Vec<&CompiledPolicy> = set
@@ -343,6 +344,15 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
                     }
                 }
                 let for_kind = for_kind.unwrap_or_else(|| {
+                    if kind == StatementKind::Transaction {
+                        // BEGIN/COMMIT/ROLLBACK/SAVEPOINT change no data; drivers send them on
+                        // their own. A rule that names TRANSACTION still decides them.
+                        return Candidate {
+                            action: Action::Allow,
+                            policy: None,
+                            rule: Some("implicit: transaction control".into()),
+                        };
+                    }
                     fallback(format!(
                         "no rule allows {kind} on connection `{}`",
                         op.connection
@@ -509,6 +519,15 @@ policies:
             decide_sql(&["lenient"], "staging", "drop table t").action,
             Action::Deny { .. }
         ));
+    }
+
+    #[test]
+    fn transaction_control_is_implicitly_allowed_unless_a_rule_names_it() {
+        let d = decide_sql(&["agents"], "prod", "begin");
+        assert_eq!(d.action, Action::Allow);
+        assert_eq!(d.rule.as_deref(), Some("implicit: transaction control"));
+        assert!(matches!(decide_sql(&["agents"], "prod", "begin; delete from t; commit").action, Action::RequireApproval(_)));
+        assert!(matches!(decide_sql(&["someone"], "prod", "begin").action, Action::Deny { .. }));
     }
 
     #[test]
