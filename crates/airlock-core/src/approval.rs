@@ -84,13 +84,28 @@ impl Approvals {
         if record.state != ApprovalState::Pending {
             return Err(VoteError::NotPending(id, record.state.as_str()));
         }
+        let now = now_millis();
+        if now >= record.request.expires_at {
+            // Its session may be gone and no timer left to expire it: do it here.
+            self.store
+                .finish_approval(
+                    id,
+                    ApprovalState::Expired,
+                    "no decision before the timeout",
+                    now,
+                )
+                .await
+                .map_err(VoteError::Store)?;
+            self.notify(id, ApprovalState::Expired);
+            return Err(VoteError::NotPending(id, ApprovalState::Expired.as_str()));
+        }
         let vote = Vote {
             reviewer_subject: reviewer.subject.clone(),
             reviewer_name: reviewer.name.clone(),
             reviewer_groups: reviewer.groups.clone(),
             approve,
             reason,
-            at: now_millis(),
+            at: now,
         };
         let updated = self.store.cast_vote(id, &vote).await.map_err(|e| match e {
             StoreError::NotFound => VoteError::NotFound(id),
@@ -119,6 +134,10 @@ impl Approvals {
             .or_insert_with(|| watch::channel(ApprovalState::Pending).0)
             .subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut abandoned = AbandonGuard {
+            store: Some(self.store.clone()),
+            id,
+        };
         tokio::pin!(withdraw);
         let mut withdrawn = false;
         let mut watching = true;
@@ -140,10 +159,38 @@ impl Approvals {
                 None => return Err(StoreError::NotFound),
             }
         };
+        abandoned.store = None;
         if let Ok(mut watchers) = self.watchers.lock() {
             watchers.remove(&id);
         }
         Ok(result)
+    }
+}
+
+/// A wait that is dropped before the request settles (its session died) withdraws the
+/// request, so it can never be approved with no one left to run it.
+struct AbandonGuard {
+    store: Option<Arc<dyn Store>>,
+    id: i64,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            let id = self.id;
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = store
+                        .finish_approval(
+                            id,
+                            ApprovalState::Canceled,
+                            "the session ended",
+                            now_millis(),
+                        )
+                        .await;
+                });
+            }
+        }
     }
 }
 

@@ -200,16 +200,37 @@ pub fn classify(sql: &str) -> Classification {
         };
         let kind = top_level_kind(node);
         let mut kinds = vec![kind];
-        match serde_json::to_value(node) {
-            Ok(tree) => collect_nested_writes(&tree, &mut kinds),
-            // Cannot look inside: treat it as something no rule can name.
-            Err(_) => kinds.push(StatementKind::Other),
+        if may_nest_statements(node, sql) {
+            match serde_json::to_value(node) {
+                Ok(tree) => collect_nested_writes(&tree, &mut kinds),
+                // Cannot look inside: treat it as something no rule can name.
+                Err(_) => kinds.push(StatementKind::Other),
+            }
         }
         kinds.sort();
         kinds.dedup();
         statements.push(ClassifiedStatement { kind, kinds });
     }
     Classification::Parsed(statements)
+}
+
+/// Whether a statement can contain another. Inside SELECT, INSERT, UPDATE, DELETE and MERGE a
+/// statement can only nest through a WITH clause, and a text without the letters `with` has
+/// none; every other statement kind (EXPLAIN, COPY, PREPARE, CREATE …) is always walked.
+fn may_nest_statements(node: &NodeEnum, sql: &str) -> bool {
+    let plain_dml = matches!(
+        node,
+        NodeEnum::SelectStmt(_)
+            | NodeEnum::InsertStmt(_)
+            | NodeEnum::UpdateStmt(_)
+            | NodeEnum::DeleteStmt(_)
+            | NodeEnum::MergeStmt(_)
+    );
+    !plain_dml
+        || sql
+            .as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"with"))
 }
 
 /// Walks the whole serialized parse tree. Node variants appear as object keys
@@ -379,6 +400,14 @@ mod tests {
         assert_eq!(
             kinds("select * from (select 1) s where exists (select 1)"),
             vec![vec![K::Select]]
+        );
+        assert_eq!(
+            kinds("select * from (with d as (delete from t returning *) select * from d) s"),
+            vec![vec![K::Select, K::Delete]]
+        );
+        assert_eq!(
+            kinds("insert into t wItH x as (update t set a = 1 returning *) select * from x"),
+            vec![vec![K::Insert, K::Update]]
         );
         assert_eq!(
             kinds("explain analyze delete from t"),

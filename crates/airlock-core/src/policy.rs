@@ -526,8 +526,14 @@ policies:
         let d = decide_sql(&["agents"], "prod", "begin");
         assert_eq!(d.action, Action::Allow);
         assert_eq!(d.rule.as_deref(), Some("implicit: transaction control"));
-        assert!(matches!(decide_sql(&["agents"], "prod", "begin; delete from t; commit").action, Action::RequireApproval(_)));
-        assert!(matches!(decide_sql(&["someone"], "prod", "begin").action, Action::Deny { .. }));
+        assert!(matches!(
+            decide_sql(&["agents"], "prod", "begin; delete from t; commit").action,
+            Action::RequireApproval(_)
+        ));
+        assert!(matches!(
+            decide_sql(&["someone"], "prod", "begin").action,
+            Action::Deny { .. }
+        ));
     }
 
     #[test]

@@ -11,6 +11,8 @@ const MAX_BATCH: usize = 512;
 
 type Reply = oneshot::Sender<Result<i64, StoreError>>;
 
+// Events are nearly every item; boxing them to shrink the rare Flush would allocate per event.
+#[allow(clippy::large_enum_variant)]
 enum Item {
     Event(NewEvent, Option<Reply>),
     /// Answered once everything queued before it is written.

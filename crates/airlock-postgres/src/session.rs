@@ -571,16 +571,13 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                 }
                 let fields = codec::decode_fields(msg);
                 let text = codec::field(&fields, b'M').unwrap_or("error").to_string();
-                match self.local.front() {
-                    Some(Expect::Outcome { event, simple }) => {
-                        let (event, simple) = (*event, *simple);
-                        self.local.pop_front();
-                        if simple {
-                            self.simple = None;
-                        }
-                        self.outcome(event, OutcomeStatus::Error, None, Some(text));
+                if let Some(Expect::Outcome { event, simple }) = self.local.front() {
+                    let (event, simple) = (*event, *simple);
+                    self.local.pop_front();
+                    if simple {
+                        self.simple = None;
                     }
-                    _ => {}
+                    self.outcome(event, OutcomeStatus::Error, None, Some(text));
                 }
                 None
             }

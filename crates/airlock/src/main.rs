@@ -1,8 +1,92 @@
+//! The `airlock` binary: parses the command line and hands each command to its module. Owns
+//! the exit status contract: 0 on success, 1 on any error with one `error: …` line on stderr
+//! (usage errors included, so a script never mistakes one for a command's own status).
+
+mod approvals;
+mod cli;
+mod client;
+mod config_check;
+mod explain;
+mod output;
 mod serve;
+mod sessions;
+mod tokens;
+mod when;
+
+use clap::Parser;
+use cli::{
+    ApprovalsCommand, Cli, Command, ConfigCommand, PolicyCommand, SessionsCommand, TokensCommand,
+};
+use std::io::IsTerminal;
+use std::process::ExitCode;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    let config = std::env::args().nth(3).map(std::path::PathBuf::from);
-    serve::run(config).await
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(&cli).await {
+        Ok(code) => code,
+        // Like `cat | head`: the reader leaving early is not our failure.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Serve { config } => {
+            init_tracing();
+            serve::run(config.clone()).await?;
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            return config_check::run(file, cli.output)
+        }
+        Command::Policy(PolicyCommand::Explain(args)) => explain::run(cli, args).await?,
+        Command::Approvals(ApprovalsCommand::List { state }) => {
+            approvals::list(cli, *state).await?
+        }
+        Command::Approvals(ApprovalsCommand::Show { id }) => approvals::show(cli, *id).await?,
+        Command::Approve {
+            id,
+            reason,
+            replace_with,
+        } => approvals::approve(cli, *id, reason.as_deref(), replace_with.as_deref()).await?,
+        Command::Deny { id, reason } => approvals::deny(cli, *id, reason).await?,
+        Command::Sessions(SessionsCommand::List { since, limit }) => {
+            sessions::list(cli, *since, *limit).await?
+        }
+        Command::Sessions(SessionsCommand::Show { id }) => sessions::show(cli, *id).await?,
+        Command::Sessions(SessionsCommand::Export { format, since }) => {
+            sessions::export(cli, *format, *since).await?
+        }
+        Command::Tokens(TokensCommand::Create { name, groups, ttl }) => {
+            tokens::create(cli, name, groups, ttl.as_deref()).await?
+        }
+        Command::Tokens(TokensCommand::List) => tokens::list(cli).await?,
+        Command::Tokens(TokensCommand::Revoke { id }) => tokens::revoke(cli, id).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`); only the gateway logs.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }

@@ -32,13 +32,20 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 address: c.address.clone(),
                 database: c.database.clone(),
                 user: c.user.clone(),
-                sealed_password: c.password.as_ref().map(|p| sealer.seal(p.expose().as_bytes())),
+                sealed_password: c
+                    .password
+                    .as_ref()
+                    .map(|p| sealer.seal(p.expose().as_bytes())),
             })
             .await
             .context("storing connections")?;
     }
 
-    let gate = Arc::new(Gate::new(store.clone(), policies, config.identity.agent_tokens));
+    let gate = Arc::new(Gate::new(
+        store.clone(),
+        policies,
+        config.identity.agent_tokens,
+    ));
     bootstrap_admin(&gate, &config).await?;
 
     let targets: HashMap<String, UpstreamTarget> = config

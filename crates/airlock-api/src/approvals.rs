@@ -1,0 +1,125 @@
+//! `/api/v1/approvals`: the approval queue as each caller may see it (admins, the requester,
+//! the rule's reviewers), and reviewers' votes. The rules of voting (no self-approval, only the
+//! rule's reviewer groups) are enforced by the core; this module only maps their answers.
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::ApiState;
+use airlock_core::approval::can_view;
+use airlock_core::store::{ApprovalRecord, ApprovalState};
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VoteBody {
+    reason: Option<String>,
+}
+
+/// Votes may be cast with no body at all (`curl -X POST …/approve`), so the body is parsed
+/// by hand rather than through `Json`, which insists on a content type.
+fn vote_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+}
+
+fn reason_of(body: VoteBody) -> Option<String> {
+    body.reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+}
+
+fn parse_state(state: Option<&str>) -> Result<Option<ApprovalState>, ApiError> {
+    match state {
+        None | Some("") => Ok(None),
+        Some(s) => ApprovalState::parse(s).map(Some).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown state `{s}`; use pending, approved, denied, expired or canceled"
+            ))
+        }),
+    }
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<ApprovalRecord>>, ApiError> {
+    let Query(query) = query?;
+    let filter = parse_state(query.state.as_deref())?;
+    let records = state.gate.store().list_approvals(filter).await?;
+    Ok(Json(
+        records
+            .into_iter()
+            .filter(|r| can_view(&caller.identity, r, &state.config.admin_groups))
+            .collect(),
+    ))
+}
+
+pub async fn show(
+    State(state): State<ApiState>,
+    caller: Caller,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<ApprovalRecord>, ApiError> {
+    let Path(id) = id?;
+    let not_found = || ApiError::NotFound(format!("approval request {id} does not exist"));
+    // A request the caller may not see is answered exactly like a missing one, so its
+    // existence does not leak.
+    match state.gate.store().get_approval(id).await? {
+        Some(record) if can_view(&caller.identity, &record, &state.config.admin_groups) => {
+            Ok(Json(record))
+        }
+        _ => Err(not_found()),
+    }
+}
+
+pub async fn approve(
+    State(state): State<ApiState>,
+    caller: Caller,
+    id: Result<Path<i64>, PathRejection>,
+    body: Bytes,
+) -> Result<Json<ApprovalRecord>, ApiError> {
+    let Path(id) = id?;
+    let reason = reason_of(vote_body(&body)?);
+    let record = state
+        .gate
+        .approvals()
+        .vote(&caller.identity, id, true, reason)
+        .await?;
+    tracing::info!(request = id, reviewer = %caller.identity.subject, state = record.state.as_str(), "approval vote");
+    Ok(Json(record))
+}
+
+pub async fn deny(
+    State(state): State<ApiState>,
+    caller: Caller,
+    id: Result<Path<i64>, PathRejection>,
+    body: Bytes,
+) -> Result<Json<ApprovalRecord>, ApiError> {
+    let Path(id) = id?;
+    let Some(reason) = reason_of(vote_body(&body)?) else {
+        return Err(ApiError::BadRequest(
+            "a denial needs a reason: send {\"reason\": \"…\"}".into(),
+        ));
+    };
+    let record = state
+        .gate
+        .approvals()
+        .vote(&caller.identity, id, false, Some(reason))
+        .await?;
+    tracing::info!(request = id, reviewer = %caller.identity.subject, state = record.state.as_str(), "denial vote");
+    Ok(Json(record))
+}

@@ -1,0 +1,52 @@
+//! `/api/v1/connections`: the configured upstreams a caller may use (admins: all). Only the
+//! public part of each definition is shown; the upstream password never leaves the gateway.
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::ApiState;
+use airlock_core::config::ConnectionKind;
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct ConnectionView {
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    address: String,
+    database: Option<String>,
+    user: Option<String>,
+}
+
+fn kind_name(kind: ConnectionKind) -> &'static str {
+    match kind {
+        ConnectionKind::Postgres => "postgres",
+        ConnectionKind::Mysql => "mysql",
+        ConnectionKind::Ssh => "ssh",
+        ConnectionKind::Http => "http",
+        ConnectionKind::Kubernetes => "kubernetes",
+    }
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<ConnectionView>>, ApiError> {
+    let policies = state.gate.policies();
+    let views = state
+        .config
+        .connections
+        .iter()
+        .filter(|c| caller.admin || policies.grants_connection(&caller.identity, &c.name))
+        // Built field by field (never by serializing the config) so a password cannot slip in.
+        .map(|c| ConnectionView {
+            name: c.name.clone(),
+            kind: kind_name(c.kind),
+            address: c.address.clone(),
+            database: c.database.clone(),
+            user: c.user.clone(),
+        })
+        .collect();
+    Ok(Json(views))
+}

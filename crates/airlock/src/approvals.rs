@@ -1,0 +1,186 @@
+//! `airlock approvals list|show`, `airlock approve` and `airlock deny`: the reviewer's side of
+//! a held operation, over the API.
+
+use crate::cli::{Cli, Output, StateFilter};
+use crate::client::Client;
+use crate::output;
+use airlock_core::store::{ApprovalRecord, ApprovalState};
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+fn record(value: Value) -> anyhow::Result<ApprovalRecord> {
+    serde_json::from_value(value)
+        .context("the server sent an approval request this CLI cannot read")
+}
+
+fn approvals_count(r: &ApprovalRecord) -> String {
+    let yes = r.votes.iter().filter(|v| v.approve).count();
+    format!("{yes} of {} needed", r.request.approvals_needed)
+}
+
+pub async fn list(cli: &Cli, state: Option<StateFilter>) -> anyhow::Result<()> {
+    let query: Vec<(&str, String)> = state
+        .map(|s| ("state", s.as_str().to_string()))
+        .into_iter()
+        .collect();
+    let value = Client::new(cli)?.get("/api/v1/approvals", &query).await?;
+    if cli.output == Output::Json {
+        return output::emit(&output::json(&value));
+    }
+    let records: Vec<ApprovalRecord> = serde_json::from_value(value)
+        .context("the server sent approval requests this CLI cannot read")?;
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.state.as_str().to_string(),
+                r.request.requester_name.clone(),
+                r.request.connection.clone(),
+                output::list(&r.request.statement_kinds),
+                output::one_line(&r.request.operation, 60),
+                output::time(r.request.created_at),
+                output::time(r.request.expires_at),
+            ]
+        })
+        .collect();
+    output::emit(&output::table(
+        &[
+            "ID",
+            "STATE",
+            "REQUESTER",
+            "CONNECTION",
+            "KINDS",
+            "OPERATION",
+            "CREATED",
+            "EXPIRES",
+        ],
+        &rows,
+        "no approval requests",
+    ))
+}
+
+pub async fn show(cli: &Cli, id: i64) -> anyhow::Result<()> {
+    let value = Client::new(cli)?
+        .get(&format!("/api/v1/approvals/{id}"), &[])
+        .await?;
+    if cli.output == Output::Json {
+        return output::emit(&output::json(&value));
+    }
+    let r = record(value)?;
+    let q = &r.request;
+    let params = if q.params.is_empty() {
+        "-".to_string()
+    } else {
+        q.params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p {
+                Some(v) => format!("${} = '{}'", i + 1, v.replace('\'', "''")),
+                None => format!("${} = NULL", i + 1),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut rows = vec![
+        (
+            "identity",
+            format!("{} ({})", q.requester_name, q.requester_subject),
+        ),
+        ("groups", output::list(&q.requester_groups)),
+        (
+            "connection",
+            format!(
+                "{} ({}, session {})",
+                q.connection, q.protocol, q.session_id
+            ),
+        ),
+        ("operation", q.operation.clone()),
+        ("parameters", params),
+        ("statement kinds", output::list(&q.statement_kinds)),
+        ("policy", q.policy.clone()),
+        ("rule", q.rule.clone()),
+        ("reviewers", output::list(&q.reviewers)),
+        ("approvals", approvals_count(&r)),
+        ("created", output::time(q.created_at)),
+        ("expires", output::time(q.expires_at)),
+    ];
+    if r.state != ApprovalState::Pending {
+        rows.push(("decided", output::opt_time(r.decided_at)));
+        rows.push(("reason", output::opt(r.reason.as_deref()).to_string()));
+    }
+    let votes = if r.votes.is_empty() {
+        "none yet".to_string()
+    } else {
+        r.votes
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {} by {} ({}){}",
+                    output::time(v.at),
+                    if v.approve { "approved" } else { "denied" },
+                    v.reviewer_name,
+                    v.reviewer_subject,
+                    v.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    rows.push(("votes", votes));
+    output::emit(&format!(
+        "Approval request {}: {}\n{}",
+        r.id,
+        r.state.as_str(),
+        output::fields(&rows)
+    ))
+}
+
+fn print_vote(format: Output, value: Value) -> anyhow::Result<()> {
+    if format == Output::Json {
+        return output::emit(&output::json(&value));
+    }
+    let r = record(value)?;
+    output::emit(&match r.state {
+        ApprovalState::Pending => format!(
+            "vote recorded; approval request {} is still pending ({} approvals)\n",
+            r.id,
+            approvals_count(&r)
+        ),
+        state => format!("approval request {} is now {}\n", r.id, state.as_str()),
+    })
+}
+
+pub async fn approve(
+    cli: &Cli,
+    id: i64,
+    reason: Option<&str>,
+    replace_with: Option<&str>,
+) -> anyhow::Result<()> {
+    if replace_with.is_some() {
+        bail!("--replace-with is not supported by this version yet: approve or deny the operation as requested");
+    }
+    let value = Client::new(cli)?
+        .post(
+            &format!("/api/v1/approvals/{id}/approve"),
+            &json!({ "reason": reason }),
+        )
+        .await?;
+    print_vote(cli.output, value)
+}
+
+pub async fn deny(cli: &Cli, id: i64, reason: &str) -> anyhow::Result<()> {
+    if reason.trim().is_empty() {
+        bail!("a denial needs a reason: --reason TEXT");
+    }
+    let value = Client::new(cli)?
+        .post(
+            &format!("/api/v1/approvals/{id}/deny"),
+            &json!({ "reason": reason }),
+        )
+        .await?;
+    print_vote(cli.output, value)
+}
