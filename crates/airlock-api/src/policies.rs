@@ -5,14 +5,11 @@
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::ApiState;
-use airlock_core::identity::{AuthMethod, Identity};
-use airlock_core::operation::Operation;
-use airlock_core::policy::{decide, Decision};
+use airlock_core::policy::{self, Explanation};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use serde::Deserialize;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,12 +17,6 @@ pub struct ExplainBody {
     groups: Vec<String>,
     connection: String,
     sql: String,
-}
-
-#[derive(Serialize)]
-pub struct Explanation {
-    decision: Decision,
-    statement_kinds: Vec<String>,
 }
 
 pub async fn explain(
@@ -47,24 +38,12 @@ pub async fn explain(
         .map(|g| g.trim().to_string())
         .filter(|g| !g.is_empty())
         .collect();
-    let identity = Identity {
-        subject: "explain".into(),
-        name: format!("a member of [{}]", groups.join(", ")),
-        groups,
-        method: AuthMethod::AgentToken,
-        expires_at: None,
-    };
     let classification = state.gate.classifier().classify(&body.sql);
-    let statement_kinds = classification.kind_names();
-    let op = Operation {
-        connection: body.connection,
-        text: Arc::from(body.sql),
-        params: Vec::new(),
+    Ok(Json(policy::explain(
+        &state.gate.policies(),
+        groups,
+        &body.connection,
+        &body.sql,
         classification,
-    };
-    let decision = decide(&state.gate.policies(), &identity, &op);
-    Ok(Json(Explanation {
-        decision,
-        statement_kinds,
-    }))
+    )))
 }

@@ -379,6 +379,41 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
     }
 }
 
+/// What the policy would decide for a member of `groups` running `sql` on `connection`, for
+/// `airlock policy explain`: nothing runs and nothing is recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    pub decision: Decision,
+    pub statement_kinds: Vec<String>,
+}
+
+pub fn explain(
+    set: &PolicySet,
+    groups: Vec<String>,
+    connection: &str,
+    sql: &str,
+    classification: std::sync::Arc<crate::classify::Classification>,
+) -> Explanation {
+    let identity = Identity {
+        subject: "explain".into(),
+        name: format!("a member of [{}]", groups.join(", ")),
+        groups,
+        method: crate::identity::AuthMethod::AgentToken,
+        expires_at: None,
+    };
+    let statement_kinds = classification.kind_names();
+    let op = Operation {
+        connection: connection.to_string(),
+        text: std::sync::Arc::from(sql),
+        params: Vec::new(),
+        classification,
+    };
+    Explanation {
+        decision: decide(set, &identity, &op),
+        statement_kinds,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

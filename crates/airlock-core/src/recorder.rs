@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 
 const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 512;
+const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 type Reply = oneshot::Sender<Result<i64, StoreError>>;
 
@@ -17,6 +18,12 @@ enum Item {
     Event(NewEvent, Option<Reply>),
     /// Answered once everything queued before it is written.
     Flush(oneshot::Sender<()>),
+}
+
+impl Item {
+    fn is_awaited(&self) -> bool {
+        matches!(self, Item::Event(_, Some(_)) | Item::Flush(_))
+    }
 }
 
 #[derive(Clone)]
@@ -31,6 +38,17 @@ impl Recorder {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                // Outcomes nobody waits for linger briefly, to share the commit of the next
+                // event somebody does wait for.
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while batch.len() < MAX_BATCH && !batch.iter().any(Item::is_awaited) {
+                    let room = MAX_BATCH - batch.len();
+                    let more = rx.recv_many(&mut batch, room);
+                    match tokio::time::timeout_at(deadline, more).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
                 let mut events = Vec::with_capacity(batch.len());
                 let mut replies = Vec::with_capacity(batch.len());
                 let mut flushes = Vec::new();

@@ -99,11 +99,50 @@ impl PgGateway {
         })
     }
 
-    /// Accepts connections until the listener fails.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+    /// Serves the listener on `threads` threads, each with its own single-threaded runtime:
+    /// a session then lives on one thread and its relay never hops between threads (on a
+    /// small virtual machine a cross-thread wake-up costs more than the whole relay step).
+    /// Returns when a serving thread fails.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: std::net::TcpListener,
+        threads: usize,
+    ) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let (failed_tx, mut failed_rx) =
+            tokio::sync::mpsc::channel::<std::io::Error>(threads.max(1));
+        for index in 0..threads.max(1) {
+            let listener = listener.try_clone()?;
+            let gateway = self.clone();
+            let failed = failed_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("pg-{index}"))
+                .spawn(move || {
+                    let result = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .and_then(|runtime| {
+                            runtime.block_on(async move {
+                                gateway.accept_loop(TcpListener::from_std(listener)?).await
+                            })
+                        });
+                    if let Err(e) = result {
+                        let _ = failed.blocking_send(e);
+                    }
+                })?;
+        }
+        drop(failed_tx);
+        match failed_rx.recv().await {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
                     tracing::warn!(error = %e, "accept failed");

@@ -38,6 +38,9 @@ enum Expect {
 
 type Expectations = Arc<Mutex<VecDeque<Expect>>>;
 
+/// Room made before each read; `reserve` reuses the buffer's space once it has been consumed.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Why a session ended.
 pub enum End {
     ClientClosed,
@@ -169,6 +172,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 Ok(()) => {}
                 Err(end) => return end,
             }
+            self.buf.reserve(READ_CHUNK);
             match self.reader.read_buf(&mut self.buf).await {
                 Ok(0) => return End::ClientClosed,
                 Ok(_) => {}
@@ -457,6 +461,7 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
             if let Err(end) = self.forward_buffered(client).await {
                 return end;
             }
+            self.buf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
                 Some(msg) = inject.recv() => {

@@ -7,9 +7,7 @@ use crate::client::Client;
 use crate::output;
 use airlock_core::classify::classify;
 use airlock_core::config::Config;
-use airlock_core::identity::{AuthMethod, Identity};
-use airlock_core::operation::Operation;
-use airlock_core::policy::decide;
+use airlock_core::policy;
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -55,26 +53,14 @@ fn local(path: &Path, groups: Vec<String>, connection: &str, sql: &str) -> anyho
             path.display()
         );
     }
-    let identity = Identity {
-        subject: "explain".into(),
-        name: format!("a member of [{}]", groups.join(", ")),
+    let explanation = policy::explain(
+        &loaded.policies,
         groups,
-        method: AuthMethod::AgentToken,
-        expires_at: None,
-    };
-    let classification = Arc::new(classify(sql));
-    let statement_kinds = classification.kind_names();
-    let op = Operation {
-        connection: connection.to_string(),
-        text: Arc::from(sql),
-        params: Vec::new(),
-        classification,
-    };
-    let decision = decide(&loaded.policies, &identity, &op);
-    Ok(json!({
-        "decision": serde_json::to_value(decision).context("cannot show the decision")?,
-        "statement_kinds": statement_kinds,
-    }))
+        connection,
+        sql,
+        Arc::new(classify(sql)),
+    );
+    serde_json::to_value(explanation).context("cannot show the decision")
 }
 
 fn text(value: &Value) -> &str {

@@ -66,7 +66,11 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .collect();
 
     let api_listener = bind(&config.listen.api, "api").await?;
-    let pg_listener = bind(&config.listen.postgres, "postgres").await?;
+    let pg_listener = bind(&config.listen.postgres, "postgres")
+        .await?
+        .into_std()
+        .context("preparing the PostgreSQL listener")?;
+    let pg_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     tracing::info!(
         api = %config.listen.api,
         postgres = %config.listen.postgres,
@@ -81,7 +85,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let pg = PgGateway::new(gate.clone(), targets);
     tokio::select! {
         result = axum::serve(api_listener, api) => result.context("API listener failed")?,
-        result = pg.serve(pg_listener) => result.context("PostgreSQL listener failed")?,
+        result = pg.serve(pg_listener, pg_threads) => result.context("PostgreSQL listener failed")?,
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     gate.flush().await;
