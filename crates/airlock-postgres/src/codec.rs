@@ -102,14 +102,31 @@ pub fn body(msg: &[u8]) -> &[u8] {
 pub struct ParseMsg<'a> {
     pub name: &'a str,
     pub query: &'a str,
+    /// Parameter type OIDs the client specified (0: let the server infer).
+    pub param_types: Vec<u32>,
 }
 
 pub fn decode_parse(msg: &[u8]) -> Result<ParseMsg<'_>, CodecError> {
     let mut r = Reader::new(body(msg), "Parse");
+    let name = r.cstr()?;
+    let query = r.cstr()?;
+    let count = r.i16()?;
+    let mut param_types = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        param_types.push(r.i32()? as u32);
+    }
     Ok(ParseMsg {
-        name: r.cstr()?,
-        query: r.cstr()?,
+        name,
+        query,
+        param_types,
     })
+}
+
+/// The type OIDs of a ParameterDescription.
+pub fn decode_parameter_description(msg: &[u8]) -> Result<Vec<u32>, CodecError> {
+    let mut r = Reader::new(body(msg), "ParameterDescription");
+    let count = r.i16()?;
+    (0..count).map(|_| r.i32().map(|oid| oid as u32)).collect()
 }
 
 pub fn decode_query(msg: &[u8]) -> Result<&str, CodecError> {
@@ -123,7 +140,48 @@ pub struct BindMsg<'a> {
     pub params: Vec<Option<String>>,
 }
 
-pub fn decode_bind(msg: &[u8]) -> Result<BindMsg<'_>, CodecError> {
+/// Renders a parameter for reviewers: text as is, binary values of common types decoded,
+/// anything else as `\x…` hex.
+fn render_param(raw: &[u8], format: i16, oid: u32) -> String {
+    if format == 0 {
+        if let Ok(text) = std::str::from_utf8(raw) {
+            return text.to_string();
+        }
+    }
+    let be = |n: usize| -> Option<[u8; 8]> {
+        (raw.len() == n).then(|| {
+            let mut out = [0u8; 8];
+            out[8 - n..].copy_from_slice(raw);
+            out
+        })
+    };
+    let decoded = match oid {
+        16 if raw.len() == 1 => Some((raw[0] != 0).to_string()),
+        21 => be(2).map(|b| i16::from_be_bytes([b[6], b[7]]).to_string()),
+        23 | 26 => be(4).map(|b| i32::from_be_bytes([b[4], b[5], b[6], b[7]]).to_string()),
+        20 => be(8).map(|b| i64::from_be_bytes(b).to_string()),
+        700 => be(4).map(|b| f32::from_be_bytes([b[4], b[5], b[6], b[7]]).to_string()),
+        701 => be(8).map(|b| f64::from_be_bytes(b).to_string()),
+        18 | 19 | 25 | 114 | 1042 | 1043 => std::str::from_utf8(raw).ok().map(str::to_string),
+        3802 if raw.first() == Some(&1) => std::str::from_utf8(&raw[1..]).ok().map(str::to_string),
+        2950 if raw.len() == 16 => {
+            let h = hex(raw);
+            Some(format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            ))
+        }
+        _ => None,
+    };
+    decoded.unwrap_or_else(|| format!("\\x{}", hex(raw)))
+}
+
+/// Decodes a Bind; `types` are the statement's parameter type OIDs as far as known.
+pub fn decode_bind<'a>(msg: &'a [u8], types: &[u32]) -> Result<BindMsg<'a>, CodecError> {
     let mut r = Reader::new(body(msg), "Bind");
     let portal = r.cstr()?;
     let statement = r.cstr()?;
@@ -152,10 +210,11 @@ pub fn decode_bind(msg: &[u8]) -> Result<BindMsg<'_>, CodecError> {
             1 => formats[0],
             _ => *formats.get(i).ok_or(CodecError::Malformed("Bind"))?,
         };
-        params.push(Some(match (format, std::str::from_utf8(raw)) {
-            (0, Ok(text)) => text.to_string(),
-            _ => format!("\\x{}", hex(raw)),
-        }));
+        params.push(Some(render_param(
+            raw,
+            format,
+            types.get(i).copied().unwrap_or(0),
+        )));
     }
     Ok(BindMsg {
         portal,
@@ -166,6 +225,13 @@ pub fn decode_bind(msg: &[u8]) -> Result<BindMsg<'_>, CodecError> {
 
 fn hex(raw: &[u8]) -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The statement a Bind names, read before the parameters (which need its types).
+pub fn decode_bind_statement(msg: &[u8]) -> Result<&str, CodecError> {
+    let mut r = Reader::new(body(msg), "Bind");
+    r.cstr()?;
+    r.cstr()
 }
 
 pub fn decode_execute_portal(msg: &[u8]) -> Result<&str, CodecError> {
@@ -390,7 +456,7 @@ mod tests {
             .u8(0)
             .u8(0)
             .finish();
-        let bind = decode_bind(&msg).unwrap();
+        let bind = decode_bind(&msg, &[]).unwrap();
         assert_eq!(bind.portal, "portal");
         assert_eq!(bind.statement, "stmt");
         assert_eq!(
@@ -407,7 +473,23 @@ mod tests {
             .u8(1)
             .i32(50)
             .finish();
-        assert!(decode_bind(&bad).is_err());
+        assert!(decode_bind(&bad, &[]).is_err());
+    }
+
+    #[test]
+    fn binary_parameters_of_known_types_are_shown_as_values() {
+        assert_eq!(render_param(&2i32.to_be_bytes(), 1, 23), "2");
+        assert_eq!(render_param(&(-7i64).to_be_bytes(), 1, 20), "-7");
+        assert_eq!(render_param(&1.5f64.to_be_bytes(), 1, 701), "1.5");
+        assert_eq!(render_param(b"beta", 1, 25), "beta");
+        assert_eq!(render_param(&[1], 1, 16), "true");
+        assert_eq!(render_param(&[0xde, 0xad], 1, 17), "\\xdead");
+        assert_eq!(render_param(&[0, 0, 0], 1, 23), "\\x000000");
+        let uuid = [0x12u8; 16];
+        assert_eq!(
+            render_param(&uuid, 1, 2950),
+            "12121212-1212-1212-1212-121212121212"
+        );
     }
 
     #[test]

@@ -32,9 +32,15 @@ enum Expect {
     Outcome { event: Option<i64>, simple: bool },
     /// A refusal: the upstream error carrying `marker` is replaced by `error`.
     Refusal { marker: String, error: Bytes },
+    /// A Describe of a prepared statement: its ParameterDescription tells the parameter types
+    /// (for showing reviewers binary parameters as values).
+    Describe { statement: String },
     /// A Sync or Query: the upstream answers with ReadyForQuery.
     SyncPoint,
 }
+
+/// Parameter types the upstream described, by statement name; shared by both directions.
+type DescribedTypes = Arc<Mutex<HashMap<String, Vec<u32>>>>;
 
 type Expectations = Arc<Mutex<VecDeque<Expect>>>;
 
@@ -60,6 +66,7 @@ impl From<std::io::Error> for End {
 struct Prepared {
     sql: Arc<str>,
     classification: Arc<Classification>,
+    param_types: Vec<u32>,
 }
 
 struct Portal {
@@ -83,6 +90,7 @@ impl Relay<'_> {
         upstream_buf: BytesMut,
     ) -> End {
         let expectations: Expectations = Arc::new(Mutex::new(VecDeque::new()));
+        let described: DescribedTypes = Arc::new(Mutex::new(HashMap::new()));
         let (inject_tx, inject_rx) = mpsc::unbounded_channel::<Bytes>();
         let (client_read, mut client_write) = client.split();
         let (upstream_read, upstream_write) = upstream.split();
@@ -96,6 +104,7 @@ impl Relay<'_> {
             statements: HashMap::new(),
             portals: HashMap::new(),
             expectations: expectations.clone(),
+            described: described.clone(),
             inject: inject_tx,
         };
         let mut to_client = UpstreamSide {
@@ -103,6 +112,7 @@ impl Relay<'_> {
             reader: upstream_read,
             buf: upstream_buf,
             expectations,
+            described,
             local: VecDeque::new(),
             simple: None,
         };
@@ -162,6 +172,7 @@ struct ClientSide<'r, 'a, R, W> {
     statements: HashMap<String, Prepared>,
     portals: HashMap<String, Portal>,
     expectations: Expectations,
+    described: DescribedTypes,
     inject: mpsc::UnboundedSender<Bytes>,
 }
 
@@ -222,7 +233,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                     self.skip_until_sync = false;
                     self.expect([Expect::SyncPoint]);
                 }
-                b'D' | b'H' | b'd' | b'c' | b'f' => {}
+                b'D' => self.on_describe(range)?,
+                b'H' | b'd' | b'c' | b'f' => {}
                 b'X' => {
                     self.flush_until(range.end).await?;
                     return Err(End::ClientClosed);
@@ -274,13 +286,48 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
         let prepared = Prepared {
             sql: Arc::from(parse.query),
             classification: self.relay.gate.classifier().classify(parse.query),
+            param_types: parse.param_types,
         };
+        if let Ok(mut described) = self.described.lock() {
+            described.remove(parse.name);
+        }
         self.statements.insert(parse.name.to_string(), prepared);
         Ok(())
     }
 
+    fn on_describe(&mut self, range: Range<usize>) -> Result<(), End> {
+        let (kind, name) = codec::decode_target(&self.buf[range], "Describe")
+            .map_err(|e| violation(&e.to_string()))?;
+        if kind == b'S' {
+            let statement = name.to_string();
+            self.expect([Expect::Describe { statement }]);
+        }
+        Ok(())
+    }
+
+    /// A statement's parameter types: those the client gave, else those the upstream described.
+    fn param_types(&self, statement: &str) -> Vec<u32> {
+        let given = self
+            .statements
+            .get(statement)
+            .map(|p| p.param_types.clone())
+            .unwrap_or_default();
+        if !given.is_empty() && given.iter().all(|oid| *oid != 0) {
+            return given;
+        }
+        self.described
+            .lock()
+            .ok()
+            .and_then(|d| d.get(statement).cloned())
+            .unwrap_or(given)
+    }
+
     fn on_bind(&mut self, range: Range<usize>) -> Result<(), End> {
-        let bind = codec::decode_bind(&self.buf[range]).map_err(|e| violation(&e.to_string()))?;
+        let statement = codec::decode_bind_statement(&self.buf[range.clone()])
+            .map_err(|e| violation(&e.to_string()))?;
+        let types = self.param_types(statement);
+        let bind =
+            codec::decode_bind(&self.buf[range], &types).map_err(|e| violation(&e.to_string()))?;
         let portal = Portal {
             statement: self.statements.get(bind.statement).cloned(),
             params: bind.params,
@@ -445,6 +492,7 @@ struct UpstreamSide<'r, 'a, R> {
     reader: R,
     buf: BytesMut,
     expectations: Expectations,
+    described: DescribedTypes,
     /// Expectations taken from the shared queue, oldest first.
     local: VecDeque<Expect>,
     /// Tags seen so far for the simple Query being answered: (last tag, rows).
@@ -496,7 +544,7 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
             };
             let range = pos..pos + len;
             pos += len;
-            if !matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's') {
+            if !matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's' | b't') {
                 continue;
             }
             if !took {
@@ -586,6 +634,24 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                 }
                 None
             }
+            b't' => {
+                let describe = self
+                    .local
+                    .iter()
+                    .take_while(|e| !matches!(e, Expect::SyncPoint))
+                    .position(|e| matches!(e, Expect::Describe { .. }));
+                if let Some(Expect::Describe { statement }) =
+                    describe.and_then(|i| self.local.remove(i))
+                {
+                    if let (Ok(types), Ok(mut described)) = (
+                        codec::decode_parameter_description(&self.buf[range]),
+                        self.described.lock(),
+                    ) {
+                        described.insert(statement, types);
+                    }
+                }
+                None
+            }
             b'Z' => {
                 while let Some(expect) = self.local.pop_front() {
                     match expect {
@@ -615,7 +681,7 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                             simple: false,
                         } => self.outcome(event, OutcomeStatus::NotRun, None, None),
                         // The upstream skipped it after an earlier error, which the client saw.
-                        Expect::Refusal { .. } => {}
+                        Expect::Refusal { .. } | Expect::Describe { .. } => {}
                     }
                 }
                 None
