@@ -68,6 +68,8 @@ pub async fn list(
         since: query.since,
         limit: query.limit,
     };
+    // Event counts must include what was recorded up to now.
+    state.gate.sync_records().await;
     Ok(Json(state.gate.store().list_sessions(&filter).await?))
 }
 
@@ -77,6 +79,7 @@ pub async fn show(
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<Json<SessionRecord>, ApiError> {
     let Path(id) = id?;
+    state.gate.sync_records().await;
     Ok(Json(visible_session(&state, &caller, id).await?))
 }
 
@@ -87,6 +90,7 @@ pub async fn events(
 ) -> Result<Json<Vec<EventRecord>>, ApiError> {
     let Path(id) = id?;
     visible_session(&state, &caller, id).await?;
+    state.gate.sync_records().await;
     Ok(Json(state.gate.store().list_events(id).await?))
 }
 
@@ -270,6 +274,7 @@ pub async fn export(
             )))
         }
     };
+    state.gate.sync_records().await;
     let filter = SessionFilter {
         subject: visible_subject(&caller),
         since: None,

@@ -7,7 +7,7 @@ use airlock_api::{router, ApiState};
 use airlock_core::config::Config;
 use airlock_core::gate::Gate;
 use airlock_core::identity::AuthError;
-use airlock_core::store::{now_millis, EventDetail, NewApproval, NewEvent, NewSession, Store};
+use airlock_core::store::{now_millis, EventDetail, EventRecord, NewApproval, NewSession, Store};
 use airlock_store::SqliteStore;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -62,7 +62,12 @@ async fn harness() -> Harness {
     let url = format!("sqlite://{}", dir.path().join("airlock.db").display());
     let store = Arc::new(SqliteStore::open(&url).await.unwrap());
     let loaded = Config::parse(CONFIG, "test.yaml", None).unwrap();
-    let gate = Arc::new(Gate::new(store.clone(), loaded.policies, true));
+    let journal = dir.path().join("events.journal");
+    let gate = Arc::new(
+        Gate::open(store.clone(), loaded.policies, true, &journal)
+            .await
+            .unwrap(),
+    );
     let app = router(ApiState {
         gate: gate.clone(),
         config: Arc::new(loaded.config),
@@ -185,20 +190,24 @@ impl Harness {
             .await
             .unwrap();
         self.store
-            .append_events(&[NewEvent {
-                session_id,
-                at: now,
-                detail: EventDetail::Statement {
-                    operation: "DELETE FROM users WHERE id = $1".into(),
-                    params: vec![Some("42".into())],
-                    statement_kinds: vec!["DELETE".into()],
-                    action: "require-approval".into(),
-                    policy: Some("maintenance".into()),
-                    rule: Some("match: DELETE|UPDATE".into()),
-                    reason: None,
-                    request_id: Some(approval),
-                },
-            }])
+            .ingest_events(
+                &[EventRecord {
+                    id: 1,
+                    session_id,
+                    at: now,
+                    detail: EventDetail::Statement {
+                        operation: "DELETE FROM users WHERE id = $1".into(),
+                        params: vec![Some("42".into())],
+                        statement_kinds: vec!["DELETE".into()],
+                        action: "require-approval".into(),
+                        policy: Some("maintenance".into()),
+                        rule: Some("match: DELETE|UPDATE".into()),
+                        reason: None,
+                        request_id: Some(approval),
+                    },
+                }],
+                1,
+            )
             .await
             .unwrap();
         (session_id, approval)

@@ -7,7 +7,7 @@ use crate::classify::ClassifierCache;
 use crate::identity::{Identity, IdentityService};
 use crate::operation::{Operation, Protocol};
 use crate::policy::{decide, Action, Decision, PolicySet};
-use crate::recorder::Recorder;
+use crate::recorder::{Recorder, RecorderError};
 use crate::store::{
     now_millis, ApprovalState, EventDetail, NewApproval, NewEvent, NewSession, OutcomeStatus,
     Store, StoreError,
@@ -112,7 +112,6 @@ impl Hold {
                     decided_by: decided_by.clone(),
                 },
             })
-            .await
             .map_err(Denial::unavailable)?;
         let id = self.request_id;
         let reason = record.reason.as_deref().unwrap_or("no reason given");
@@ -156,15 +155,21 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn new(store: Arc<dyn Store>, policies: PolicySet, agent_tokens: bool) -> Gate {
-        Gate {
+    /// Builds the gate; `journal` is the recorder's journal file (see [`Recorder`]).
+    pub async fn open(
+        store: Arc<dyn Store>,
+        policies: PolicySet,
+        agent_tokens: bool,
+        journal: &std::path::Path,
+    ) -> Result<Gate, RecorderError> {
+        Ok(Gate {
             policies: ArcSwap::from_pointee(policies),
-            recorder: Recorder::start(store.clone()),
+            recorder: Recorder::open(store.clone(), journal).await?,
             approvals: Arc::new(Approvals::new(store.clone())),
             identity: IdentityService::new(store.clone(), agent_tokens),
             classifier: ClassifierCache::new(10_000),
             store,
-        }
+        })
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -260,7 +265,7 @@ impl Gate {
                         approved_request: None,
                     });
                 }
-                match self.recorder.append(statement(None, None)).await {
+                match self.recorder.append(statement(None, None)) {
                     Ok(event) => Submission::Permitted(Permit {
                         event: Some(event),
                         approved_request: None,
@@ -269,11 +274,7 @@ impl Gate {
                 }
             }
             Action::Deny { reason } => {
-                if let Err(e) = self
-                    .recorder
-                    .append(statement(None, Some(reason.clone())))
-                    .await
-                {
+                if let Err(e) = self.recorder.append(statement(None, Some(reason.clone()))) {
                     tracing::error!(session = session.id, error = %e, "could not record a denial");
                 }
                 Submission::Denied(Denial {
@@ -304,11 +305,7 @@ impl Gate {
                     Ok(id) => id,
                     Err(e) => return Submission::Denied(Denial::unavailable(e)),
                 };
-                let event = match self
-                    .recorder
-                    .append(statement(Some(request_id), None))
-                    .await
-                {
+                let event = match self.recorder.append(statement(Some(request_id), None)) {
                     Ok(event) => event,
                     Err(e) => {
                         let _ = self
@@ -336,9 +333,9 @@ impl Gate {
         }
     }
 
-    /// Waits until every queued record is written.
-    pub async fn flush(&self) {
-        self.recorder.flush().await;
+    /// Waits until every record so far is in the store, where the API reads it.
+    pub async fn sync_records(&self) {
+        self.recorder.sync().await;
     }
 
     /// Records what the upstream answered to a permitted operation (not awaited).

@@ -1,117 +1,278 @@
-//! The recorder: appends session events to the store with group commit. Callers that must not
-//! proceed before their event is durable await [`Recorder::append`]; many sessions' events share
-//! one transaction, so durability costs one commit per batch rather than per statement.
+//! The recorder: the durable, append-only record of what happens in sessions.
+//!
+//! An event is appended by the session itself to a journal file — one JSON line carrying its
+//! id, one `write` to the file under a short lock, no thread hop — before the statement it
+//! describes is forwarded. A background task copies the journal into the store in batches
+//! (where the API reads it) and trims the journal once everything in it is copied. On start,
+//! whatever the journal holds beyond the store's copy is copied first, and a torn last line (a
+//! crash in the middle of a write) is cut off.
+//!
+//! Durability is that of the operating system's page cache: a record survives a crash of the
+//! gateway the moment `append` returns.
 
-use crate::store::{NewEvent, Store, StoreError};
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use crate::store::{EventRecord, NewEvent, Store, StoreError};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
 
-const QUEUE: usize = 8192;
-const MAX_BATCH: usize = 512;
-const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long the copier waits after being woken, so one store transaction takes many events.
+const LINGER: Duration = Duration::from_millis(10);
+/// Once copied, a journal larger than this is emptied.
+const TRIM_AT: u64 = 8 * 1024 * 1024;
+const READ_CHUNK: u64 = 4 * 1024 * 1024;
 
-type Reply = oneshot::Sender<Result<i64, StoreError>>;
-
-// Events are nearly every item; boxing them to shrink the rare Flush would allocate per event.
-#[allow(clippy::large_enum_variant)]
-enum Item {
-    Event(NewEvent, Option<Reply>),
-    /// Answered once everything queued before it is written.
-    Flush(oneshot::Sender<()>),
+#[derive(Debug, thiserror::Error)]
+pub enum RecorderError {
+    #[error("journal {path}: {reason}")]
+    Journal { path: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-impl Item {
-    fn is_awaited(&self) -> bool {
-        matches!(self, Item::Event(_, Some(_)) | Item::Flush(_))
-    }
+struct Writer {
+    file: File,
+    next_id: i64,
+    len: u64,
+}
+
+struct Inner {
+    writer: Mutex<Writer>,
+    wake: Notify,
+    /// The largest event id copied into the store.
+    copied: watch::Sender<i64>,
 }
 
 #[derive(Clone)]
 pub struct Recorder {
-    queue: mpsc::Sender<Item>,
+    inner: Arc<Inner>,
 }
 
 impl Recorder {
-    /// Starts the writer task.
-    pub fn start(store: Arc<dyn Store>) -> Recorder {
-        let (queue, mut rx) = mpsc::channel::<Item>(QUEUE);
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(MAX_BATCH);
-            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                // Outcomes nobody waits for linger briefly, to share the commit of the next
-                // event somebody does wait for.
-                let deadline = tokio::time::Instant::now() + LINGER;
-                while batch.len() < MAX_BATCH && !batch.iter().any(Item::is_awaited) {
-                    let room = MAX_BATCH - batch.len();
-                    let more = rx.recv_many(&mut batch, room);
-                    match tokio::time::timeout_at(deadline, more).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
-                let mut events = Vec::with_capacity(batch.len());
-                let mut replies = Vec::with_capacity(batch.len());
-                let mut flushes = Vec::new();
-                for item in batch.drain(..) {
-                    match item {
-                        Item::Event(event, reply) => {
-                            events.push(event);
-                            replies.push(reply);
-                        }
-                        Item::Flush(done) => flushes.push(done),
-                    }
-                }
-                let written = if events.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    store.append_events(&events).await
-                };
-                match written {
-                    Ok(ids) => {
-                        for (reply, id) in replies.into_iter().zip(ids) {
-                            if let Some(reply) = reply {
-                                let _ = reply.send(Ok(id));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, events = events.len(), "recording failed");
-                        for reply in replies.into_iter().flatten() {
-                            let _ = reply.send(Err(StoreError::Backend(e.to_string())));
-                        }
-                    }
-                }
-                for done in flushes {
-                    let _ = done.send(());
-                }
-            }
+    /// Opens (or creates, mode 0600) the journal, copies what the store lacks, and starts the
+    /// copier.
+    pub async fn open(store: Arc<dyn Store>, path: &Path) -> Result<Recorder, RecorderError> {
+        let fail = |reason: String| RecorderError::Journal {
+            path: path.display().to_string(),
+            reason,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        }
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| fail(e.to_string()))?
+        };
+        let (stored_offset, stored_max) = store.journal_state().await?;
+        let len = file.metadata().map_err(|e| fail(e.to_string()))?.len();
+        // A journal shorter than the copy point was trimmed after the copy: start over (the
+        // copy skips events already stored).
+        let start = if stored_offset > len {
+            0
+        } else {
+            stored_offset
+        };
+        let (events, complete_to) = read_events(&file, start, len).map_err(fail)?;
+        if complete_to < len {
+            tracing::warn!(
+                bytes = len - complete_to,
+                "cutting a torn record off the end of the journal"
+            );
+            file.set_len(complete_to).map_err(|e| fail(e.to_string()))?;
+        }
+        let journal_max = events.last().map_or(0, |e| e.id);
+        store.ingest_events(&events, complete_to).await?;
+        let max_id = stored_max.max(journal_max);
+        let inner = Arc::new(Inner {
+            writer: Mutex::new(Writer {
+                file,
+                next_id: max_id + 1,
+                len: complete_to,
+            }),
+            wake: Notify::new(),
+            copied: watch::channel(max_id).0,
         });
-        Recorder { queue }
+        tokio::spawn(copier(inner.clone(), store, complete_to));
+        Ok(Recorder { inner })
     }
 
-    /// Appends an event and waits until it is durably stored.
-    pub async fn append(&self, event: NewEvent) -> Result<i64, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.queue
-            .send(Item::Event(event, Some(tx)))
-            .await
-            .map_err(|_| StoreError::Backend("recorder stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("recorder stopped".into()))?
+    /// Appends an event to the journal; when this returns `Ok`, the event is recorded.
+    pub fn append(&self, event: NewEvent) -> Result<i64, StoreError> {
+        let detail = serde_json::to_string(&event.detail)
+            .map_err(|e| StoreError::Backend(format!("cannot encode an event: {e}")))?;
+        // `detail` is a JSON object: splice the id and session in front of its fields.
+        let body = detail.strip_prefix('{').unwrap_or(&detail);
+        let id = {
+            let mut writer = self
+                .inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("journal lock poisoned".into()))?;
+            let id = writer.next_id;
+            let line = format!(
+                "{{\"id\":{id},\"session_id\":{},\"at\":{},{body}\n",
+                event.session_id, event.at
+            );
+            if let Err(e) = writer.file.write_all(line.as_bytes()) {
+                // Leave no torn line behind; the caller refuses the operation.
+                let keep = writer.len;
+                let _ = writer.file.set_len(keep);
+                return Err(StoreError::Backend(format!(
+                    "cannot write the journal: {e}"
+                )));
+            }
+            writer.len += line.len() as u64;
+            writer.next_id += 1;
+            id
+        };
+        self.inner.wake.notify_one();
+        Ok(id)
     }
 
-    /// Appends an event without waiting (outcomes, which follow what was already recorded).
+    /// Appends an event whose caller cannot act on a failure (outcomes); failures are logged.
     pub fn append_later(&self, event: NewEvent) {
-        if let Err(e) = self.queue.try_send(Item::Event(event, None)) {
-            tracing::error!("recording queue full or stopped; an outcome event was dropped: {e}");
+        if let Err(e) = self.append(event) {
+            tracing::error!(error = %e, "an outcome could not be recorded");
         }
     }
 
-    /// Waits until everything queued so far is written (for shutdown).
-    pub async fn flush(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.queue.send(Item::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
+    /// Waits until every event appended so far is in the store.
+    pub async fn sync(&self) {
+        let target = match self.inner.writer.lock() {
+            Ok(writer) => writer.next_id - 1,
+            Err(_) => return,
+        };
+        let mut copied = self.inner.copied.subscribe();
+        self.inner.wake.notify_one();
+        let _ = copied.wait_for(|id| *id >= target).await;
+    }
+}
+
+/// Reads the complete lines in `[from, to)`; returns them and where the last complete line
+/// ends.
+fn read_events(file: &File, from: u64, to: u64) -> Result<(Vec<EventRecord>, u64), String> {
+    let mut events = Vec::new();
+    let mut at = from;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut pending_from = from;
+    while at < to {
+        let n = (to - at).min(READ_CHUNK) as usize;
+        let mut chunk = vec![0u8; n];
+        file.read_exact_at(&mut chunk, at)
+            .map_err(|e| e.to_string())?;
+        at += n as u64;
+        pending.extend_from_slice(&chunk);
+        let mut consumed = 0;
+        while let Some(end) = pending[consumed..].iter().position(|b| *b == b'\n') {
+            let line = &pending[consumed..consumed + end];
+            match serde_json::from_slice::<EventRecord>(line) {
+                Ok(event) => events.push(event),
+                Err(e) => {
+                    return Err(format!(
+                        "unreadable record at byte {}: {e}",
+                        pending_from + consumed as u64
+                    ))
+                }
+            }
+            consumed += end + 1;
+        }
+        pending.drain(..consumed);
+        pending_from += consumed as u64;
+    }
+    Ok((events, pending_from))
+}
+
+/// Copies new journal lines into the store, then trims the journal when it is all copied.
+async fn copier(inner: Arc<Inner>, store: Arc<dyn Store>, mut offset: u64) {
+    let mut reader = match inner.writer.lock() {
+        Ok(writer) => writer.file.try_clone(),
+        Err(_) => return,
+    };
+    loop {
+        inner.wake.notified().await;
+        tokio::time::sleep(LINGER).await;
+        let file = match &reader {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the journal; records stay in it");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                reader = match inner.writer.lock() {
+                    Ok(writer) => writer.file.try_clone(),
+                    Err(_) => return,
+                };
+                continue;
+            }
+        };
+        let end = match inner.writer.lock() {
+            Ok(writer) => writer.len,
+            Err(_) => return,
+        };
+        if end > offset {
+            let copied = match read_events(file, offset, end) {
+                Ok((events, complete_to)) => store
+                    .ingest_events(&events, complete_to)
+                    .await
+                    .map(|()| (events.last().map(|e| e.id), complete_to)),
+                Err(reason) => Err(StoreError::Corrupt(reason)),
+            };
+            match copied {
+                Ok((last, complete_to)) => {
+                    offset = complete_to;
+                    if let Some(last) = last {
+                        inner.copied.send_replace(last);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "copying the journal into the store failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    inner.wake.notify_one();
+                    continue;
+                }
+            }
+        }
+        if offset >= TRIM_AT {
+            offset = trim(&inner, &store, offset).await;
+        }
+    }
+}
+
+/// Empties the journal if everything in it is copied; returns the new copy point.
+async fn trim(inner: &Inner, store: &Arc<dyn Store>, offset: u64) -> u64 {
+    // The store forgets the old copy point first: if the gateway dies before the file is
+    // emptied, the next start copies the journal again, and already stored events are skipped.
+    let still_copied = inner
+        .writer
+        .lock()
+        .map(|w| w.len == offset)
+        .unwrap_or(false);
+    if !still_copied || store.ingest_events(&[], 0).await.is_err() {
+        return offset;
+    }
+    let Ok(mut writer) = inner.writer.lock() else {
+        return offset;
+    };
+    if writer.len != offset {
+        // Appends arrived meanwhile: keep the journal. The next copy records the copy point
+        // again; until then a restart merely copies the journal once more.
+        return offset;
+    }
+    match writer.file.set_len(0) {
+        Ok(()) => {
+            writer.len = 0;
+            0
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not trim the journal");
+            offset
         }
     }
 }

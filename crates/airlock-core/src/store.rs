@@ -230,8 +230,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_sessions(&self, filter: &SessionFilter)
         -> Result<Vec<SessionRecord>, StoreError>;
 
-    /// Appends events in one durable transaction; returns their ids in order.
-    async fn append_events(&self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError>;
+    /// Copies events that already carry their ids (from the recorder's journal) and records
+    /// how far the journal has been copied, in one transaction. Events already present are
+    /// skipped, so a copy interrupted by a crash can simply be repeated.
+    async fn ingest_events(
+        &self,
+        events: &[EventRecord],
+        journal_offset: u64,
+    ) -> Result<(), StoreError>;
+    /// How far the journal has been copied, and the largest event id stored.
+    async fn journal_state(&self) -> Result<(u64, i64), StoreError>;
     async fn list_events(&self, session_id: i64) -> Result<Vec<EventRecord>, StoreError>;
 
     async fn create_approval(&self, request: &NewApproval) -> Result<i64, StoreError>;

@@ -9,8 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use airlock_core::store::{
-    ApprovalRecord, ApprovalState, EventRecord, Millis, NewApproval, NewEvent, NewSession,
-    SessionFilter, SessionRecord, Store, StoreError, StoredConnection, TokenRecord, Vote,
+    ApprovalRecord, ApprovalState, EventRecord, Millis, NewApproval, NewSession, SessionFilter,
+    SessionRecord, Store, StoreError, StoredConnection, TokenRecord, Vote,
 };
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
@@ -332,44 +332,52 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn append_events(&self, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Encode everything before taking the write lock.
+    async fn ingest_events(
+        &self,
+        events: &[EventRecord],
+        journal_offset: u64,
+    ) -> Result<(), StoreError> {
         let encoded = events
             .iter()
             .map(|event| codec::encode_event(&event.detail))
             .collect::<Result<Vec<_>, _>>()?;
-        // One statement, one round trip to the SQLite worker, atomic on its own.
-        let mut insert: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO events (session_id, at, kind, detail) ");
-        insert.push_values(
-            events.iter().zip(&encoded),
-            |mut row, (event, (kind, detail))| {
-                row.push_bind(event.session_id)
-                    .push_bind(event.at)
-                    .push_bind(kind.as_str())
-                    .push_bind(detail.as_str());
-            },
-        );
-        insert.push(" RETURNING id");
-        let mut ids: Vec<i64> = insert
-            .build_query_scalar()
-            .fetch_all(&self.pool)
+        let offset = i64::try_from(journal_offset)
+            .map_err(|_| StoreError::Backend("journal offset out of range".into()))?;
+        let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
+        // SQLite allows 32766 bound values per statement; 5 per event.
+        for (chunk, chunk_encoded) in events.chunks(1000).zip(encoded.chunks(1000)) {
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR IGNORE INTO events (id, session_id, at, kind, detail) ",
+            );
+            insert.push_values(
+                chunk.iter().zip(chunk_encoded),
+                |mut row, (event, (kind, detail))| {
+                    row.push_bind(event.id)
+                        .push_bind(event.session_id)
+                        .push_bind(event.at)
+                        .push_bind(kind.as_str())
+                        .push_bind(detail.as_str());
+                },
+            );
+            insert.build().execute(&mut *tx).await.map_err(db)?;
+        }
+        sqlx::query("UPDATE journal SET offset = ? WHERE id = 1")
+            .bind(offset)
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
-        // AUTOINCREMENT ids grow in insertion order, and VALUES rows are inserted in order,
-        // while RETURNING promises no order: sorting restores the order of `events`.
-        ids.sort_unstable();
-        if ids.len() != events.len() {
-            return Err(StoreError::Backend(format!(
-                "inserted {} events but got {} ids",
-                events.len(),
-                ids.len()
-            )));
-        }
-        Ok(ids)
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn journal_state(&self) -> Result<(u64, i64), StoreError> {
+        let (offset, max_id): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT offset FROM journal WHERE id = 1), COALESCE((SELECT MAX(id) FROM events), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok((offset.max(0) as u64, max_id))
     }
 
     async fn list_events(&self, session_id: i64) -> Result<Vec<EventRecord>, StoreError> {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use airlock_core::store::{
-    ApprovalState, EventDetail, NewApproval, NewEvent, NewSession, OutcomeStatus, SessionFilter,
-    Store, StoreError, StoredConnection, TokenRecord, Vote,
+    ApprovalState, EventDetail, EventRecord, NewApproval, NewEvent, NewSession, OutcomeStatus,
+    SessionFilter, Store, StoreError, StoredConnection, TokenRecord, Vote,
 };
 use airlock_store::SqliteStore;
 use tempfile::TempDir;
@@ -278,12 +278,13 @@ async fn sessions_open_close_list() {
 }
 
 #[tokio::test]
-async fn append_events_in_order_and_round_trip() {
+async fn ingest_events_in_order_and_round_trip() {
     let (_dir, store) = open_temp().await;
     let s1 = store.open_session(&session("alice", 1000)).await.unwrap();
     let s2 = store.open_session(&session("bob", 1000)).await.unwrap();
 
-    assert!(store.append_events(&[]).await.unwrap().is_empty());
+    assert!(append(&store, &[]).await.unwrap().is_empty());
+    assert_eq!(store.journal_state().await.unwrap(), (0, 0));
 
     let details = all_event_details();
     let batch: Vec<NewEvent> = details
@@ -295,11 +296,11 @@ async fn append_events_in_order_and_round_trip() {
             detail: detail.clone(),
         })
         .collect();
-    let ids = store.append_events(&batch).await.unwrap();
+    let ids = append(&store, &batch).await.unwrap();
     assert_eq!(ids.len(), batch.len());
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend: {ids:?}");
 
-    let more = store.append_events(&batch[..1]).await.unwrap();
+    let more = append(&store, &batch[..1]).await.unwrap();
     assert!(more[0] > ids[ids.len() - 1]);
 
     let mut listed = store.list_events(s1).await.unwrap();
@@ -332,7 +333,7 @@ async fn append_events_in_order_and_round_trip() {
 }
 
 #[tokio::test]
-async fn append_events_is_all_or_nothing() {
+async fn ingest_events_is_all_or_nothing() {
     let (_dir, store) = open_temp().await;
     let s1 = store.open_session(&session("alice", 1000)).await.unwrap();
     let detail = all_event_details().remove(0);
@@ -348,7 +349,7 @@ async fn append_events_is_all_or_nothing() {
             detail,
         },
     ];
-    let err = store.append_events(&batch).await.unwrap_err();
+    let err = append(&store, &batch).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert!(store.list_events(s1).await.unwrap().is_empty());
 }
@@ -617,7 +618,7 @@ async fn data_survives_reopening() {
                 detail,
             })
             .collect();
-        let event_ids = store.append_events(&events).await.unwrap();
+        let event_ids = append(&store, &events).await.unwrap();
         let approval_id = store
             .create_approval(&approval(session_id, 1, 1200))
             .await
@@ -664,4 +665,43 @@ async fn data_survives_reopening() {
         store.list_connections().await.unwrap()[0].sealed_password,
         Some(vec![9; 16])
     );
+}
+
+/// Stores events the way the recorder does: ids assigned after the largest stored one, the
+/// journal offset advanced by one per event.
+async fn append(store: &SqliteStore, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+    let (offset, max_id) = store.journal_state().await?;
+    let records: Vec<EventRecord> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| EventRecord {
+            id: max_id + 1 + i as i64,
+            session_id: e.session_id,
+            at: e.at,
+            detail: e.detail.clone(),
+        })
+        .collect();
+    store
+        .ingest_events(&records, offset + events.len() as u64)
+        .await?;
+    Ok(records.iter().map(|r| r.id).collect())
+}
+
+#[tokio::test]
+async fn ingesting_again_skips_stored_events() {
+    let (_dir, store) = open_temp().await;
+    let s1 = store.open_session(&session("alice", 1000)).await.unwrap();
+    let record = EventRecord {
+        id: 7,
+        session_id: s1,
+        at: 1,
+        detail: all_event_details().remove(0),
+    };
+    store
+        .ingest_events(std::slice::from_ref(&record), 100)
+        .await
+        .unwrap();
+    store.ingest_events(&[record], 100).await.unwrap();
+    assert_eq!(store.list_events(s1).await.unwrap().len(), 1);
+    assert_eq!(store.journal_state().await.unwrap(), (100, 7));
 }

@@ -41,11 +41,17 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             .context("storing connections")?;
     }
 
-    let gate = Arc::new(Gate::new(
-        store.clone(),
-        policies,
-        config.identity.agent_tokens,
-    ));
+    let journal = config.data_dir().join("events.journal");
+    let gate = Arc::new(
+        Gate::open(
+            store.clone(),
+            policies,
+            config.identity.agent_tokens,
+            &journal,
+        )
+        .await
+        .with_context(|| format!("opening the recorder journal {}", journal.display()))?,
+    );
     bootstrap_admin(&gate, &config).await?;
 
     let targets: HashMap<String, UpstreamTarget> = config
@@ -88,7 +94,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         result = pg.serve(pg_listener, pg_threads) => result.context("PostgreSQL listener failed")?,
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
-    gate.flush().await;
+    gate.sync_records().await;
     Ok(())
 }
 
