@@ -95,6 +95,27 @@ impl SqliteStore {
                 })?;
             }
         }
+        // Records hold statement text and parameters: readable by the owner only. SQLite gives
+        // its -wal and -shm files the database file's mode.
+        let path = options.get_filename().to_path_buf();
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "cannot create {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+        }
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

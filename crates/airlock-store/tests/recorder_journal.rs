@@ -1,5 +1,6 @@
 //! The recorder's journal against the real SQLite store: appended events reach the store,
 //! survive a restart that happens before they were copied, and a torn last line is cut off.
+//! Both the journal and the database are readable by their owner only.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -63,12 +64,19 @@ async fn appended_events_reach_the_store_and_survive_restarts() {
     // A record written but never copied (the copy point is moved back, as after a crash
     // between the write and the copy), then a torn line from a write cut short.
     store.ingest_events(&[], 0).await.unwrap();
-    let mut file = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
     file.write_all(br#"{"id":6,"session_id":1,"at":9,"kind":"outcome","statement_e"#)
         .unwrap();
     drop(file);
     let reopened = Recorder::open(store.clone(), &journal).await.unwrap();
-    assert_eq!(store.list_events(s).await.unwrap().len(), 5, "nothing duplicated");
+    assert_eq!(
+        store.list_events(s).await.unwrap().len(),
+        5,
+        "nothing duplicated"
+    );
     let next = reopened
         .append(NewEvent {
             session_id: s,
@@ -79,7 +87,9 @@ async fn appended_events_reach_the_store_and_survive_restarts() {
     assert_eq!(next, 6, "ids continue after the largest stored id");
     reopened.sync().await;
     let text = std::fs::read_to_string(&journal).unwrap();
-    assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert!(text
+        .lines()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
     assert_eq!(store.list_events(s).await.unwrap().len(), 6);
 }
 
@@ -92,5 +102,17 @@ async fn the_journal_is_private() {
     let store = Arc::new(SqliteStore::open(&db).await.unwrap());
     Recorder::open(store, &journal).await.unwrap();
     let mode = std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[tokio::test]
+async fn the_database_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data").join("airlock.db");
+    SqliteStore::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
