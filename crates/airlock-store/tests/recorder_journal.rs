@@ -2,6 +2,8 @@
 //! survive a restart that happens before they were copied, and a torn last line is cut off.
 //! Both the journal and the database are readable by their owner only.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::sync::Arc;
 
