@@ -11,6 +11,7 @@ mod health;
 mod policies;
 mod sessions;
 mod tokens;
+mod whoami;
 
 use airlock_core::config::Config;
 use airlock_core::gate::Gate;
@@ -40,7 +41,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", delete(tokens::revoke))
         .route("/connections", get(connections::list))
-        .route("/policies/explain", post(policies::explain));
+        .route("/policies/explain", post(policies::explain))
+        .route("/whoami", get(whoami::show));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

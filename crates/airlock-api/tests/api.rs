@@ -64,9 +64,14 @@ async fn harness() -> Harness {
     let loaded = Config::parse(CONFIG, "test.yaml", None).unwrap();
     let journal = dir.path().join("events.journal");
     let gate = Arc::new(
-        Gate::open(store.clone(), loaded.policies, true, &journal)
-            .await
-            .unwrap(),
+        Gate::open(
+            store.clone(),
+            loaded.policies,
+            &loaded.config.identity,
+            &journal,
+        )
+        .await
+        .unwrap(),
     );
     let app = router(ApiState {
         gate: gate.clone(),
@@ -269,6 +274,7 @@ async fn the_openapi_document_describes_every_route() {
         "DELETE /api/v1/tokens/{id}",
         "GET /api/v1/connections",
         "POST /api/v1/policies/explain",
+        "GET /api/v1/whoami",
     ];
     expected.sort();
     assert_eq!(paths, expected);

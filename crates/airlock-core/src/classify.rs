@@ -353,6 +353,37 @@ impl ClassifierCache {
 mod tests {
     use super::*;
     use StatementKind as K;
+    #[test]
+    fn zz_scratch_dump() {
+        for sql in [
+            "select set_config('a','b',false)",
+            "select pg_catalog.set_config($1,'b',false)",
+            "execute d(1)",
+            "fetch all from p",
+            "move next in p",
+            "set names 'SJIS'",
+            "reset all",
+            "set standard_conforming_strings to default",
+            "set local client_encoding = 'x'",
+            "alter system set x = 1",
+            "insert into t values (1) on conflict (id) do update set a = 1",
+            "insert into t values (1) on conflict do nothing",
+            "explain analyze select 1 into t3",
+            "select 1",
+            "set time zone 'UTC'",
+            "reset client_encoding",
+        ] {
+            let parsed = pg_query::parse(sql).unwrap();
+            let node = parsed.protobuf.stmts[0]
+                .stmt
+                .as_ref()
+                .unwrap()
+                .node
+                .as_ref()
+                .unwrap();
+            println!("{sql}\n  {}", serde_json::to_value(node).unwrap());
+        }
+    }
 
     fn kinds(sql: &str) -> Vec<Vec<StatementKind>> {
         match classify(sql) {

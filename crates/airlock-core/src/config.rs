@@ -70,7 +70,7 @@ impl Default for Listen {
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     #[serde(default)]
-    pub oidc: Vec<serde_yaml::Value>,
+    pub oidc: Vec<OidcIssuerConfig>,
     #[serde(default = "yes")]
     pub agent_tokens: bool,
 }
@@ -81,6 +81,97 @@ impl Default for IdentityConfig {
             oidc: Vec::new(),
             agent_tokens: true,
         }
+    }
+}
+
+/// One trusted OpenID Connect issuer (Entra ID, Okta, Google, ...): whose JWTs are accepted as
+/// identities, and which claims carry the subject, display name and groups.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuerConfig {
+    /// Exactly the token's `iss`; discovery is `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// Accepted `aud` values (one or several).
+    #[serde(deserialize_with = "one_or_many")]
+    pub audience: Vec<String>,
+    /// Claims whose values are the identity's groups (Entra app roles arrive in `roles`).
+    #[serde(default = "default_groups_claim", deserialize_with = "one_or_many")]
+    pub groups_claim: Vec<String>,
+    /// The claim that identifies the principal; `sub` when absent.
+    #[serde(default)]
+    pub subject_claim: Option<String>,
+    /// The claim shown as the display name; else `preferred_username`, `email`, `name`, subject.
+    #[serde(default)]
+    pub name_claim: Option<String>,
+    /// Renames IdP group values (Entra sends object GUIDs) to policy group names.
+    #[serde(default)]
+    pub group_map: std::collections::BTreeMap<String, String>,
+    /// The JWKS address, when discovery is not wanted.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Accept plain-http issuer and JWKS addresses that are not on a loopback address.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway", deserialize_with = "required_duration")]
+    pub leeway: Duration,
+}
+
+/// The largest clock skew accepted: beyond it, an expired token would live on for minutes.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+fn default_groups_claim() -> Vec<String> {
+    vec!["groups".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
+fn required_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
+}
+
+/// Why an issuer or JWKS address may not be used: only HTTPS, or plain http on a loopback
+/// address (a local IdP, tests) or when explicitly allowed, since keys fetched in clear could
+/// be replaced by anyone on the path.
+fn check_idp_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http => Ok(()),
+        "http" => {
+            let host = parsed.host_str().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{url}` is plain http on a non-loopback host; use https (or set allow_insecure_http: true)"
+                ))
+            }
+        }
+        other => Err(format!(
+            "`{url}`: scheme `{other}` is not supported; use https"
+        )),
     }
 }
 
@@ -300,12 +391,49 @@ impl Config {
                 );
             }
         }
-        if !config.identity.oidc.is_empty() {
-            issue(
-                "identity.oidc".into(),
-                "OIDC issuers are not supported by this version of Airlock yet; use agent tokens"
-                    .into(),
-            );
+        let mut issuers = HashSet::new();
+        for (i, oidc) in config.identity.oidc.iter().enumerate() {
+            let at = |field: &str| format!("identity.oidc[{i}].{field}");
+            if !issuers.insert(oidc.issuer.trim_end_matches('/')) {
+                issue(at("issuer"), format!("duplicate issuer `{}`", oidc.issuer));
+            }
+            if let Err(message) = check_idp_url(&oidc.issuer, oidc.allow_insecure_http) {
+                issue(at("issuer"), message);
+            }
+            if let Some(jwks) = &oidc.jwks_uri {
+                if let Err(message) = check_idp_url(jwks, oidc.allow_insecure_http) {
+                    issue(at("jwks_uri"), message);
+                }
+            }
+            if oidc.audience.is_empty() || oidc.audience.iter().any(|a| a.trim().is_empty()) {
+                issue(
+                    at("audience"),
+                    "needs at least one non-empty audience (the `aud` Airlock's tokens carry)"
+                        .into(),
+                );
+            }
+            let claims = oidc.groups_claim.iter().map(|c| ("groups_claim", Some(c)));
+            let named = [
+                ("subject_claim", oidc.subject_claim.as_ref()),
+                ("name_claim", oidc.name_claim.as_ref()),
+            ];
+            if oidc.groups_claim.is_empty() {
+                issue(at("groups_claim"), "names no claim".into());
+            }
+            for (field, claim) in claims.chain(named) {
+                if claim.is_some_and(|c| c.trim().is_empty()) {
+                    issue(at(field), "a claim name cannot be empty".into());
+                }
+            }
+            if oidc.leeway > MAX_LEEWAY {
+                issue(
+                    at("leeway"),
+                    format!(
+                        "at most {} of clock skew is accepted",
+                        humantime::format_duration(MAX_LEEWAY)
+                    ),
+                );
+            }
         }
         for (field, value) in [
             ("api", &config.listen.api),
@@ -656,6 +784,38 @@ policies:
         assert_eq!(loaded.config.data_dir(), PathBuf::from("airlock-data"));
         let err = Config::parse("masking:\n  - columns: [a]\n", "c.yaml", None).unwrap_err();
         assert_eq!(err.issues[0].line, Some(1));
+    }
+
+    #[test]
+    fn oidc_issuers_are_typed_and_validated() {
+        let text = "identity:\n  oidc:\n    - issuer: https://login.microsoftonline.com/t/v2.0\n      audience: api://airlock\n      groups_claim: [groups, roles]\n      group_map: { 0a1b: dba }\n";
+        let loaded = Config::parse(text, "c.yaml", None).unwrap();
+        let oidc = &loaded.config.identity.oidc[0];
+        assert_eq!(oidc.audience, ["api://airlock"]);
+        assert_eq!(oidc.groups_claim, ["groups", "roles"]);
+        assert_eq!(oidc.leeway, Duration::from_secs(30));
+        assert_eq!(oidc.group_map["0a1b"], "dba");
+        let defaults =
+            "identity:\n  oidc:\n    - issuer: http://127.0.0.1:9000\n      audience: [a, b]\n";
+        let loaded = Config::parse(defaults, "c.yaml", None).unwrap();
+        assert_eq!(loaded.config.identity.oidc[0].groups_claim, ["groups"]);
+
+        let bad = "identity:\n  oidc:\n    - issuer: http://idp.example.com\n      audience: []\n      leeway: 1h\n";
+        let err = Config::parse(bad, "c.yaml", None).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "c.yaml:3: identity.oidc[0].issuer: `http://idp.example.com` is plain http"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("c.yaml:4: identity.oidc[0].audience"), "{err}");
+        assert!(err.contains("c.yaml:5: identity.oidc[0].leeway"), "{err}");
+        let allowed =
+            bad.replace("[]", "x").replace("1h", "10s") + "      allow_insecure_http: true\n";
+        assert!(Config::parse(&allowed, "c.yaml", None).is_ok());
+        let unknown = defaults.to_string() + "      client_secret: nope\n";
+        let err = Config::parse(&unknown, "c.yaml", None).unwrap_err();
+        assert!(err.to_string().contains("client_secret"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::approval::Approvals;
 use crate::classify::ClassifierCache;
+use crate::config::IdentityConfig;
 use crate::identity::{Identity, IdentityService};
 use crate::operation::{Operation, Protocol};
 use crate::policy::{decide, Action, Decision, PolicySet};
@@ -52,6 +53,8 @@ pub enum DenialKind {
     Canceled,
     /// The decision or its record could not be stored; nothing was forwarded.
     Unavailable,
+    /// The session's identity (its token) has expired: the session must end.
+    IdentityExpired,
 }
 
 #[derive(Debug)]
@@ -159,14 +162,16 @@ impl Gate {
     pub async fn open(
         store: Arc<dyn Store>,
         policies: PolicySet,
-        agent_tokens: bool,
+        identity: &IdentityConfig,
         journal: &std::path::Path,
     ) -> Result<Gate, RecorderError> {
+        let identity = IdentityService::new(store.clone(), identity);
+        identity.prefetch_keys().await;
         Ok(Gate {
             policies: ArcSwap::from_pointee(policies),
             recorder: Recorder::open(store.clone(), journal).await?,
             approvals: Arc::new(Approvals::new(store.clone())),
-            identity: IdentityService::new(store.clone(), agent_tokens),
+            identity,
             classifier: ClassifierCache::new(10_000),
             store,
         })
@@ -237,6 +242,19 @@ impl Gate {
 
     /// Decides and records an operation. Nothing here forwards anything.
     pub async fn submit(&self, session: &Session, op: &Operation) -> Submission {
+        // A connection must not outlive the identity it was opened with.
+        if let Some(expired_at) = session.identity.expires_at.filter(|at| *at <= now_millis()) {
+            tracing::info!(
+                session = session.id,
+                subject = %session.identity.subject,
+                expired_at,
+                "the session's identity has expired; ending the session"
+            );
+            return Submission::Denied(Denial {
+                kind: DenialKind::IdentityExpired,
+                message: "your identity token has expired; reconnect with a fresh token".into(),
+            });
+        }
         let decision = decide(&self.policies.load(), &session.identity, op);
         self.apply(session, op, decision).await
     }

@@ -1,6 +1,10 @@
-//! Who is asking. Turns a presented token into an [`Identity`]: Airlock agent tokens today
-//! (random, shown once, stored as a SHA-256 hash); OIDC tokens join here as another verifier.
+//! Who is asking. Turns a presented token into an [`Identity`]: Airlock agent tokens (random,
+//! shown once, stored as a SHA-256 hash) or OIDC JWTs from a configured issuer (see
+//! [`crate::oidc`]). The two are told apart by shape: agent tokens start with `alk_`, a JWT is
+//! three base64url segments.
 
+use crate::config::IdentityConfig;
+use crate::oidc::{OidcError, OidcVerifier};
 use crate::store::{now_millis, Millis, Store, StoreError, TokenRecord};
 use base64::Engine;
 use rand::RngCore;
@@ -15,19 +19,21 @@ pub const AGENT_TOKEN_PREFIX: &str = "alk_";
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
     AgentToken,
+    Oidc,
 }
 
 impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::AgentToken => "agent-token",
+            AuthMethod::Oidc => "oidc",
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Identity {
-    /// Stable and unique: `token:<id>` for agent tokens.
+    /// Stable and unique: `token:<id>` for agent tokens, `oidc:<issuer>#<subject>` for OIDC.
     pub subject: String,
     pub name: String,
     pub groups: Vec<String>,
@@ -46,10 +52,14 @@ impl Identity {
 pub enum AuthError {
     #[error("no token was presented")]
     Missing,
-    #[error("the token is not an Airlock agent token")]
+    #[error("the token is neither an Airlock agent token nor a JWT")]
     Malformed,
     #[error("agent tokens are disabled by configuration")]
     Disabled,
+    #[error("a JWT was presented but no OIDC issuer is configured")]
+    OidcDisabled,
+    #[error("OIDC token refused: {0}")]
+    Oidc(#[from] OidcError),
     #[error("unknown token")]
     Unknown,
     #[error("token {0} was revoked")]
@@ -81,17 +91,33 @@ fn random_b64(bytes: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
+/// Whether a token has the shape of a JWS compact serialization: three base64url segments
+/// (the last may be empty, as in an unsigned token, which the verifier then refuses).
+fn looks_like_jwt(token: &str) -> bool {
+    token.split('.').count() == 3
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 pub struct IdentityService {
     store: Arc<dyn Store>,
     agent_tokens: bool,
+    oidc: OidcVerifier,
 }
 
 impl IdentityService {
-    pub fn new(store: Arc<dyn Store>, agent_tokens: bool) -> Self {
+    pub fn new(store: Arc<dyn Store>, config: &IdentityConfig) -> Self {
         IdentityService {
             store,
-            agent_tokens,
+            agent_tokens: config.agent_tokens,
+            oidc: OidcVerifier::new(&config.oidc),
         }
+    }
+
+    /// Fetches the OIDC issuers' keys ahead of the first token (at startup).
+    pub async fn prefetch_keys(&self) {
+        self.oidc.prefetch().await;
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
@@ -100,7 +126,13 @@ impl IdentityService {
             return Err(AuthError::Missing);
         }
         if !token.starts_with(AGENT_TOKEN_PREFIX) {
-            return Err(AuthError::Malformed);
+            if !looks_like_jwt(token) {
+                return Err(AuthError::Malformed);
+            }
+            if self.oidc.is_empty() {
+                return Err(AuthError::OidcDisabled);
+            }
+            return Ok(self.oidc.verify(token).await?);
         }
         if !self.agent_tokens {
             return Err(AuthError::Disabled);

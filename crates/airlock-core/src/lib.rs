@@ -6,6 +6,7 @@ pub mod classify;
 pub mod config;
 pub mod gate;
 pub mod identity;
+pub mod oidc;
 pub mod operation;
 pub mod policy;
 pub mod recorder;

@@ -30,16 +30,26 @@ use tracing::Instrument;
 /// A client has this long to finish the startup exchange and log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_SESSIONS: usize = 10_000;
+/// Parsing SQL recurses as deep as the statement nests; a generous stack keeps a hostile
+/// statement from overflowing it (memory is only committed as it is used).
+const CLASSIFY_STACK: usize = 256 * 1024 * 1024;
 
 /// Startup parameters passed on to the upstream; anything else (notably `options`, which can
 /// set arbitrary server settings, and `replication`) stays at the gateway.
-const FORWARDED_PARAMETERS: [&str; 6] = [
+const FORWARDED_PARAMETERS: [&str; 5] = [
     "application_name",
-    "client_encoding",
     "DateStyle",
     "TimeZone",
     "IntervalStyle",
     "extra_float_digits",
+];
+
+/// Settings that decide how the server reads SQL text. The gateway parses as UTF-8 with
+/// standard-conforming strings; the upstream session is pinned to the same, and a session whose
+/// upstream reports otherwise is ended (see `session`).
+pub const READING_SETTINGS: [(&str, &str); 2] = [
+    ("client_encoding", "UTF8"),
+    ("standard_conforming_strings", "on"),
 ];
 
 pub struct PgGateway {
@@ -117,6 +127,7 @@ impl PgGateway {
             let failed = failed_tx.clone();
             std::thread::Builder::new()
                 .name(format!("pg-{index}"))
+                .stack_size(CLASSIFY_STACK)
                 .spawn(move || {
                     let result = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -267,7 +278,7 @@ impl PgGateway {
                         format!("password authentication failed for user \"{user}\""),
                     )
                     .hint(format!(
-                        "{} The password must be an Airlock token.",
+                        "{}. The password must be an Airlock agent token or an OIDC token (JWT).",
                         AuthError::CLIENT_MESSAGE
                     )),
                 }
@@ -289,11 +300,29 @@ impl PgGateway {
                 ),
             ));
         }
-        let forwarded: Vec<(String, String)> = params
+        if let Some(encoding) = param("client_encoding") {
+            let normalized = encoding
+                .trim()
+                .trim_matches('\'')
+                .to_ascii_uppercase()
+                .replace(['-', '_'], "");
+            if normalized != "UTF8" && normalized != "UNICODE" {
+                return Err(LoginError::new(
+                    "22023",
+                    format!("client_encoding \"{encoding}\" is not supported through the gateway; use UTF8"),
+                ));
+            }
+        }
+        let mut forwarded: Vec<(String, String)> = params
             .iter()
             .filter(|(k, _)| FORWARDED_PARAMETERS.contains(&k.as_str()))
             .cloned()
             .collect();
+        forwarded.extend(
+            READING_SETTINGS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         let upstream = upstream::connect(target, &forwarded).await.map_err(|e| {
             tracing::error!(connection = %connection, error = %e, "upstream login failed");
             LoginError::new(
@@ -361,6 +390,7 @@ impl PgGateway {
         let reason = match end {
             End::ClientClosed => "client closed".to_string(),
             End::ClientViolation(_) => "client protocol violation".to_string(),
+            End::IdentityExpired(_) => "identity expired".to_string(),
             End::UpstreamClosed => "upstream closed".to_string(),
             End::Io(e) => format!("i/o error: {e}"),
         };

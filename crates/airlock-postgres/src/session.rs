@@ -52,6 +52,8 @@ pub enum End {
     ClientClosed,
     /// The client broke the protocol; this FATAL is sent before closing.
     ClientViolation(Bytes),
+    /// The identity the session was opened with expired; this FATAL is sent before closing.
+    IdentityExpired(Bytes),
     UpstreamClosed,
     Io(std::io::Error),
 }
@@ -101,6 +103,7 @@ impl Relay<'_> {
             upstream: upstream_write,
             pending_from: 0,
             skip_until_sync: false,
+            in_batch: false,
             statements: HashMap::new(),
             portals: HashMap::new(),
             expectations: expectations.clone(),
@@ -121,7 +124,7 @@ impl Relay<'_> {
             end = to_client.run(&mut client_write, inject_rx) => end,
         };
         match &end {
-            End::ClientViolation(fatal) => {
+            End::ClientViolation(fatal) | End::IdentityExpired(fatal) => {
                 let _ = client_write.write_all(fatal).await;
             }
             End::UpstreamClosed => {
@@ -155,6 +158,7 @@ fn refusal_error(denial: &Denial) -> Bytes {
             Some(format!("airlock: {}", denial.message)),
         ),
         DenialKind::Unavailable => ("58000", format!("airlock: {}", denial.message), None),
+        DenialKind::IdentityExpired => ("28000", format!("airlock: {}", denial.message), None),
     };
     codec::error_response(Severity::Error, code, &message, detail.as_deref(), None)
 }
@@ -169,6 +173,8 @@ struct ClientSide<'r, 'a, R, W> {
     /// After a refusal in the extended protocol, the rest of the batch is dropped up to Sync,
     /// exactly as the upstream would skip it after an error.
     skip_until_sync: bool,
+    /// Extended-protocol messages were sent since the last Sync.
+    in_batch: bool,
     statements: HashMap<String, Prepared>,
     portals: HashMap<String, Portal>,
     expectations: Expectations,
@@ -224,6 +230,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 continue;
             }
             match tag {
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.in_batch = true,
+                b'S' => self.in_batch = false,
+                _ => {}
+            }
+            match tag {
+                // The upstream would answer it inside the batch's error handling, not with its
+                // own ReadyForQuery; libpq and the drivers never do this.
+                b'Q' if self.in_batch => return Err(violation(
+                    "a simple Query inside an unfinished extended-protocol batch (send Sync first)",
+                )),
                 b'Q' => self.on_query(range).await?,
                 b'P' => self.on_parse(range)?,
                 b'B' => self.on_bind(range)?,
@@ -430,6 +446,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 );
                 Ok(())
             }
+            Err(denial) if denial.kind == DenialKind::IdentityExpired => {
+                // Nothing more runs under an expired identity: FATAL, and the session ends.
+                Err(End::IdentityExpired(codec::error_response(
+                    Severity::Fatal,
+                    "28000",
+                    &format!("airlock: {}", denial.message),
+                    None,
+                    None,
+                )))
+            }
             Err(denial) => {
                 self.drop_message(range).await?;
                 self.refuse(&denial, simple).await
@@ -544,6 +570,10 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
             };
             let range = pos..pos + len;
             pos += len;
+            if tag == b'S' {
+                check_reading_setting(&self.buf[range.clone()])?;
+                continue;
+            }
             if !matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's' | b't') {
                 continue;
             }
@@ -611,10 +641,11 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
             b'E' => {
                 // A refusal pending in this segment whose marker this error carries?
                 let msg = &self.buf[range];
+                // Markers are unique, so the whole queue can be searched: a refusal is rewritten
+                // even if the queue ever drifted from the upstream's answers.
                 let refusal = self
                     .local
                     .iter()
-                    .take_while(|e| !matches!(e, Expect::SyncPoint))
                     .position(|e| matches!(e, Expect::Refusal { marker, .. } if contains(msg, marker.as_bytes())));
                 if let Some(index) = refusal {
                     if let Some(Expect::Refusal { error, .. }) = self.local.remove(index) {
@@ -688,6 +719,35 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
             }
             _ => None,
         }
+    }
+}
+
+/// Ends the session if the upstream reports that it now reads SQL text differently from the
+/// gateway's parser (another encoding, or backslash escapes in ordinary strings).
+fn check_reading_setting(msg: &[u8]) -> Result<(), End> {
+    let mut r = codec::Reader::new(codec::body(msg), "ParameterStatus");
+    let (Ok(name), Ok(value)) = (r.cstr(), r.cstr()) else {
+        return Ok(());
+    };
+    match crate::READING_SETTINGS
+        .iter()
+        .find(|(setting, _)| *setting == name)
+    {
+        Some((_, required)) if !value.eq_ignore_ascii_case(required) => {
+            tracing::error!(
+                setting = name,
+                value,
+                "upstream setting changed; ending the session"
+            );
+            Err(End::ClientViolation(codec::error_response(
+                Severity::Fatal,
+                "42501",
+                &format!("airlock: {name} was changed to {value}; the gateway only relays sessions with {name} = {required}"),
+                None,
+                None,
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -91,6 +91,8 @@ pub enum Command {
     /// Airlock-issued agent tokens (admins).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// The identity and groups the gateway resolves from the current token.
+    Whoami,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,6 +12,7 @@ mod serve;
 mod sessions;
 mod tokens;
 mod when;
+mod whoami;
 
 use clap::Parser;
 use cli::{
@@ -20,8 +21,25 @@ use cli::{
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Parsing SQL recurses as deep as the statement nests; a generous stack keeps a hostile
+/// statement from overflowing it (memory is only committed as it is used).
+const THREAD_STACK: usize = 256 * 1024 * 1024;
+
+fn main() -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK)
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run_main()),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -76,6 +94,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tokens(TokensCommand::List) => tokens::list(cli).await?,
         Command::Tokens(TokensCommand::Revoke { id }) => tokens::revoke(cli, id).await?,
+        Command::Whoami => whoami::run(cli).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

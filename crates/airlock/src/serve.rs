@@ -43,14 +43,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
 
     let journal = config.data_dir().join("events.journal");
     let gate = Arc::new(
-        Gate::open(
-            store.clone(),
-            policies,
-            config.identity.agent_tokens,
-            &journal,
-        )
-        .await
-        .with_context(|| format!("opening the recorder journal {}", journal.display()))?,
+        Gate::open(store.clone(), policies, &config.identity, &journal)
+            .await
+            .with_context(|| format!("opening the recorder journal {}", journal.display()))?,
     );
     bootstrap_admin(&gate, &config).await?;
 

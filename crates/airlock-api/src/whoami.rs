@@ -1,0 +1,31 @@
+//! `/api/v1/whoami`: the identity the gateway resolved from the caller's token — subject, name,
+//! groups, how it authenticated, when it expires, and whether it is an admin. The first thing
+//! to check when a policy does not match.
+
+use crate::auth::Caller;
+use airlock_core::identity::AuthMethod;
+use airlock_core::store::Millis;
+use axum::Json;
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct WhoAmI {
+    subject: String,
+    name: String,
+    groups: Vec<String>,
+    method: AuthMethod,
+    expires_at: Option<Millis>,
+    admin: bool,
+}
+
+pub async fn show(caller: Caller) -> Json<WhoAmI> {
+    let identity = caller.identity;
+    Json(WhoAmI {
+        subject: identity.subject,
+        name: identity.name,
+        groups: identity.groups,
+        method: identity.method,
+        expires_at: identity.expires_at,
+        admin: caller.admin,
+    })
+}
