@@ -148,12 +148,30 @@ impl fmt::Display for StatementKind {
     }
 }
 
+/// Something defined earlier in the session that a statement runs by name; what it does is
+/// only known from the statement that defined it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NamedObject {
+    /// A prepared statement (`EXECUTE name`).
+    Statement(String),
+    /// A cursor (`FETCH` / `MOVE … FROM name`).
+    Portal(String),
+}
+
 /// One statement of a SQL string: its own kind, and every kind that runs as part of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassifiedStatement {
     pub kind: StatementKind,
     /// `kind` plus any data-modifying statements nested inside (sorted, unique).
     pub kinds: Vec<StatementKind>,
+    /// Prepared statements and portals run by name anywhere inside; their kinds are not in
+    /// `kinds` and must be looked up by the caller.
+    #[serde(default)]
+    pub runs: Vec<NamedObject>,
+    /// Why the statement must never be forwarded: it could make the server read later SQL
+    /// text differently from this parser, which would void every later classification.
+    #[serde(default)]
+    pub forbidden: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,8 +205,19 @@ impl Classification {
     }
 }
 
+/// Longest SQL text classified. Parsing recurses as deep as the text nests, and the gateway's
+/// threads have stacks sized for this much (see the PostgreSQL adapter); longer text is refused.
+pub const MAX_CLASSIFIED_LEN: usize = 1024 * 1024;
+
 /// Classifies SQL with PostgreSQL's parser.
 pub fn classify(sql: &str) -> Classification {
+    if sql.len() > MAX_CLASSIFIED_LEN {
+        return Classification::Unparseable(format!(
+            "the statement is {} bytes long; the gateway classifies statements up to {} bytes",
+            sql.len(),
+            MAX_CLASSIFIED_LEN
+        ));
+    }
     let parsed = match pg_query::parse(sql) {
         Ok(parsed) => parsed,
         Err(e) => return Classification::Unparseable(e.to_string()),
@@ -199,60 +228,228 @@ pub fn classify(sql: &str) -> Classification {
             continue;
         };
         let kind = top_level_kind(node);
-        let mut kinds = vec![kind];
-        if may_nest_statements(node, sql) {
+        let mut walk = Walk {
+            kinds: vec![kind],
+            runs: Vec::new(),
+            forbidden: None,
+        };
+        if needs_walk(node, sql) {
             match serde_json::to_value(node) {
-                Ok(tree) => collect_nested_writes(&tree, &mut kinds),
-                // Cannot look inside: treat it as something no rule can name.
-                Err(_) => kinds.push(StatementKind::Other),
+                Ok(tree) => walk.visit(&tree),
+                Err(_) => {
+                    // Cannot look inside: treat it as something no rule can name, and since a
+                    // hidden set_config cannot be ruled out, refuse it outright.
+                    walk.kinds.push(StatementKind::Other);
+                    walk.forbid("its parse tree could not be inspected".to_string());
+                }
             }
         }
+        let Walk {
+            mut kinds,
+            runs,
+            forbidden,
+        } = walk;
         kinds.sort();
         kinds.dedup();
-        statements.push(ClassifiedStatement { kind, kinds });
+        statements.push(ClassifiedStatement {
+            kind,
+            kinds,
+            runs,
+            forbidden,
+        });
     }
     Classification::Parsed(statements)
 }
 
-/// Whether a statement can contain another. Inside SELECT, INSERT, UPDATE, DELETE and MERGE a
-/// statement can only nest through a WITH clause, and a text without the letters `with` has
-/// none; every other statement kind (EXPLAIN, COPY, PREPARE, CREATE …) is always walked.
-fn may_nest_statements(node: &NodeEnum, sql: &str) -> bool {
-    let plain_dml = matches!(
-        node,
+/// Whether the parse tree must be walked. Every statement kind other than SELECT, INSERT,
+/// UPDATE, DELETE and MERGE (EXPLAIN, COPY, PREPARE, SET, CREATE …) always is. Inside those
+/// five the walk can only find something when the text shows it:
+/// - a nested statement needs a WITH clause, i.e. the letters `with`;
+/// - a `set_config` call or a write to `pg_settings` (whose update rule calls set_config)
+///   needs those letters, unless the identifier is spelled with Unicode escapes (`U&"…"`),
+///   hence the check for `u&`;
+/// - ON CONFLICT DO UPDATE is read from the top-level node itself.
+///
+/// EXECUTE, FETCH and SELECT … INTO cannot appear inside these five at all.
+fn needs_walk(node: &NodeEnum, sql: &str) -> bool {
+    let plain_dml = match node {
+        NodeEnum::InsertStmt(insert) => insert.on_conflict_clause.is_none(),
         NodeEnum::SelectStmt(_)
-            | NodeEnum::InsertStmt(_)
-            | NodeEnum::UpdateStmt(_)
-            | NodeEnum::DeleteStmt(_)
-            | NodeEnum::MergeStmt(_)
-    );
+        | NodeEnum::UpdateStmt(_)
+        | NodeEnum::DeleteStmt(_)
+        | NodeEnum::MergeStmt(_) => true,
+        _ => false,
+    };
     !plain_dml
-        || sql
-            .as_bytes()
-            .windows(4)
-            .any(|w| w.eq_ignore_ascii_case(b"with"))
+        || [
+            b"with".as_slice(),
+            b"set_config".as_slice(),
+            b"pg_settings".as_slice(),
+            b"u&".as_slice(),
+        ]
+        .iter()
+        .any(|needle| contains_ignore_ascii_case(sql.as_bytes(), needle))
 }
 
-/// Walks the whole serialized parse tree. Node variants appear as object keys
-/// (`{"DeleteStmt": {…}}`), literal text only as string values, so no literal can fake a node.
-fn collect_nested_writes(value: &serde_json::Value, kinds: &mut Vec<StatementKind>) {
-    match value {
-        serde_json::Value::Object(map) => {
-            for (key, child) in map {
-                if let Some(kind) = StatementKind::of_node_name(key) {
-                    if kind != StatementKind::Select {
-                        kinds.push(kind);
-                    }
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Settings that change how the server tokenizes SQL text: the encoding decides which bytes
+/// belong to a multibyte character (and so where a quote ends), and
+/// standard_conforming_strings decides whether backslashes escape quotes in `'…'`.
+const LEXER_SETTINGS: [&str; 2] = ["client_encoding", "standard_conforming_strings"];
+
+fn is_lexer_setting(name: &str) -> bool {
+    // GUC names are case-insensitive in the server.
+    LEXER_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// What a walk of the serialized parse tree found.
+struct Walk {
+    kinds: Vec<StatementKind>,
+    runs: Vec<NamedObject>,
+    forbidden: Option<String>,
+}
+
+impl Walk {
+    fn forbid(&mut self, reason: String) {
+        // The first reason is enough to refuse; keep it stable.
+        if self.forbidden.is_none() {
+            self.forbidden = Some(reason);
+        }
+    }
+
+    fn run(&mut self, object: NamedObject) {
+        if !self.runs.contains(&object) {
+            self.runs.push(object);
+        }
+    }
+
+    /// Walks the whole serialized parse tree. Node variants appear as object keys
+    /// (`{"DeleteStmt": {…}}`), literal text only as string values, so no literal can fake a
+    /// node.
+    fn visit(&mut self, value: &serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    self.visit_key(key, child);
+                    self.visit(child);
                 }
-                collect_nested_writes(child, kinds);
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    self.visit(item);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn visit_key(&mut self, key: &str, node: &serde_json::Value) {
+        use StatementKind as K;
+        if let Some(kind) = StatementKind::of_node_name(key) {
+            if kind != K::Select {
+                self.kinds.push(kind);
             }
         }
-        serde_json::Value::Array(items) => {
-            for item in items {
-                collect_nested_writes(item, kinds);
+        match key {
+            // SELECT … INTO creates a table, also under EXPLAIN ANALYZE.
+            "SelectStmt" if !node["into_clause"].is_null() => self.kinds.push(K::Create),
+            "CreateTableAsStmt" => self.kinds.push(K::Create),
+            "ExecuteStmt" => {
+                self.kinds.push(K::Execute);
+                let name = node["name"].as_str().unwrap_or_default();
+                self.run(NamedObject::Statement(name.to_string()));
             }
+            "FetchStmt" => {
+                // MOVE runs the cursor's query just like FETCH does.
+                let name = node["portalname"].as_str().unwrap_or_default();
+                self.run(NamedObject::Portal(name.to_string()));
+            }
+            "on_conflict_clause"
+                if node["action"].as_i64()
+                    == Some(pg_query::protobuf::OnConflictAction::OnconflictUpdate as i64) =>
+            {
+                self.kinds.push(K::Update);
+            }
+            "UpdateStmt" | "InsertStmt" | "MergeStmt" => {
+                let relname = node["relation"]["relname"].as_str().unwrap_or_default();
+                if relname.eq_ignore_ascii_case("pg_settings") {
+                    self.forbid(
+                        "writes to pg_settings, whose update rule calls set_config".to_string(),
+                    );
+                }
+            }
+            "VariableSetStmt" => self.visit_variable_set(node),
+            "AlterSystemStmt" => {
+                self.forbid("ALTER SYSTEM changes server settings".to_string());
+            }
+            "DiscardStmt"
+                if node["target"].as_i64()
+                    == Some(pg_query::protobuf::DiscardMode::DiscardAll as i64) =>
+            {
+                self.forbid(
+                    "DISCARD ALL runs RESET ALL, which resets client_encoding and \
+                     standard_conforming_strings"
+                        .to_string(),
+                );
+            }
+            "FuncCall" => self.visit_func_call(node),
+            _ => {}
         }
-        _ => {}
+    }
+
+    fn visit_variable_set(&mut self, node: &serde_json::Value) {
+        let reset_all =
+            node["kind"].as_i64() == Some(pg_query::protobuf::VariableSetKind::VarResetAll as i64);
+        let name = node["name"].as_str().unwrap_or_default();
+        if reset_all {
+            self.forbid(
+                "RESET ALL resets client_encoding and standard_conforming_strings".to_string(),
+            );
+        } else if is_lexer_setting(name) {
+            self.forbid(format!(
+                "changing {} would make the server read SQL text differently",
+                name.to_ascii_lowercase()
+            ));
+        }
+    }
+
+    fn visit_func_call(&mut self, node: &serde_json::Value) {
+        // Match the last name part so any schema qualification (pg_catalog.set_config, a
+        // quoted or Unicode-escaped spelling) is caught; quoted case variants are matched too,
+        // erring on the side of refusing.
+        let last_name = node["funcname"]
+            .as_array()
+            .and_then(|parts| parts.last())
+            .and_then(|part| part["node"]["String"]["sval"].as_str());
+        let Some(last_name) = last_name else {
+            return;
+        };
+        if !last_name.eq_ignore_ascii_case("set_config") {
+            return;
+        }
+        self.kinds.push(StatementKind::Set);
+        // Only a plain string constant proves which setting is changed; parameters,
+        // expressions, casts and named arguments could all name a lexer setting.
+        let setting = node["args"]
+            .as_array()
+            .and_then(|args| args.first())
+            .map(|arg| &arg["node"]["AConst"])
+            .filter(|constant| constant["isnull"].as_bool() != Some(true))
+            .and_then(|constant| constant["val"]["Sval"]["sval"].as_str());
+        match setting {
+            Some(name) if !is_lexer_setting(name) => {}
+            Some(name) => self.forbid(format!(
+                "set_config of {} would make the server read SQL text differently",
+                name.to_ascii_lowercase()
+            )),
+            None => self
+                .forbid("set_config with a setting name that is not a string constant".to_string()),
+        }
     }
 }
 
@@ -353,37 +550,6 @@ impl ClassifierCache {
 mod tests {
     use super::*;
     use StatementKind as K;
-    #[test]
-    fn zz_scratch_dump() {
-        for sql in [
-            "select set_config('a','b',false)",
-            "select pg_catalog.set_config($1,'b',false)",
-            "execute d(1)",
-            "fetch all from p",
-            "move next in p",
-            "set names 'SJIS'",
-            "reset all",
-            "set standard_conforming_strings to default",
-            "set local client_encoding = 'x'",
-            "alter system set x = 1",
-            "insert into t values (1) on conflict (id) do update set a = 1",
-            "insert into t values (1) on conflict do nothing",
-            "explain analyze select 1 into t3",
-            "select 1",
-            "set time zone 'UTC'",
-            "reset client_encoding",
-        ] {
-            let parsed = pg_query::parse(sql).unwrap();
-            let node = parsed.protobuf.stmts[0]
-                .stmt
-                .as_ref()
-                .unwrap()
-                .node
-                .as_ref()
-                .unwrap();
-            println!("{sql}\n  {}", serde_json::to_value(node).unwrap());
-        }
-    }
 
     fn kinds(sql: &str) -> Vec<Vec<StatementKind>> {
         match classify(sql) {
@@ -453,6 +619,137 @@ mod tests {
             kinds("prepare p as update t set a = 1"),
             vec![vec![K::Update, K::Prepare]]
         );
+    }
+
+    fn one(sql: &str) -> ClassifiedStatement {
+        match classify(sql) {
+            Classification::Parsed(mut s) if s.len() == 1 => s.remove(0),
+            other => panic!("expected one statement for {sql}: {other:?}"),
+        }
+    }
+
+    fn forbidden(sql: &str) -> bool {
+        one(sql).forbidden.is_some()
+    }
+
+    #[test]
+    fn set_config_is_set_and_lexer_settings_are_forbidden() {
+        let s = one("select set_config('standard_conforming_strings','off',false)");
+        assert!(s.forbidden.is_some());
+        assert!(s.kinds.contains(&K::Set));
+        let s = one("SELECT set_config('search_path','x',false)");
+        assert_eq!(s.forbidden, None);
+        assert_eq!(s.kinds, vec![K::Select, K::Set]);
+        assert!(forbidden(
+            "select * from t where set_config($1, 'off', false) = ''"
+        ));
+        assert!(forbidden(
+            "select 1 from t where pg_catalog.set_config('Client_Encoding', 'SJIS', false) = ''"
+        ));
+        assert!(forbidden(
+            r#"select U&"\0073et_config"('standard_conforming_strings','off',false)"#
+        ));
+        assert!(forbidden(
+            "select set_config(setting_name => 'search_path', new_value => 'x', is_local => false)"
+        ));
+        assert!(forbidden(
+            "update pg_settings set setting = 'off' where name = 'standard_conforming_strings'"
+        ));
+        assert!(forbidden(
+            "alter system set standard_conforming_strings = off"
+        ));
+        assert!(forbidden("alter system set work_mem = '1MB'"));
+    }
+
+    #[test]
+    fn set_of_lexer_settings_is_forbidden() {
+        for sql in [
+            "SET standard_conforming_strings = off",
+            "SET LOCAL standard_conforming_strings = on",
+            "set session client_encoding to 'SJIS'",
+            "set client_encoding to 'SJIS'",
+            "SET NAMES 'SJIS'",
+            "RESET ALL",
+            "reset client_encoding",
+            "set standard_conforming_strings to default",
+            "discard all",
+        ] {
+            assert!(forbidden(sql), "{sql}");
+        }
+        for sql in [
+            "SET search_path = x",
+            "set escape_string_warning = off",
+            "set backslash_quote = on",
+            "reset search_path",
+            "discard plans",
+        ] {
+            assert!(!forbidden(sql), "{sql}");
+        }
+        assert_eq!(one("SET NAMES 'SJIS'").kinds, vec![K::Set]);
+    }
+
+    #[test]
+    fn named_prepared_statements_and_portals_are_reported() {
+        let s = one("EXECUTE d");
+        assert_eq!(s.runs, vec![NamedObject::Statement("d".to_string())]);
+        assert!(s.kinds.contains(&K::Execute));
+        let s = one("EXPLAIN ANALYZE EXECUTE d");
+        assert_eq!(s.runs, vec![NamedObject::Statement("d".to_string())]);
+        assert_eq!(s.kinds, vec![K::Explain, K::Execute]);
+        let s = one("create table t4 as execute d(1)");
+        assert_eq!(s.runs, vec![NamedObject::Statement("d".to_string())]);
+        assert_eq!(s.kinds, vec![K::Create, K::Execute]);
+        for sql in ["FETCH ALL FROM p", "MOVE NEXT IN p"] {
+            let s = one(sql);
+            assert_eq!(s.runs, vec![NamedObject::Portal("p".to_string())], "{sql}");
+            assert_eq!(s.kinds, vec![K::Fetch], "{sql}");
+        }
+        assert_eq!(one("select 1").runs, vec![]);
+    }
+
+    #[test]
+    fn nested_creates_and_upserts_are_seen() {
+        assert_eq!(
+            kinds("EXPLAIN ANALYZE CREATE TABLE t2 AS SELECT 1"),
+            vec![vec![K::Create, K::Explain]]
+        );
+        assert_eq!(
+            kinds("EXPLAIN ANALYZE SELECT 1 INTO t3"),
+            vec![vec![K::Create, K::Explain]]
+        );
+        assert_eq!(
+            kinds("insert into t values (1) on conflict (id) do update set a = 1"),
+            vec![vec![K::Insert, K::Update]]
+        );
+        assert_eq!(
+            kinds("insert into t values (1) on conflict do nothing"),
+            vec![vec![K::Insert]]
+        );
+        assert_eq!(
+            kinds(
+                "with x as (insert into t values (1) on conflict (id) do update set a = 1 \
+                 returning *) select * from x"
+            ),
+            vec![vec![K::Select, K::Insert, K::Update]]
+        );
+    }
+
+    #[test]
+    fn plain_dml_stays_on_the_fast_path() {
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 1";
+        let parsed = pg_query::parse(sql).expect("parses");
+        let node = parsed.protobuf.stmts[0]
+            .stmt
+            .as_ref()
+            .and_then(|n| n.node.as_ref())
+            .expect("one statement");
+        assert!(!needs_walk(node, sql));
+        // The same tree with text that could hide an escaped set_config must be walked.
+        assert!(needs_walk(
+            node,
+            r#"select U&"\0073et_config"('a','b',false)"#
+        ));
+        assert_eq!(one(sql).kinds, vec![K::Select]);
     }
 
     #[test]

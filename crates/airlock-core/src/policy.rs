@@ -314,6 +314,14 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
             );
         }
         Classification::Parsed(statements) => {
+            if let Some(reason) = statements.iter().find_map(|s| s.forbidden.clone()) {
+                return Decision {
+                    action: Action::Deny { reason },
+                    policy: None,
+                    rule: Some("built-in: the server must read SQL as the gateway does".into()),
+                    record,
+                };
+            }
             for kind in statements.iter().flat_map(|s| s.kinds.iter().copied()) {
                 let mut for_kind: Option<Candidate> = None;
                 for policy in &applicable {
@@ -538,6 +546,23 @@ policies:
         assert!(matches!(&d.action, Action::Deny { reason } if reason.contains("no policy")));
         let d = decide_sql(&["someone-else"], "prod", "select 1");
         assert!(matches!(d.action, Action::Deny { .. }));
+    }
+
+    #[test]
+    fn statements_that_change_how_sql_is_read_are_refused_whatever_the_policy() {
+        let d = decide_sql(
+            &["lenient"],
+            "staging",
+            "set standard_conforming_strings = off",
+        );
+        assert!(
+            matches!(&d.action, Action::Deny { reason } if reason.contains("standard_conforming_strings")),
+            "{d:?}"
+        );
+        assert_eq!(
+            d.rule.as_deref(),
+            Some("built-in: the server must read SQL as the gateway does")
+        );
     }
 
     #[test]

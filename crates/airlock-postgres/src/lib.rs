@@ -7,6 +7,7 @@
 
 pub mod cancel;
 pub mod codec;
+pub mod names;
 pub mod session;
 pub mod upstream;
 

@@ -13,7 +13,8 @@
 
 use crate::cancel::CancelSlot;
 use crate::codec::{self, Severity};
-use airlock_core::classify::Classification;
+use crate::names::{Lookup, Names, Space};
+use airlock_core::classify::{Classification, NamedObject, StatementKind};
 use airlock_core::gate::{Denial, DenialKind, Gate, Session, Submission};
 use airlock_core::operation::Operation;
 use airlock_core::store::OutcomeStatus;
@@ -32,6 +33,8 @@ enum Expect {
     Outcome { event: Option<i64>, simple: bool },
     /// A refusal: the upstream error carrying `marker` is replaced by `error`.
     Refusal { marker: String, error: Bytes },
+    /// A Parse, Bind or Close whose name takes its new meaning once the upstream confirms it.
+    Confirm { space: Space, name: String, id: u64 },
     /// A Describe of a prepared statement: its ParameterDescription tells the parameter types
     /// (for showing reviewers binary parameters as values).
     Describe { statement: String },
@@ -64,6 +67,8 @@ impl From<std::io::Error> for End {
     }
 }
 
+type SessionNames = Arc<Names<Prepared, Portal>>;
+
 #[derive(Clone)]
 struct Prepared {
     sql: Arc<str>,
@@ -71,6 +76,7 @@ struct Prepared {
     param_types: Vec<u32>,
 }
 
+#[derive(Clone)]
 struct Portal {
     statement: Option<Prepared>,
     params: Vec<Option<String>>,
@@ -93,6 +99,7 @@ impl Relay<'_> {
     ) -> End {
         let expectations: Expectations = Arc::new(Mutex::new(VecDeque::new()));
         let described: DescribedTypes = Arc::new(Mutex::new(HashMap::new()));
+        let names: SessionNames = Names::new();
         let (inject_tx, inject_rx) = mpsc::unbounded_channel::<Bytes>();
         let (client_read, mut client_write) = client.split();
         let (upstream_read, upstream_write) = upstream.split();
@@ -104,8 +111,8 @@ impl Relay<'_> {
             pending_from: 0,
             skip_until_sync: false,
             in_batch: false,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            batch: 0,
+            names: names.clone(),
             expectations: expectations.clone(),
             described: described.clone(),
             inject: inject_tx,
@@ -116,6 +123,7 @@ impl Relay<'_> {
             buf: upstream_buf,
             expectations,
             described,
+            names,
             local: VecDeque::new(),
             simple: None,
         };
@@ -175,8 +183,9 @@ struct ClientSide<'r, 'a, R, W> {
     skip_until_sync: bool,
     /// Extended-protocol messages were sent since the last Sync.
     in_batch: bool,
-    statements: HashMap<String, Prepared>,
-    portals: HashMap<String, Portal>,
+    /// Batches (Syncs and Queries) sent so far: the number of the batch being sent.
+    batch: u64,
+    names: SessionNames,
     expectations: Expectations,
     described: DescribedTypes,
     inject: mpsc::UnboundedSender<Bytes>,
@@ -198,9 +207,102 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
         }
     }
 
-    fn expect(&self, items: impl IntoIterator<Item = Expect>) {
+    fn expect(&mut self, items: impl IntoIterator<Item = Expect>) {
         if let Ok(mut queue) = self.expectations.lock() {
-            queue.extend(items);
+            for item in items {
+                if matches!(item, Expect::SyncPoint) {
+                    self.batch += 1;
+                }
+                queue.push_back(item);
+            }
+        }
+    }
+
+    /// Forwards what is pending before `upto`, then waits until the upstream has answered
+    /// `batch`, so a name's meaning proposed there is settled.
+    async fn settle(&mut self, upto: usize, batch: u64) -> Result<(), End> {
+        self.flush_until(upto).await?;
+        self.names.wait_answered(batch).await;
+        Ok(())
+    }
+
+    async fn statement(&mut self, name: &str, upto: usize) -> Result<Option<Prepared>, End> {
+        loop {
+            match self.names.statement(name, self.batch) {
+                Lookup::Found(prepared) => return Ok(Some(prepared)),
+                Lookup::Unknown => return Ok(None),
+                Lookup::WaitFor(batch) => self.settle(upto, batch).await?,
+            }
+        }
+    }
+
+    /// Adds to each statement the kinds of what its `EXECUTE name` / `FETCH … FROM name` runs,
+    /// as this session's names say. A name the gateway does not know (SQL-level PREPARE or
+    /// DECLARE) runs something it cannot judge: OTHER, which no rule allows unless it says so.
+    async fn resolve_runs(
+        &mut self,
+        classification: Arc<Classification>,
+        upto: usize,
+    ) -> Result<Arc<Classification>, End> {
+        let Classification::Parsed(statements) = classification.as_ref() else {
+            return Ok(classification);
+        };
+        if statements.iter().all(|s| s.runs.is_empty()) {
+            return Ok(classification);
+        }
+        let mut resolved = statements.clone();
+        for statement in &mut resolved {
+            for run in std::mem::take(&mut statement.runs) {
+                let target = match &run {
+                    NamedObject::Statement(name) => self.statement(name, upto).await?,
+                    NamedObject::Portal(name) => {
+                        self.portal(name, upto).await?.and_then(|p| p.statement)
+                    }
+                };
+                match target.as_ref().map(|p| p.classification.as_ref()) {
+                    Some(Classification::Parsed(inner)) => {
+                        for s in inner {
+                            statement.kinds.extend(s.kinds.iter().copied());
+                            if !s.runs.is_empty() {
+                                statement.kinds.push(StatementKind::Other);
+                            }
+                            if statement.forbidden.is_none() {
+                                statement.forbidden.clone_from(&s.forbidden);
+                            }
+                        }
+                    }
+                    _ => statement.kinds.push(StatementKind::Other),
+                }
+            }
+            statement.kinds.sort();
+            statement.kinds.dedup();
+        }
+        Ok(Arc::new(Classification::Parsed(resolved)))
+    }
+
+    /// SQL-level PREPARE, DEALLOCATE, DECLARE, CLOSE and DISCARD change names the protocol
+    /// also uses, out of the gateway's sight: after one, those names are unknown.
+    fn forget_names_changed_by(&self, classification: &Classification) {
+        let kinds = classification.kinds();
+        let has = |k: StatementKind| kinds.contains(&k);
+        if has(StatementKind::Prepare)
+            || has(StatementKind::Deallocate)
+            || has(StatementKind::Discard)
+        {
+            self.names.forget(Space::Statement);
+        }
+        if has(StatementKind::Declare) || has(StatementKind::Close) || has(StatementKind::Discard) {
+            self.names.forget(Space::Portal);
+        }
+    }
+
+    async fn portal(&mut self, name: &str, upto: usize) -> Result<Option<Portal>, End> {
+        loop {
+            match self.names.portal(name, self.batch) {
+                Lookup::Found(portal) => return Ok(Some(portal)),
+                Lookup::Unknown => return Ok(None),
+                Lookup::WaitFor(batch) => self.settle(upto, batch).await?,
+            }
         }
     }
 
@@ -242,7 +344,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 )),
                 b'Q' => self.on_query(range).await?,
                 b'P' => self.on_parse(range)?,
-                b'B' => self.on_bind(range)?,
+                b'B' => self.on_bind(range).await?,
                 b'E' => self.on_execute(range).await?,
                 b'C' => self.on_close(range)?,
                 b'S' => {
@@ -287,10 +389,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
     async fn on_query(&mut self, range: Range<usize>) -> Result<(), End> {
         let sql =
             codec::decode_query(&self.buf[range.clone()]).map_err(|e| violation(&e.to_string()))?;
-        let classification = self.relay.gate.classifier().classify(sql);
+        let text: Arc<str> = Arc::from(sql);
+        let classification = self.relay.gate.classifier().classify(&text);
+        let classification = self.resolve_runs(classification, range.start).await?;
         let op = Operation {
             connection: self.relay.session.connection.clone(),
-            text: Arc::from(sql),
+            text,
             params: Vec::new(),
             classification,
         };
@@ -307,7 +411,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
         if let Ok(mut described) = self.described.lock() {
             described.remove(parse.name);
         }
-        self.statements.insert(parse.name.to_string(), prepared);
+        let name = parse.name.to_string();
+        let id = self
+            .names
+            .propose_statement(&name, self.batch, Some(prepared));
+        self.expect([Expect::Confirm {
+            space: Space::Statement,
+            name,
+            id,
+        }]);
         Ok(())
     }
 
@@ -322,12 +434,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
     }
 
     /// A statement's parameter types: those the client gave, else those the upstream described.
-    fn param_types(&self, statement: &str) -> Vec<u32> {
-        let given = self
-            .statements
-            .get(statement)
-            .map(|p| p.param_types.clone())
-            .unwrap_or_default();
+    fn param_types(&self, statement: &str, prepared: Option<&Prepared>) -> Vec<u32> {
+        let given = prepared.map(|p| p.param_types.clone()).unwrap_or_default();
         if !given.is_empty() && given.iter().all(|oid| *oid != 0) {
             return given;
         }
@@ -338,43 +446,60 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
             .unwrap_or(given)
     }
 
-    fn on_bind(&mut self, range: Range<usize>) -> Result<(), End> {
+    async fn on_bind(&mut self, range: Range<usize>) -> Result<(), End> {
         let statement = codec::decode_bind_statement(&self.buf[range.clone()])
-            .map_err(|e| violation(&e.to_string()))?;
-        let types = self.param_types(statement);
+            .map_err(|e| violation(&e.to_string()))?
+            .to_string();
+        let prepared = self.statement(&statement, range.start).await?;
+        let types = self.param_types(&statement, prepared.as_ref());
         let bind =
             codec::decode_bind(&self.buf[range], &types).map_err(|e| violation(&e.to_string()))?;
+        let name = bind.portal.to_string();
         let portal = Portal {
-            statement: self.statements.get(bind.statement).cloned(),
+            statement: prepared,
             params: bind.params,
         };
-        self.portals.insert(bind.portal.to_string(), portal);
+        let id = self.names.propose_portal(&name, self.batch, Some(portal));
+        self.expect([Expect::Confirm {
+            space: Space::Portal,
+            name,
+            id,
+        }]);
         Ok(())
     }
 
     fn on_close(&mut self, range: Range<usize>) -> Result<(), End> {
         let (kind, name) = codec::decode_target(&self.buf[range], "Close")
             .map_err(|e| violation(&e.to_string()))?;
-        if kind == b'S' {
-            self.statements.remove(name);
+        let name = name.to_string();
+        let (space, id) = if kind == b'S' {
+            let id = self.names.propose_statement(&name, self.batch, None);
+            (Space::Statement, id)
         } else {
-            self.portals.remove(name);
-        }
+            (
+                Space::Portal,
+                self.names.propose_portal(&name, self.batch, None),
+            )
+        };
+        self.expect([Expect::Confirm { space, name, id }]);
         Ok(())
     }
 
     async fn on_execute(&mut self, range: Range<usize>) -> Result<(), End> {
         let name = codec::decode_execute_portal(&self.buf[range.clone()])
-            .map_err(|e| violation(&e.to_string()))?;
-        let op = match self.portals.get(name) {
+            .map_err(|e| violation(&e.to_string()))?
+            .to_string();
+        let op = match self.portal(&name, range.start).await? {
             Some(Portal {
                 statement: Some(prepared),
                 params,
             }) => Operation {
                 connection: self.relay.session.connection.clone(),
-                text: prepared.sql.clone(),
-                params: params.clone(),
-                classification: prepared.classification.clone(),
+                text: prepared.sql,
+                params,
+                classification: self
+                    .resolve_runs(prepared.classification, range.start)
+                    .await?,
             },
             _ => {
                 // Not bound through this session's Parse/Bind: nothing to judge, so refuse.
@@ -436,6 +561,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
         };
         match verdict {
             Ok(permit) => {
+                self.forget_names_changed_by(&op.classification);
                 self.expect(
                     [Expect::Outcome {
                         event: permit.event(),
@@ -519,6 +645,7 @@ struct UpstreamSide<'r, 'a, R> {
     buf: BytesMut,
     expectations: Expectations,
     described: DescribedTypes,
+    names: SessionNames,
     /// Expectations taken from the shared queue, oldest first.
     local: VecDeque<Expect>,
     /// Tags seen so far for the simple Query being answered: (last tag, rows).
@@ -574,7 +701,10 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                 check_reading_setting(&self.buf[range.clone()])?;
                 continue;
             }
-            if !matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's' | b't') {
+            if !matches!(
+                tag,
+                b'C' | b'E' | b'Z' | b'I' | b's' | b't' | b'1' | b'2' | b'3'
+            ) {
                 continue;
             }
             if !took {
@@ -665,6 +795,19 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                 }
                 None
             }
+            b'1' | b'2' | b'3' => {
+                let confirmed = self
+                    .local
+                    .iter()
+                    .take_while(|e| !matches!(e, Expect::SyncPoint))
+                    .position(|e| matches!(e, Expect::Confirm { .. }));
+                if let Some(Expect::Confirm { space, name, id }) =
+                    confirmed.and_then(|i| self.local.remove(i))
+                {
+                    self.names.confirm(space, &name, id);
+                }
+                None
+            }
             b't' => {
                 let describe = self
                     .local
@@ -711,10 +854,13 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                             event,
                             simple: false,
                         } => self.outcome(event, OutcomeStatus::NotRun, None, None),
+                        // Skipped after an error: the name keeps its old meaning.
+                        Expect::Confirm { space, name, id } => self.names.reject(space, &name, id),
                         // The upstream skipped it after an earlier error, which the client saw.
                         Expect::Refusal { .. } | Expect::Describe { .. } => {}
                     }
                 }
+                self.names.batch_answered();
                 None
             }
             _ => None,
