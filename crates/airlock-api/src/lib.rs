@@ -41,6 +41,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}", delete(tokens::revoke))
         .route("/connections", get(connections::list))
+        .route("/policies", get(policies::show).put(policies::replace))
+        .route("/policies/changes", get(policies::changes))
         .route("/policies/explain", post(policies::explain))
         .route("/whoami", get(whoami::show));
     Router::new()

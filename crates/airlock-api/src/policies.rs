@@ -1,15 +1,59 @@
-//! `/api/v1/policies/explain`: what the live policy would decide for a member of some groups
-//! running some SQL on a connection, with the rule that decides it. It calls the same pure
-//! `decide` the gateway uses, on a synthetic identity; nothing is run or recorded.
+//! `/api/v1/policies`: the live policies (admins). `GET` shows them; `PUT` replaces them with a
+//! `policies:` document (YAML, or JSON, which is YAML too), validated like the config file and
+//! recorded as an audit event before it takes effect; `/changes` lists those events.
+//! `/explain`: what the live policy would decide for a member of some groups running some SQL
+//! on a connection, with the rule that decides it. It calls the same pure `decide` the gateway
+//! uses, on a synthetic identity; nothing is run or recorded.
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::ApiState;
+use airlock_core::config::Config;
+use airlock_core::gate::PolicyAuthor;
 use airlock_core::policy::{self, Explanation};
-use axum::extract::rejection::JsonRejection;
+use airlock_core::store::PolicyChangeRecord;
+use axum::extract::rejection::{JsonRejection, StringRejection};
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub async fn show(State(state): State<ApiState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(json!({ "policies": state.gate.policies().configs() })))
+}
+
+/// Replaces every policy. Only the policies change: connections and the rest of the config are
+/// the ones the gateway started with, and the new policies are checked against them.
+pub async fn replace(
+    State(state): State<ApiState>,
+    caller: Caller,
+    body: Result<String, StringRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let body =
+        body.map_err(|e| ApiError::BadRequest(format!("invalid request body: {}", e.body_text())))?;
+    let policies = Config::parse_policies(&body, "body", &state.config.connections)
+        .map_err(|e| ApiError::BadRequest(format!("the policies are not valid:\n{e}")))?;
+    let count = policies.len();
+    let change = state
+        .gate
+        .change_policies(policies, PolicyAuthor::admin(&caller.identity))
+        .await?;
+    Ok(Json(json!({
+        "changed": change.is_some(),
+        "policies": count,
+        "change": change,
+    })))
+}
+
+pub async fn changes(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<PolicyChangeRecord>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(state.gate.store().list_policy_changes().await?))
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

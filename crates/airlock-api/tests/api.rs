@@ -274,6 +274,9 @@ async fn the_openapi_document_describes_every_route() {
         "DELETE /api/v1/tokens/{id}",
         "GET /api/v1/connections",
         "POST /api/v1/policies/explain",
+        "GET /api/v1/policies",
+        "PUT /api/v1/policies",
+        "GET /api/v1/policies/changes",
         "GET /api/v1/whoami",
     ];
     expected.sort();
@@ -663,4 +666,117 @@ async fn exports_are_one_row_per_event_in_jsonl_and_csv() {
     assert_eq!(text, "");
     let (status, _) = h.get("/api/v1/sessions/export?format=xml", &h.admin).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+impl Harness {
+    /// A PUT of `text` (YAML) to `/api/v1/policies`.
+    async fn put_policies(&self, token: &str, text: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(Method::PUT)
+            .uri("/api/v1/policies")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/yaml")
+            .body(Body::from(text.to_string()))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+}
+
+#[tokio::test]
+async fn admins_replace_policies_and_every_change_is_audited() {
+    let h = harness().await;
+    let (status, live) = h.get("/api/v1/policies", &h.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(live["policies"][0]["name"], "maintenance");
+    assert_eq!(live["policies"][0]["rules"][1]["timeout"], "5m");
+    for token in [&h.agent, &h.dba] {
+        assert_eq!(
+            h.get("/api/v1/policies", token).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let (status, _) = h.put_policies(token, "policies: []\n").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+
+    // Invalid: rejected with line numbers, and the live policy is unchanged.
+    let invalid = "policies:\n  - name: p\n    groups: [agents]\n    connections: [nope]\n    rules:\n      - match: SELEKT\n        action: allow\n";
+    let (status, body) = h.put_policies(&h.admin, invalid).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("body:4: policies[0].connections[0]: no connection is named `nope`"),
+        "{error}"
+    );
+    assert!(
+        error.contains("body:6: policies[0].rules[0].match: unknown statement kind `SELEKT`"),
+        "{error}"
+    );
+    let (_, unknown_key) = h
+        .put_policies(&h.admin, "policies: []\nconnections: []\n")
+        .await;
+    assert!(
+        unknown_key["error"]
+            .as_str()
+            .unwrap()
+            .contains("connections"),
+        "{unknown_key}"
+    );
+    assert_eq!(h.get("/api/v1/policies", &h.admin).await.1, live);
+
+    // Valid YAML: swapped, and the explain endpoint sees the new policy at once.
+    let readers = "policies:\n  - name: readers\n    groups: [agents]\n    connections: [prod, staging]\n    rules:\n      - match: SELECT\n        action: allow\n";
+    let (status, body) = h.put_policies(&h.admin, readers).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["changed"], true);
+    assert_eq!(
+        body["change"]["summary"],
+        "added `readers`; removed `maintenance`"
+    );
+    let explain = json!({ "groups": ["agents"], "connection": "staging", "sql": "select 1" });
+    let (_, decided) = h.post("/api/v1/policies/explain", &h.admin, explain).await;
+    assert_eq!(decided["decision"]["action"], "allow");
+
+    // The same again changes nothing; JSON (what GET returns) is accepted as the body too.
+    let (_, same) = h.put_policies(&h.admin, readers).await;
+    assert_eq!(same["changed"], false);
+    let (status, body) = h
+        .call(
+            Method::PUT,
+            "/api/v1/policies",
+            &h.admin,
+            Some(live.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(h.get("/api/v1/policies", &h.admin).await.1, live);
+
+    let (status, changes) = h.get("/api/v1/policies/changes", &h.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    let changes = changes.as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(
+        changes[0]["summary"],
+        "added `maintenance`; removed `readers`"
+    );
+    assert_eq!(changes[1]["changed_by"], "admin");
+    assert_eq!(changes[1]["source"], "api");
+    assert!(changes[1]["changed_by_subject"]
+        .as_str()
+        .unwrap()
+        .starts_with("token:"));
+    assert!(changes[1]["old_policies"]
+        .as_str()
+        .unwrap()
+        .contains("name: maintenance"));
+    assert!(changes[1]["new_policies"]
+        .as_str()
+        .unwrap()
+        .contains("name: readers"));
+    assert_eq!(
+        h.get("/api/v1/policies/changes", &h.agent).await.0,
+        StatusCode::FORBIDDEN
+    );
 }

@@ -207,7 +207,7 @@ impl Classification {
 
 /// Longest SQL text classified. Parsing recurses as deep as the text nests, and the gateway's
 /// threads have stacks sized for this much (see the PostgreSQL adapter); longer text is refused.
-pub const MAX_CLASSIFIED_LEN: usize = 1024 * 1024;
+pub const MAX_CLASSIFIED_LEN: usize = 256 * 1024;
 
 /// Classifies SQL with PostgreSQL's parser.
 pub fn classify(sql: &str) -> Classification {

@@ -4,7 +4,7 @@
 
 use crate::policy::PolicySet;
 use crate::secret::Secret;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
@@ -218,7 +218,9 @@ pub enum ActionName {
     RequireApproval,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A policy as written. It also serializes back to the same form, so the live policies can be
+/// shown (`GET /api/v1/policies`), PUT back, and compared as text when they change.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub name: String,
@@ -229,27 +231,39 @@ pub struct PolicyConfig {
     #[serde(default = "yes")]
     pub record: bool,
     /// What happens to statements no rule matches, and to unparseable SQL. Deny when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<ActionName>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(rename = "match")]
     pub matches: String,
     pub action: ActionName,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reviewers: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvals: Option<u32>,
-    #[serde(default, deserialize_with = "human_duration")]
+    #[serde(
+        default,
+        deserialize_with = "human_duration",
+        serialize_with = "write_human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// Shown to the agent when the rule denies.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// A document that holds only policies: the body of `PUT /api/v1/policies`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoliciesDocument {
+    policies: Vec<PolicyConfig>,
 }
 
 fn yes() -> bool {
@@ -263,6 +277,13 @@ fn default_secret_key_file() -> String {
 }
 fn default_admin_groups() -> Vec<String> {
     vec![DEFAULT_ADMIN_GROUP.into()]
+}
+
+fn write_human_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -360,13 +381,7 @@ impl Config {
         let mut config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| {
-                fail(vec![ConfigIssue {
-                    line: e.location().map(|l| l.line()),
-                    path: String::new(),
-                    message: e.to_string(),
-                }])
-            })?
+            from_yaml(text, source)?
         };
         let lines = LineIndex::build(text);
         let mut issues = Vec::new();
@@ -509,37 +524,41 @@ impl Config {
             }
         }
 
-        let mut policy_names = HashSet::new();
-        for (i, policy) in config.policies.iter().enumerate() {
-            if !policy_names.insert(policy.name.clone()) {
-                issue(
-                    format!("policies[{i}].name"),
-                    format!("duplicate policy name `{}`", policy.name),
-                );
-            }
-            for (j, pattern) in policy.connections.iter().enumerate() {
-                if !pattern.contains(['*', '?']) && !names.contains(pattern) {
-                    issue(
-                        format!("policies[{i}].connections[{j}]"),
-                        format!("no connection is named `{pattern}`"),
-                    );
-                }
-            }
-        }
-
-        let policies = match PolicySet::compile(&config.policies) {
-            Ok(policies) => policies,
-            Err(errors) => {
-                for (path, message) in errors {
-                    issue(path, message);
-                }
-                PolicySet::default()
-            }
-        };
+        let policies = check_policies(&config.policies, &names, &mut issue);
         if issues.is_empty() {
             Ok(LoadedConfig { config, policies })
         } else {
             Err(fail(issues))
+        }
+    }
+
+    /// Parses and validates a document that holds only `policies:` (YAML, or JSON, which is
+    /// YAML too) against the running `connections`, with the messages and line numbers of
+    /// [`Config::parse`]: how a policy replaced at run time is checked.
+    pub fn parse_policies(
+        text: &str,
+        source: &str,
+        connections: &[ConnectionConfig],
+    ) -> Result<PolicySet, ConfigError> {
+        let document: PoliciesDocument = from_yaml(text, source)?;
+        let lines = LineIndex::build(text);
+        let mut issues = Vec::new();
+        let mut issue = |path: String, message: String| {
+            issues.push(ConfigIssue {
+                line: lines.line_of(&path),
+                path,
+                message,
+            })
+        };
+        let names: HashSet<String> = connections.iter().map(|c| c.name.clone()).collect();
+        let policies = check_policies(&document.policies, &names, &mut issue);
+        if issues.is_empty() {
+            Ok(policies)
+        } else {
+            Err(ConfigError {
+                source: source.to_string(),
+                issues,
+            })
         }
     }
 
@@ -555,6 +574,54 @@ impl Config {
 
     pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
         self.connections.iter().find(|c| c.name == name)
+    }
+}
+
+/// Deserializes YAML; a syntax error or unknown key is one issue with its line.
+fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> Result<T, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| ConfigError {
+        source: source.to_string(),
+        issues: vec![ConfigIssue {
+            line: e.location().map(|l| l.line()),
+            path: String::new(),
+            message: e.to_string(),
+        }],
+    })
+}
+
+/// The policy checks shared by a whole config and a policies-only document: unique names,
+/// connections that exist (globs excepted), and everything [`PolicySet::compile`] checks.
+/// Problems go to `issue`; the set is only meaningful when there were none.
+fn check_policies(
+    policies: &[PolicyConfig],
+    connection_names: &HashSet<String>,
+    issue: &mut impl FnMut(String, String),
+) -> PolicySet {
+    let mut policy_names = HashSet::new();
+    for (i, policy) in policies.iter().enumerate() {
+        if !policy_names.insert(policy.name.clone()) {
+            issue(
+                format!("policies[{i}].name"),
+                format!("duplicate policy name `{}`", policy.name),
+            );
+        }
+        for (j, pattern) in policy.connections.iter().enumerate() {
+            if !pattern.contains(['*', '?']) && !connection_names.contains(pattern) {
+                issue(
+                    format!("policies[{i}].connections[{j}]"),
+                    format!("no connection is named `{pattern}`"),
+                );
+            }
+        }
+    }
+    match PolicySet::compile(policies) {
+        Ok(policies) => policies,
+        Err(errors) => {
+            for (path, message) in errors {
+                issue(path, message);
+            }
+            PolicySet::default()
+        }
     }
 }
 
@@ -826,5 +893,34 @@ policies:
         let loaded = Config::parse(&text, "c.yaml", Some(dir.path())).unwrap();
         let conn = &loaded.config.connections[0];
         assert_eq!(conn.password.as_ref().unwrap().expose(), "from-file");
+    }
+
+    #[test]
+    fn a_policies_document_is_checked_like_the_config_and_round_trips() {
+        std::env::set_var("AIRLOCK_TEST_PW", "pw-from-env");
+        let loaded = Config::parse(EXAMPLE, "airlock.yaml", None).unwrap();
+        let connections = &loaded.config.connections;
+        let text = loaded.policies.to_yaml();
+        let again = Config::parse_policies(&text, "body", connections).unwrap();
+        assert_eq!(again.configs(), loaded.policies.configs());
+        assert!(text.contains("timeout: 15m"), "{text}");
+
+        let bad = "policies:\n  - name: p\n    groups: []\n    connections: [nope]\n  - name: p\n    groups: [g]\n    connections: [prod-*]\n";
+        let err = Config::parse_policies(bad, "body", connections)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("body:3: policies[0].groups"), "{err}");
+        assert!(
+            err.contains("body:4: policies[0].connections[0]: no connection is named `nope`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("body:5: policies[1].name: duplicate policy name `p`"),
+            "{err}"
+        );
+        let err =
+            Config::parse_policies("listen: {}\npolicies: []\n", "body", connections).unwrap_err();
+        assert_eq!(err.issues[0].line, Some(1), "{err}");
+        assert!(Config::parse_policies("", "body", connections).is_err());
     }
 }

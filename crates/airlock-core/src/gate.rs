@@ -10,8 +10,8 @@ use crate::operation::{Operation, Protocol};
 use crate::policy::{decide, Action, Decision, PolicySet};
 use crate::recorder::{Recorder, RecorderError};
 use crate::store::{
-    now_millis, ApprovalState, EventDetail, NewApproval, NewEvent, NewSession, OutcomeStatus,
-    Store, StoreError,
+    now_millis, ApprovalState, EventDetail, NewApproval, NewEvent, NewPolicyChange, NewSession,
+    OutcomeStatus, PolicyChangeRecord, Store, StoreError,
 };
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -55,6 +55,9 @@ pub enum DenialKind {
     Unavailable,
     /// The session's identity (its token) has expired: the session must end.
     IdentityExpired,
+    /// The policies changed and none grants the session's connection to its identity any
+    /// more: the session must end.
+    AccessRevoked,
 }
 
 #[derive(Debug)]
@@ -148,8 +151,39 @@ impl Hold {
     }
 }
 
+/// Who changes the live policies, for the audit record.
+#[derive(Debug, Clone)]
+pub struct PolicyAuthor {
+    source: &'static str,
+    subject: Option<String>,
+    name: String,
+}
+
+impl PolicyAuthor {
+    /// The watched config file (or SIGHUP): no person is known, only the file.
+    pub fn config_file() -> PolicyAuthor {
+        PolicyAuthor {
+            source: "config-file",
+            subject: None,
+            name: "config file".into(),
+        }
+    }
+
+    /// An admin through the API.
+    pub fn admin(identity: &Identity) -> PolicyAuthor {
+        PolicyAuthor {
+            source: "api",
+            subject: Some(identity.subject.clone()),
+            name: identity.name.clone(),
+        }
+    }
+}
+
 pub struct Gate {
     policies: ArcSwap<PolicySet>,
+    /// Held while a policy change is recorded and swapped in, so that each record's "before"
+    /// is exactly what its change replaced.
+    policy_changes: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
     recorder: Recorder,
     approvals: Arc<Approvals>,
@@ -169,6 +203,7 @@ impl Gate {
         identity.prefetch_keys().await;
         Ok(Gate {
             policies: ArcSwap::from_pointee(policies),
+            policy_changes: tokio::sync::Mutex::new(()),
             recorder: Recorder::open(store.clone(), journal).await?,
             approvals: Arc::new(Approvals::new(store.clone())),
             identity,
@@ -200,6 +235,41 @@ impl Gate {
     /// Replaces the policy snapshot; every later decision uses the new one.
     pub fn replace_policies(&self, policies: PolicySet) {
         self.policies.store(Arc::new(policies));
+    }
+
+    /// Records a policy change, then makes it live. The record comes first: a change that
+    /// cannot be audited does not happen. Policies identical to the live ones change nothing
+    /// and are not recorded (`None`).
+    pub async fn change_policies(
+        &self,
+        new: PolicySet,
+        author: PolicyAuthor,
+    ) -> Result<Option<PolicyChangeRecord>, StoreError> {
+        let _one_at_a_time = self.policy_changes.lock().await;
+        let old = self.policies.load_full();
+        let (old_policies, new_policies) = (old.to_yaml(), new.to_yaml());
+        if old_policies == new_policies {
+            return Ok(None);
+        }
+        let change = NewPolicyChange {
+            at: now_millis(),
+            source: author.source.into(),
+            changed_by_subject: author.subject,
+            changed_by: author.name,
+            summary: old.change_summary(&new),
+            old_policies,
+            new_policies,
+        };
+        let id = self.store.record_policy_change(&change).await?;
+        self.replace_policies(new);
+        tracing::info!(
+            change = id,
+            source = %change.source,
+            by = %change.changed_by,
+            summary = %change.summary,
+            "the policies changed; every later statement is judged by the new ones"
+        );
+        Ok(Some(PolicyChangeRecord { id, change }))
     }
 
     pub async fn open_session(
@@ -255,7 +325,25 @@ impl Gate {
                 message: "your identity token has expired; reconnect with a fresh token".into(),
             });
         }
-        let decision = decide(&self.policies.load(), &session.identity, op);
+        let policies = self.policies.load();
+        // Policies change while sessions live: one whose identity lost every grant of its
+        // connection ends, rather than living on to be refused statement by statement.
+        if !policies.grants_connection(&session.identity, &session.connection) {
+            tracing::info!(
+                session = session.id,
+                subject = %session.identity.subject,
+                connection = %session.connection,
+                "no policy grants the session's connection any more; ending the session"
+            );
+            return Submission::Denied(Denial {
+                kind: DenialKind::AccessRevoked,
+                message: format!(
+                    "access revoked: no policy lets {} use connection `{}` any more",
+                    session.identity.name, session.connection
+                ),
+            });
+        }
+        let decision = decide(&policies, &session.identity, op);
         self.apply(session, op, decision).await
     }
 

@@ -92,6 +92,9 @@ struct CompiledPolicy {
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     policies: Vec<CompiledPolicy>,
+    /// The policies as written, kept with their compiled form so that what is shown and
+    /// recorded is always exactly what decides.
+    sources: Vec<PolicyConfig>,
 }
 
 impl PolicySet {
@@ -131,7 +134,10 @@ impl PolicySet {
             });
         }
         if errors.is_empty() {
-            Ok(PolicySet { policies })
+            Ok(PolicySet {
+                policies,
+                sources: configs.to_vec(),
+            })
         } else {
             Err(errors)
         }
@@ -143,6 +149,60 @@ impl PolicySet {
 
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
+    }
+
+    /// The policies as written.
+    pub fn configs(&self) -> &[PolicyConfig] {
+        &self.sources
+    }
+
+    /// The policies as a `policies:` YAML document, the form they are recorded and compared in.
+    pub fn to_yaml(&self) -> String {
+        #[derive(Serialize)]
+        struct Document<'a> {
+            policies: &'a [PolicyConfig],
+        }
+        serde_yaml::to_string(&Document {
+            policies: &self.sources,
+        })
+        // Plain structs of strings and numbers always serialize; this is only a fallback.
+        .unwrap_or_else(|e| format!("# the policies cannot be shown: {e}\n"))
+    }
+
+    /// What changed from `self` to `new`, by policy name: "added `a`; changed `b`; removed `c`".
+    pub fn change_summary(&self, new: &PolicySet) -> String {
+        fn find<'s>(set: &'s PolicySet, name: &str) -> Option<&'s PolicyConfig> {
+            set.sources.iter().find(|p| p.name == name)
+        }
+        let mut added = Vec::new();
+        let mut changed = Vec::new();
+        for policy in &new.sources {
+            match find(self, &policy.name) {
+                None => added.push(format!("`{}`", policy.name)),
+                Some(old) if old != policy => changed.push(format!("`{}`", policy.name)),
+                Some(_) => {}
+            }
+        }
+        let removed: Vec<String> = self
+            .sources
+            .iter()
+            .filter(|p| find(new, &p.name).is_none())
+            .map(|p| format!("`{}`", p.name))
+            .collect();
+        let mut parts = Vec::new();
+        for (what, list) in [("added", added), ("changed", changed), ("removed", removed)] {
+            if !list.is_empty() {
+                parts.push(format!("{what} {}", list.join(", ")));
+            }
+        }
+        if parts.is_empty() && self.sources != new.sources {
+            parts.push("reordered".into());
+        }
+        if parts.is_empty() {
+            "no change".into()
+        } else {
+            parts.join("; ")
+        }
     }
 
     /// Whether any policy lets this identity use the connection at all.
@@ -609,5 +669,23 @@ policies:
         assert!(glob_match("p?od", "prod"));
         assert!(!glob_match("prod", "prod-replica"));
         assert!(!glob_match("*-db", "prod-dbx"));
+    }
+
+    #[test]
+    fn changes_are_summarised_by_policy_name() {
+        let old = set();
+        let text = POLICIES
+            .replace("reason: never truncate prod", "reason: not on prod")
+            .replace("name: lenient", "name: relaxed");
+        let new = Config::parse(&text, "t.yaml", None).unwrap().policies;
+        assert_eq!(
+            old.change_summary(&new),
+            "added `relaxed`; changed `maintenance`; removed `lenient`"
+        );
+        assert_eq!(old.change_summary(&old.clone()), "no change");
+        let mut reordered = old.configs().to_vec();
+        reordered.reverse();
+        let reordered = PolicySet::compile(&reordered).unwrap();
+        assert_eq!(old.change_summary(&reordered), "reordered");
     }
 }

@@ -212,6 +212,29 @@ pub struct StoredConnection {
     pub sealed_password: Option<Vec<u8>>,
 }
 
+/// A change of the live policies, as audited: who made it, when, and the policies before and
+/// after (each a `policies:` YAML document), with a one-line summary by policy name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NewPolicyChange {
+    pub at: Millis,
+    /// `api` or `config-file`.
+    pub source: String,
+    /// The admin's subject; `None` for a change read from the config file.
+    pub changed_by_subject: Option<String>,
+    /// The admin's name, or `config file`.
+    pub changed_by: String,
+    pub summary: String,
+    pub old_policies: String,
+    pub new_policies: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyChangeRecord {
+    pub id: i64,
+    #[serde(flatten)]
+    pub change: NewPolicyChange,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for `/readyz`.
@@ -263,4 +286,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn upsert_connection(&self, connection: &StoredConnection) -> Result<(), StoreError>;
     async fn list_connections(&self) -> Result<Vec<StoredConnection>, StoreError>;
+
+    async fn record_policy_change(&self, change: &NewPolicyChange) -> Result<i64, StoreError>;
+    /// Every policy change, newest first.
+    async fn list_policy_changes(&self) -> Result<Vec<PolicyChangeRecord>, StoreError>;
 }

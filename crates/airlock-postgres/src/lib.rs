@@ -33,7 +33,7 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_SESSIONS: usize = 10_000;
 /// Parsing SQL recurses as deep as the statement nests; a generous stack keeps a hostile
 /// statement from overflowing it (memory is only committed as it is used).
-const CLASSIFY_STACK: usize = 256 * 1024 * 1024;
+const CLASSIFY_STACK: usize = 1024 * 1024 * 1024;
 
 /// Startup parameters passed on to the upstream; anything else (notably `options`, which can
 /// set arbitrary server settings, and `replication`) stays at the gateway.
@@ -392,6 +392,7 @@ impl PgGateway {
             End::ClientClosed => "client closed".to_string(),
             End::ClientViolation(_) => "client protocol violation".to_string(),
             End::IdentityExpired(_) => "identity expired".to_string(),
+            End::AccessRevoked(_) => "access revoked".to_string(),
             End::UpstreamClosed => "upstream closed".to_string(),
             End::Io(e) => format!("i/o error: {e}"),
         };

@@ -57,6 +57,9 @@ pub enum End {
     ClientViolation(Bytes),
     /// The identity the session was opened with expired; this FATAL is sent before closing.
     IdentityExpired(Bytes),
+    /// A policy change took the session's connection from its identity; this FATAL is sent
+    /// before closing.
+    AccessRevoked(Bytes),
     UpstreamClosed,
     Io(std::io::Error),
 }
@@ -132,7 +135,9 @@ impl Relay<'_> {
             end = to_client.run(&mut client_write, inject_rx) => end,
         };
         match &end {
-            End::ClientViolation(fatal) | End::IdentityExpired(fatal) => {
+            End::ClientViolation(fatal)
+            | End::IdentityExpired(fatal)
+            | End::AccessRevoked(fatal) => {
                 let _ = client_write.write_all(fatal).await;
             }
             End::UpstreamClosed => {
@@ -167,6 +172,7 @@ fn refusal_error(denial: &Denial) -> Bytes {
         ),
         DenialKind::Unavailable => ("58000", format!("airlock: {}", denial.message), None),
         DenialKind::IdentityExpired => ("28000", format!("airlock: {}", denial.message), None),
+        DenialKind::AccessRevoked => ("42501", format!("airlock: {}", denial.message), None),
     };
     codec::error_response(Severity::Error, code, &message, detail.as_deref(), None)
 }
@@ -577,6 +583,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 Err(End::IdentityExpired(codec::error_response(
                     Severity::Fatal,
                     "28000",
+                    &format!("airlock: {}", denial.message),
+                    None,
+                    None,
+                )))
+            }
+            Err(denial) if denial.kind == DenialKind::AccessRevoked => {
+                // As at login, no grant means no session: FATAL, and the session ends.
+                Err(End::AccessRevoked(codec::error_response(
+                    Severity::Fatal,
+                    "42501",
                     &format!("airlock: {}", denial.message),
                     None,
                     None,

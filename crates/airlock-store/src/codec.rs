@@ -5,8 +5,8 @@
 use std::fmt::Display;
 
 use airlock_core::store::{
-    ApprovalRecord, ApprovalState, EventDetail, EventRecord, NewApproval, NewSession,
-    SessionRecord, StoreError, StoredConnection, TokenRecord, Vote,
+    ApprovalRecord, ApprovalState, EventDetail, EventRecord, NewApproval, NewPolicyChange,
+    NewSession, PolicyChangeRecord, SessionRecord, StoreError, StoredConnection, TokenRecord, Vote,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -184,5 +184,20 @@ pub(crate) fn connection(row: &SqliteRow) -> Result<StoredConnection, StoreError
         database: row.try_get("database").map_err(db)?,
         user: row.try_get("user").map_err(db)?,
         sealed_password: row.try_get("sealed_password").map_err(db)?,
+    })
+}
+
+pub(crate) fn policy_change(row: &SqliteRow) -> Result<PolicyChangeRecord, StoreError> {
+    Ok(PolicyChangeRecord {
+        id: row.try_get("id").map_err(db)?,
+        change: NewPolicyChange {
+            at: row.try_get("at").map_err(db)?,
+            source: row.try_get("source").map_err(db)?,
+            changed_by_subject: row.try_get("changed_by_subject").map_err(db)?,
+            changed_by: row.try_get("changed_by").map_err(db)?,
+            summary: row.try_get("summary").map_err(db)?,
+            old_policies: row.try_get("old_policies").map_err(db)?,
+            new_policies: row.try_get("new_policies").map_err(db)?,
+        },
     })
 }

@@ -9,8 +9,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use airlock_core::store::{
-    ApprovalRecord, ApprovalState, EventRecord, Millis, NewApproval, NewSession, SessionFilter,
-    SessionRecord, Store, StoreError, StoredConnection, TokenRecord, Vote,
+    ApprovalRecord, ApprovalState, EventRecord, Millis, NewApproval, NewPolicyChange, NewSession,
+    PolicyChangeRecord, SessionFilter, SessionRecord, Store, StoreError, StoredConnection,
+    TokenRecord, Vote,
 };
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
@@ -652,6 +653,37 @@ impl Store for SqliteStore {
         .map_err(db)?
         .iter()
         .map(codec::connection)
+        .collect()
+    }
+
+    async fn record_policy_change(&self, change: &NewPolicyChange) -> Result<i64, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO policy_changes (at, source, changed_by_subject, changed_by, summary, \
+             old_policies, new_policies) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(change.at)
+        .bind(&change.source)
+        .bind(change.changed_by_subject.as_deref())
+        .bind(&change.changed_by)
+        .bind(&change.summary)
+        .bind(&change.old_policies)
+        .bind(&change.new_policies)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(result.last_insert_rowid())
+    }
+
+    async fn list_policy_changes(&self) -> Result<Vec<PolicyChangeRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, at, source, changed_by_subject, changed_by, summary, old_policies, \
+             new_policies FROM policy_changes ORDER BY id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(codec::policy_change)
         .collect()
     }
 }

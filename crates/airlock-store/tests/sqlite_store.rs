@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use airlock_core::store::{
-    ApprovalState, EventDetail, EventRecord, NewApproval, NewEvent, NewSession, OutcomeStatus,
-    SessionFilter, Store, StoreError, StoredConnection, TokenRecord, Vote,
+    ApprovalState, EventDetail, EventRecord, NewApproval, NewEvent, NewPolicyChange, NewSession,
+    OutcomeStatus, SessionFilter, Store, StoreError, StoredConnection, TokenRecord, Vote,
 };
 use airlock_store::SqliteStore;
 use tempfile::TempDir;
@@ -704,4 +704,35 @@ async fn ingesting_again_skips_stored_events() {
     store.ingest_events(&[record], 100).await.unwrap();
     assert_eq!(store.list_events(s1).await.unwrap().len(), 1);
     assert_eq!(store.journal_state().await.unwrap(), (100, 7));
+}
+
+#[tokio::test]
+async fn policy_changes_are_kept_newest_first() {
+    let (_dir, store) = open_temp().await;
+    assert!(store.list_policy_changes().await.unwrap().is_empty());
+    let first = NewPolicyChange {
+        at: 1_000,
+        source: "config-file".to_owned(),
+        changed_by_subject: None,
+        changed_by: "config file".to_owned(),
+        summary: "added `a`".to_owned(),
+        old_policies: "policies: []\n".to_owned(),
+        new_policies: "policies:\n- name: a\n".to_owned(),
+    };
+    let second = NewPolicyChange {
+        at: 2_000,
+        source: "api".to_owned(),
+        changed_by_subject: Some("token:t1".to_owned()),
+        changed_by: "alice".to_owned(),
+        summary: "removed `a`".to_owned(),
+        old_policies: first.new_policies.clone(),
+        new_policies: first.old_policies.clone(),
+    };
+    let id1 = store.record_policy_change(&first).await.unwrap();
+    let id2 = store.record_policy_change(&second).await.unwrap();
+    assert!(id2 > id1);
+    let listed = store.list_policy_changes().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!((listed[0].id, &listed[0].change), (id2, &second));
+    assert_eq!((listed[1].id, &listed[1].change), (id1, &first));
 }

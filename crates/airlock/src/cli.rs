@@ -60,7 +60,7 @@ pub enum Command {
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Ask what the policy decides, without running anything.
+    /// Ask what the policy decides, without running anything; test a policy against cases.
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// The approval queue.
@@ -108,6 +108,16 @@ pub enum ConfigCommand {
 pub enum PolicyCommand {
     /// Print the decision for an operation and the rule that produced it.
     Explain(ExplainArgs),
+    /// Run a YAML list of cases (groups, connection, sql, expect, optional rule) against a
+    /// config's policies; exit 0 when every case passes, 1 otherwise.
+    Test {
+        /// The cases.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The config whose policies are tested (local; asking a server is not supported yet).
+        #[arg(long, value_name = "CONFIG", required = true)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

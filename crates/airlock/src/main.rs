@@ -8,6 +8,8 @@ mod client;
 mod config_check;
 mod explain;
 mod output;
+mod policy_test;
+mod reload;
 mod serve;
 mod sessions;
 mod tokens;
@@ -23,7 +25,7 @@ use std::process::ExitCode;
 
 /// Parsing SQL recurses as deep as the statement nests; a generous stack keeps a hostile
 /// statement from overflowing it (memory is only committed as it is used).
-const THREAD_STACK: usize = 256 * 1024 * 1024;
+const THREAD_STACK: usize = 1024 * 1024 * 1024;
 
 fn main() -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread()
@@ -72,6 +74,9 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             return config_check::run(file, cli.output)
         }
         Command::Policy(PolicyCommand::Explain(args)) => explain::run(cli, args).await?,
+        Command::Policy(PolicyCommand::Test { file, config }) => {
+            return policy_test::run(file, config, cli.output)
+        }
         Command::Approvals(ApprovalsCommand::List { state }) => {
             approvals::list(cli, *state).await?
         }

@@ -1,7 +1,9 @@
 //! `airlock serve`: loads and validates the config, opens the store, seals the upstream
 //! credentials into it, creates the bootstrap admin token on first start, and runs the API and
-//! protocol listeners until SIGINT/SIGTERM.
+//! protocol listeners until SIGINT/SIGTERM. With a config file, its policies are reloaded when
+//! it changes (see [`crate::reload`]).
 
+use crate::reload;
 use airlock_api::{router, ApiState};
 use airlock_core::config::{Config, ConnectionKind, LoadedConfig};
 use airlock_core::gate::Gate;
@@ -18,9 +20,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let LoadedConfig { config, policies } = match &config_path {
-        Some(path) => Config::load(path)?,
-        None => Config::parse("", "<defaults>", None)?,
+    let (LoadedConfig { config, policies }, watcher) = match &config_path {
+        Some(path) => {
+            let (loaded, watcher) = reload::load(path)?;
+            (loaded, Some(watcher))
+        }
+        None => (Config::parse("", "<defaults>", None)?, None),
     };
     let store = open_store(&config.store).await?;
     let sealer = Sealer::load_or_create(Path::new(&config.secret_key_file))?;
@@ -48,6 +53,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             .with_context(|| format!("opening the recorder journal {}", journal.display()))?,
     );
     bootstrap_admin(&gate, &config).await?;
+    if let Some(watcher) = watcher {
+        tokio::spawn(watcher.watch(gate.clone()));
+    }
 
     let targets: HashMap<String, UpstreamTarget> = config
         .connections

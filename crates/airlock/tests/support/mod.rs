@@ -1391,3 +1391,54 @@ pub fn db_message(err: &tokio_postgres::Error) -> String {
         None => err.to_string(),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Config changes under a running gateway
+// ---------------------------------------------------------------------------------------------
+
+impl Gateway {
+    /// The config file the gateway runs with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The gateway's process id, to signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Replaces everything after the gateway's own `listen`, `store` and `secret_key_file`
+    /// lines in its config file with `yaml`, atomically (written aside, then renamed), as a
+    /// deploy tool would.
+    pub fn rewrite_config(&self, yaml: &str) {
+        let current = fs::read_to_string(&self.config_path).expect("read the gateway config");
+        let end = current
+            .find("\nsecret_key_file:")
+            .and_then(|at| current[at + 1..].find('\n').map(|n| at + 1 + n + 1))
+            .expect("the gateway config has its secret_key_file line");
+        let aside = self
+            .config_path
+            .with_extension(format!("{}.tmp", unique_suffix()));
+        fs::write(&aside, format!("{}{yaml}", &current[..end])).expect("write the new config");
+        fs::rename(&aside, &self.config_path).expect("replace the gateway config");
+    }
+
+    /// How often `needle` occurs in the gateway log.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Waits until the gateway log holds `needle` at least `count` times.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.log_count(needle) < count {
+            if Instant::now() >= deadline {
+                panic!(
+                    "the gateway log does not show {needle:?} {count} times after {WAIT:?}:\n{}",
+                    tail(&self.log(), 30)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
