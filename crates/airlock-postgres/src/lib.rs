@@ -390,9 +390,7 @@ impl PgGateway {
         .await;
         let reason = match end {
             End::ClientClosed => "client closed".to_string(),
-            End::ClientViolation(_) => "client protocol violation".to_string(),
-            End::IdentityExpired(_) => "identity expired".to_string(),
-            End::AccessRevoked(_) => "access revoked".to_string(),
+            End::Fatal { reason, .. } => reason.to_string(),
             End::UpstreamClosed => "upstream closed".to_string(),
             End::Io(e) => format!("i/o error: {e}"),
         };

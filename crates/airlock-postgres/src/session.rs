@@ -53,13 +53,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Why a session ended.
 pub enum End {
     ClientClosed,
-    /// The client broke the protocol; this FATAL is sent before closing.
-    ClientViolation(Bytes),
-    /// The identity the session was opened with expired; this FATAL is sent before closing.
-    IdentityExpired(Bytes),
-    /// A policy change took the session's connection from its identity; this FATAL is sent
-    /// before closing.
-    AccessRevoked(Bytes),
+    /// The gateway ends the session: `message` (a FATAL) is sent before closing, `reason` is
+    /// recorded.
+    Fatal {
+        message: Bytes,
+        reason: &'static str,
+    },
     UpstreamClosed,
     Io(std::io::Error),
 }
@@ -135,10 +134,8 @@ impl Relay<'_> {
             end = to_client.run(&mut client_write, inject_rx) => end,
         };
         match &end {
-            End::ClientViolation(fatal)
-            | End::IdentityExpired(fatal)
-            | End::AccessRevoked(fatal) => {
-                let _ = client_write.write_all(fatal).await;
+            End::Fatal { message, .. } => {
+                let _ = client_write.write_all(message).await;
             }
             End::UpstreamClosed => {
                 let fatal = codec::error_response(
@@ -578,25 +575,13 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 );
                 Ok(())
             }
+            // Nothing more runs under an expired identity, and as at login, no grant means no
+            // session: FATAL, and the session ends.
             Err(denial) if denial.kind == DenialKind::IdentityExpired => {
-                // Nothing more runs under an expired identity: FATAL, and the session ends.
-                Err(End::IdentityExpired(codec::error_response(
-                    Severity::Fatal,
-                    "28000",
-                    &format!("airlock: {}", denial.message),
-                    None,
-                    None,
-                )))
+                Err(fatal("28000", &denial.message, "identity expired"))
             }
             Err(denial) if denial.kind == DenialKind::AccessRevoked => {
-                // As at login, no grant means no session: FATAL, and the session ends.
-                Err(End::AccessRevoked(codec::error_response(
-                    Severity::Fatal,
-                    "42501",
-                    &format!("airlock: {}", denial.message),
-                    None,
-                    None,
-                )))
+                Err(fatal("42501", &denial.message, "access revoked"))
             }
             Err(denial) => {
                 self.drop_message(range).await?;
@@ -632,14 +617,30 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
     }
 }
 
+fn fatal(code: &str, message: &str, reason: &'static str) -> End {
+    End::Fatal {
+        message: codec::error_response(
+            Severity::Fatal,
+            code,
+            &format!("airlock: {message}"),
+            None,
+            None,
+        ),
+        reason,
+    }
+}
+
 fn violation(what: &str) -> End {
-    End::ClientViolation(codec::error_response(
-        Severity::Fatal,
-        "08P01",
-        &format!("invalid message from the client: {what}"),
-        None,
-        None,
-    ))
+    End::Fatal {
+        message: codec::error_response(
+            Severity::Fatal,
+            "08P01",
+            &format!("invalid message from the client: {what}"),
+            None,
+            None,
+        ),
+        reason: "client protocol violation",
+    }
 }
 
 /// Reads (and keeps) client bytes while a statement is held, returning when the client goes.
@@ -901,13 +902,11 @@ fn check_reading_setting(msg: &[u8]) -> Result<(), End> {
                 value,
                 "upstream setting changed; ending the session"
             );
-            Err(End::ClientViolation(codec::error_response(
-                Severity::Fatal,
+            Err(fatal(
                 "42501",
-                &format!("airlock: {name} was changed to {value}; the gateway only relays sessions with {name} = {required}"),
-                None,
-                None,
-            )))
+                &format!("{name} was changed to {value}; the gateway only relays sessions with {name} = {required}"),
+                "upstream reading setting changed",
+            ))
         }
         _ => Ok(()),
     }
