@@ -8,6 +8,8 @@
 pub mod cancel;
 pub mod codec;
 pub mod names;
+pub mod replies;
+pub mod requests;
 pub mod session;
 pub mod upstream;
 

@@ -1,0 +1,496 @@
+//! Client → upstream: frames every client message, has the gate decide each Query and Execute
+//! before it is forwarded, forwards everything else untouched (in place, one write per batch),
+//! holds statements awaiting approval, and realises refusals on the upstream (see `session`).
+
+use crate::codec::{self, Severity};
+use crate::names::{Lookup, Space};
+use crate::session::{
+    fatal, violation, DescribedTypes, End, Expect, Expectations, Portal, Prepared, Relay,
+    SessionNames, READ_CHUNK,
+};
+use airlock_core::classify::{Classification, NamedObject, StatementKind};
+use airlock_core::gate::{Denial, DenialKind, Submission};
+use airlock_core::operation::Operation;
+use bytes::{Buf, Bytes, BytesMut};
+use rand::Rng;
+use std::ops::Range;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+fn marker() -> String {
+    format!("airlock_refused_{:016x}", rand::thread_rng().gen::<u64>())
+}
+
+fn refusal_error(denial: &Denial) -> Bytes {
+    let (code, message, detail) = match denial.kind {
+        DenialKind::Policy => ("42501", format!("airlock: {}", denial.message), None),
+        DenialKind::Rejected => ("42501", format!("airlock: {}", denial.message), None),
+        DenialKind::Expired => ("57014", format!("airlock: {}", denial.message), None),
+        DenialKind::Canceled => (
+            "57014",
+            "canceling statement due to user request".to_string(),
+            Some(format!("airlock: {}", denial.message)),
+        ),
+        DenialKind::Unavailable => ("58000", format!("airlock: {}", denial.message), None),
+        DenialKind::IdentityExpired => ("28000", format!("airlock: {}", denial.message), None),
+        DenialKind::AccessRevoked => ("42501", format!("airlock: {}", denial.message), None),
+    };
+    codec::error_response(Severity::Error, code, &message, detail.as_deref(), None)
+}
+
+pub(crate) struct ClientSide<'r, 'a, R, W> {
+    pub(crate) relay: &'r Relay<'a>,
+    pub(crate) reader: R,
+    pub(crate) buf: BytesMut,
+    pub(crate) upstream: W,
+    /// Start of the bytes in `buf` that are yet to be forwarded.
+    pub(crate) pending_from: usize,
+    /// After a refusal in the extended protocol, the rest of the batch is dropped up to Sync,
+    /// exactly as the upstream would skip it after an error.
+    pub(crate) skip_until_sync: bool,
+    /// Extended-protocol messages were sent since the last Sync.
+    pub(crate) in_batch: bool,
+    /// Batches (Syncs and Queries) sent so far: the number of the batch being sent.
+    pub(crate) batch: u64,
+    pub(crate) names: SessionNames,
+    pub(crate) expectations: Expectations,
+    pub(crate) described: DescribedTypes,
+    pub(crate) inject: mpsc::UnboundedSender<Bytes>,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
+    pub(crate) async fn run(&mut self) -> End {
+        loop {
+            match self.process_buffered().await {
+                Ok(()) => {}
+                Err(end) => return end,
+            }
+            self.buf.reserve(READ_CHUNK);
+            match self.reader.read_buf(&mut self.buf).await {
+                Ok(0) => return End::ClientClosed,
+                Ok(_) => {}
+                Err(e) => return End::Io(e),
+            }
+        }
+    }
+
+    fn expect(&mut self, items: impl IntoIterator<Item = Expect>) {
+        if let Ok(mut queue) = self.expectations.lock() {
+            for item in items {
+                if matches!(item, Expect::SyncPoint) {
+                    self.batch += 1;
+                }
+                queue.push_back(item);
+            }
+        }
+    }
+
+    /// Forwards what is pending before `upto`, then waits until the upstream has answered
+    /// `batch`, so a name's meaning proposed there is settled.
+    async fn settle(&mut self, upto: usize, batch: u64) -> Result<(), End> {
+        self.flush_until(upto).await?;
+        self.names.wait_answered(batch).await;
+        Ok(())
+    }
+
+    async fn statement(&mut self, name: &str, upto: usize) -> Result<Option<Prepared>, End> {
+        loop {
+            match self.names.statement(name, self.batch) {
+                Lookup::Found(prepared) => return Ok(Some(prepared)),
+                Lookup::Unknown => return Ok(None),
+                Lookup::WaitFor(batch) => self.settle(upto, batch).await?,
+            }
+        }
+    }
+
+    /// Adds to each statement the kinds of what its `EXECUTE name` / `FETCH … FROM name` runs,
+    /// as this session's names say. A name the gateway does not know (SQL-level PREPARE or
+    /// DECLARE) runs something it cannot judge: OTHER, which no rule allows unless it says so.
+    async fn resolve_runs(
+        &mut self,
+        classification: Arc<Classification>,
+        upto: usize,
+    ) -> Result<Arc<Classification>, End> {
+        let Classification::Parsed(statements) = classification.as_ref() else {
+            return Ok(classification);
+        };
+        if statements.iter().all(|s| s.runs.is_empty()) {
+            return Ok(classification);
+        }
+        let mut resolved = statements.clone();
+        for statement in &mut resolved {
+            for run in std::mem::take(&mut statement.runs) {
+                let target = match &run {
+                    NamedObject::Statement(name) => self.statement(name, upto).await?,
+                    NamedObject::Portal(name) => {
+                        self.portal(name, upto).await?.and_then(|p| p.statement)
+                    }
+                };
+                match target.as_ref().map(|p| p.classification.as_ref()) {
+                    Some(Classification::Parsed(inner)) => {
+                        for s in inner {
+                            statement.kinds.extend(s.kinds.iter().copied());
+                            if !s.runs.is_empty() {
+                                statement.kinds.push(StatementKind::Other);
+                            }
+                            if statement.forbidden.is_none() {
+                                statement.forbidden.clone_from(&s.forbidden);
+                            }
+                        }
+                    }
+                    _ => statement.kinds.push(StatementKind::Other),
+                }
+            }
+            statement.kinds.sort();
+            statement.kinds.dedup();
+        }
+        Ok(Arc::new(Classification::Parsed(resolved)))
+    }
+
+    /// SQL-level PREPARE, DEALLOCATE, DECLARE, CLOSE and DISCARD change names the protocol
+    /// also uses, out of the gateway's sight: after one, those names are unknown.
+    fn forget_names_changed_by(&self, classification: &Classification) {
+        let kinds = classification.kinds();
+        let has = |k: StatementKind| kinds.contains(&k);
+        if has(StatementKind::Prepare)
+            || has(StatementKind::Deallocate)
+            || has(StatementKind::Discard)
+        {
+            self.names.forget(Space::Statement);
+        }
+        if has(StatementKind::Declare) || has(StatementKind::Close) || has(StatementKind::Discard) {
+            self.names.forget(Space::Portal);
+        }
+    }
+
+    async fn portal(&mut self, name: &str, upto: usize) -> Result<Option<Portal>, End> {
+        loop {
+            match self.names.portal(name, self.batch) {
+                Lookup::Found(portal) => return Ok(Some(portal)),
+                Lookup::Unknown => return Ok(None),
+                Lookup::WaitFor(batch) => self.settle(upto, batch).await?,
+            }
+        }
+    }
+
+    async fn flush_until(&mut self, end: usize) -> Result<(), End> {
+        if end > self.pending_from {
+            self.upstream
+                .write_all(&self.buf[self.pending_from..end])
+                .await?;
+        }
+        self.pending_from = end;
+        Ok(())
+    }
+
+    /// Handles every complete message in the buffer, then forwards what passes through.
+    async fn process_buffered(&mut self) -> Result<(), End> {
+        let mut pos = 0;
+        loop {
+            let (tag, len) = match codec::next_message(&self.buf[pos..]) {
+                Ok(Some(found)) => found,
+                Ok(None) => break,
+                Err(e) => return Err(violation(&e.to_string())),
+            };
+            let range = pos..pos + len;
+            pos += len;
+            if self.skip_until_sync && tag != b'S' {
+                self.drop_message(range).await?;
+                continue;
+            }
+            match tag {
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.in_batch = true,
+                b'S' => self.in_batch = false,
+                _ => {}
+            }
+            match tag {
+                // The upstream would answer it inside the batch's error handling, not with its
+                // own ReadyForQuery; libpq and the drivers never do this.
+                b'Q' if self.in_batch => return Err(violation(
+                    "a simple Query inside an unfinished extended-protocol batch (send Sync first)",
+                )),
+                b'Q' => self.on_query(range).await?,
+                b'P' => self.on_parse(range)?,
+                b'B' => self.on_bind(range).await?,
+                b'E' => self.on_execute(range).await?,
+                b'C' => self.on_close(range)?,
+                b'S' => {
+                    self.skip_until_sync = false;
+                    self.expect([Expect::SyncPoint]);
+                }
+                b'D' => self.on_describe(range)?,
+                b'H' | b'd' | b'c' | b'f' => {}
+                b'X' => {
+                    self.flush_until(range.end).await?;
+                    return Err(End::ClientClosed);
+                }
+                b'F' => {
+                    self.drop_message(range).await?;
+                    let denial = Denial {
+                        kind: DenialKind::Policy,
+                        message: "the fast-path function call interface is not allowed through the gateway".into(),
+                    };
+                    self.refuse(&denial, true).await?;
+                }
+                other => {
+                    return Err(violation(&format!(
+                        "unexpected message type {:?} from the client",
+                        other as char
+                    )))
+                }
+            }
+        }
+        self.flush_until(pos).await?;
+        self.buf.advance(pos);
+        self.pending_from = 0;
+        Ok(())
+    }
+
+    /// Leaves a message out of what is forwarded.
+    async fn drop_message(&mut self, range: Range<usize>) -> Result<(), End> {
+        self.flush_until(range.start).await?;
+        self.pending_from = range.end;
+        Ok(())
+    }
+
+    async fn on_query(&mut self, range: Range<usize>) -> Result<(), End> {
+        let sql =
+            codec::decode_query(&self.buf[range.clone()]).map_err(|e| violation(&e.to_string()))?;
+        let text: Arc<str> = Arc::from(sql);
+        let classification = self.relay.gate.classifier().classify(&text);
+        let classification = self.resolve_runs(classification, range.start).await?;
+        let op = Operation {
+            connection: self.relay.session.connection.clone(),
+            text,
+            params: Vec::new(),
+            classification,
+        };
+        self.decide_and_forward(range, op, true).await
+    }
+
+    fn on_parse(&mut self, range: Range<usize>) -> Result<(), End> {
+        let parse = codec::decode_parse(&self.buf[range]).map_err(|e| violation(&e.to_string()))?;
+        let prepared = Prepared {
+            sql: Arc::from(parse.query),
+            classification: self.relay.gate.classifier().classify(parse.query),
+            param_types: parse.param_types,
+        };
+        if let Ok(mut described) = self.described.lock() {
+            described.remove(parse.name);
+        }
+        let name = parse.name.to_string();
+        let id = self
+            .names
+            .propose_statement(&name, self.batch, Some(prepared));
+        self.expect([Expect::Confirm {
+            space: Space::Statement,
+            name,
+            id,
+        }]);
+        Ok(())
+    }
+
+    fn on_describe(&mut self, range: Range<usize>) -> Result<(), End> {
+        let (kind, name) = codec::decode_target(&self.buf[range], "Describe")
+            .map_err(|e| violation(&e.to_string()))?;
+        if kind == b'S' {
+            let statement = name.to_string();
+            self.expect([Expect::Describe { statement }]);
+        }
+        Ok(())
+    }
+
+    /// A statement's parameter types: those the client gave, else those the upstream described.
+    fn param_types(&self, statement: &str, prepared: Option<&Prepared>) -> Vec<u32> {
+        let given = prepared.map(|p| p.param_types.clone()).unwrap_or_default();
+        if !given.is_empty() && given.iter().all(|oid| *oid != 0) {
+            return given;
+        }
+        self.described
+            .lock()
+            .ok()
+            .and_then(|d| d.get(statement).cloned())
+            .unwrap_or(given)
+    }
+
+    async fn on_bind(&mut self, range: Range<usize>) -> Result<(), End> {
+        let statement = codec::decode_bind_statement(&self.buf[range.clone()])
+            .map_err(|e| violation(&e.to_string()))?
+            .to_string();
+        let prepared = self.statement(&statement, range.start).await?;
+        let types = self.param_types(&statement, prepared.as_ref());
+        let bind =
+            codec::decode_bind(&self.buf[range], &types).map_err(|e| violation(&e.to_string()))?;
+        let name = bind.portal.to_string();
+        let portal = Portal {
+            statement: prepared,
+            params: bind.params,
+        };
+        let id = self.names.propose_portal(&name, self.batch, Some(portal));
+        self.expect([Expect::Confirm {
+            space: Space::Portal,
+            name,
+            id,
+        }]);
+        Ok(())
+    }
+
+    fn on_close(&mut self, range: Range<usize>) -> Result<(), End> {
+        let (kind, name) = codec::decode_target(&self.buf[range], "Close")
+            .map_err(|e| violation(&e.to_string()))?;
+        let name = name.to_string();
+        let (space, id) = if kind == b'S' {
+            let id = self.names.propose_statement(&name, self.batch, None);
+            (Space::Statement, id)
+        } else {
+            (
+                Space::Portal,
+                self.names.propose_portal(&name, self.batch, None),
+            )
+        };
+        self.expect([Expect::Confirm { space, name, id }]);
+        Ok(())
+    }
+
+    async fn on_execute(&mut self, range: Range<usize>) -> Result<(), End> {
+        let name = codec::decode_execute_portal(&self.buf[range.clone()])
+            .map_err(|e| violation(&e.to_string()))?
+            .to_string();
+        let op = match self.portal(&name, range.start).await? {
+            Some(Portal {
+                statement: Some(prepared),
+                params,
+            }) => Operation {
+                connection: self.relay.session.connection.clone(),
+                text: prepared.sql,
+                params,
+                classification: self
+                    .resolve_runs(prepared.classification, range.start)
+                    .await?,
+            },
+            _ => {
+                // Not bound through this session's Parse/Bind: nothing to judge, so refuse.
+                let message = format!("portal \"{name}\" was not prepared through the gateway");
+                self.drop_message(range).await?;
+                let denial = Denial {
+                    kind: DenialKind::Policy,
+                    message,
+                };
+                return self.refuse(&denial, false).await;
+            }
+        };
+        self.decide_and_forward(range, op, false).await
+    }
+
+    /// Asks the gate; forwards on a permit, holds on require-approval, refuses otherwise.
+    async fn decide_and_forward(
+        &mut self,
+        range: Range<usize>,
+        op: Operation,
+        simple: bool,
+    ) -> Result<(), End> {
+        let relay = self.relay;
+        let verdict = match relay.gate.submit(relay.session, &op).await {
+            Submission::Permitted(permit) => Ok(permit),
+            Submission::Denied(denial) => Err(denial),
+            Submission::Held(hold) => {
+                // Everything before the held message goes now; the held one waits.
+                self.flush_until(range.start).await?;
+                let reviewers = hold.reviewers.join(", ");
+                let notice = codec::error_response(
+                    Severity::Notice,
+                    "01000",
+                    &format!(
+                        "airlock: approval request {} is waiting for review by [{reviewers}]; the statement runs once approved (expires in {})",
+                        hold.request_id,
+                        humantime::format_duration(hold.timeout)
+                    ),
+                    None,
+                    Some(&format!(
+                        "A reviewer decides with: airlock approve {id} / airlock deny {id} --reason TEXT. Cancel the query to withdraw it.",
+                        id = hold.request_id
+                    )),
+                );
+                let _ = self.inject.send(notice);
+                let signal = relay.cancel.hold();
+                let reader = &mut self.reader;
+                let buf = &mut self.buf;
+                let withdraw = async {
+                    tokio::select! {
+                        _ = signal.notified() => {}
+                        _ = wait_for_eof(reader, buf) => {}
+                    }
+                };
+                let verdict = hold.resolve(withdraw).await;
+                relay.cancel.release();
+                verdict
+            }
+        };
+        match verdict {
+            Ok(permit) => {
+                self.forget_names_changed_by(&op.classification);
+                self.expect(
+                    [Expect::Outcome {
+                        event: permit.event(),
+                        simple,
+                    }]
+                    .into_iter()
+                    .chain(simple.then_some(Expect::SyncPoint)),
+                );
+                Ok(())
+            }
+            // Nothing more runs under an expired identity, and as at login, no grant means no
+            // session: FATAL, and the session ends.
+            Err(denial) if denial.kind == DenialKind::IdentityExpired => {
+                Err(fatal("28000", &denial.message, "identity expired"))
+            }
+            Err(denial) if denial.kind == DenialKind::AccessRevoked => {
+                Err(fatal("42501", &denial.message, "access revoked"))
+            }
+            Err(denial) => {
+                self.drop_message(range).await?;
+                self.refuse(&denial, simple).await
+            }
+        }
+    }
+
+    /// Sends the upstream a message that can only fail, to be rewritten into `denial`.
+    async fn refuse(&mut self, denial: &Denial, simple: bool) -> Result<(), End> {
+        tracing::info!(session = self.relay.session.id, reason = %denial.message, "refused");
+        let marker = marker();
+        let error = refusal_error(denial);
+        let failing = if simple {
+            self.expect([
+                Expect::Refusal {
+                    marker: marker.clone(),
+                    error,
+                },
+                Expect::SyncPoint,
+            ]);
+            codec::failing_query(&marker)
+        } else {
+            self.skip_until_sync = true;
+            self.expect([Expect::Refusal {
+                marker: marker.clone(),
+                error,
+            }]);
+            codec::failing_parse(&marker)
+        };
+        self.upstream.write_all(&failing).await?;
+        Ok(())
+    }
+}
+
+/// Reads (and keeps) client bytes while a statement is held, returning when the client goes.
+async fn wait_for_eof<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) {
+    loop {
+        if buf.len() > codec::MAX_MESSAGE_LEN {
+            return std::future::pending().await;
+        }
+        match reader.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
