@@ -4,13 +4,16 @@
 //! `{"error": …}` bodies, and the OpenAPI document served at `/api/openapi.json`.
 
 mod approvals;
+mod audit;
 mod auth;
 mod connections;
 mod error;
+mod exec;
 mod health;
 mod policies;
 mod sessions;
 mod tokens;
+mod upstream;
 mod whoami;
 
 use airlock_core::config::Config;
@@ -31,6 +34,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/approvals", get(approvals::list))
+        .route("/audit/verify", get(audit::verify))
         .route("/approvals/{id}", get(approvals::show))
         .route("/approvals/{id}/approve", post(approvals::approve))
         .route("/approvals/{id}/deny", post(approvals::deny))
@@ -44,7 +48,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/policies", get(policies::show).put(policies::replace))
         .route("/policies/changes", get(policies::changes))
         .route("/policies/explain", post(policies::explain))
-        .route("/whoami", get(whoami::show));
+        .route("/whoami", get(whoami::show))
+        .route("/exec", post(exec::submit))
+        .route("/exec/{id}", get(exec::poll).delete(exec::withdraw))
+        // Background execs live as long as the router, which is the API's lifetime.
+        .layer(axum::Extension(Arc::new(exec::Jobs::default())));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -363,6 +363,8 @@ mod tests {
                 session_id: 7,
                 at: 10,
                 detail,
+                prev_hash: None,
+                hash: None,
             };
             let row = event_row(&session(), &event).unwrap();
             for key in row.keys() {
@@ -382,6 +384,8 @@ mod tests {
             session_id: 7,
             at: 10,
             detail: details().remove(0),
+            prev_hash: None,
+            hash: None,
         };
         let mut out = String::new();
         render(

@@ -210,6 +210,8 @@ impl Harness {
                         reason: None,
                         request_id: Some(approval),
                     },
+                    prev_hash: None,
+                    hash: None,
                 }],
                 1,
             )
@@ -262,6 +264,7 @@ async fn the_openapi_document_describes_every_route() {
         "GET /readyz",
         "GET /api/openapi.json",
         "GET /api/v1/approvals",
+        "GET /api/v1/audit/verify",
         "GET /api/v1/approvals/{id}",
         "POST /api/v1/approvals/{id}/approve",
         "POST /api/v1/approvals/{id}/deny",
@@ -278,6 +281,9 @@ async fn the_openapi_document_describes_every_route() {
         "PUT /api/v1/policies",
         "GET /api/v1/policies/changes",
         "GET /api/v1/whoami",
+        "POST /api/v1/exec",
+        "GET /api/v1/exec/{id}",
+        "DELETE /api/v1/exec/{id}",
     ];
     expected.sort();
     assert_eq!(paths, expected);
@@ -779,4 +785,17 @@ async fn admins_replace_policies_and_every_change_is_audited() {
         h.get("/api/v1/policies/changes", &h.agent).await.0,
         StatusCode::FORBIDDEN
     );
+}
+
+#[tokio::test]
+async fn only_admins_verify_the_audit_chain() {
+    let h = harness().await;
+    let (status, report) = h.get("/api/v1/audit/verify", &h.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        report,
+        json!({"ok": true, "events_checked": 0, "first_break": null})
+    );
+    let (status, _) = h.get("/api/v1/audit/verify", &h.agent).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }

@@ -2,6 +2,7 @@
 //! wire traffic into an [`operation::Operation`] and asks the [`gate::Gate`] for a verdict.
 
 pub mod approval;
+pub mod chain;
 pub mod classify;
 pub mod config;
 pub mod gate;

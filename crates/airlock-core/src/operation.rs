@@ -8,12 +8,15 @@ use std::sync::Arc;
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Postgres,
+    /// One-off statements sent through `POST /api/v1/exec` (pipelines, `airlock exec`).
+    Api,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Postgres => "postgres",
+            Protocol::Api => "api",
         }
     }
 }

@@ -7,9 +7,14 @@
 //! whatever the journal holds beyond the store's copy is copied first, and a torn last line (a
 //! crash in the middle of a write) is cut off.
 //!
+//! Each line also carries the event's links in the tamper-evident chain (`prev_hash`, `hash`;
+//! see [`crate::chain`]), computed under the same lock that orders the ids, so the chain follows
+//! the id order. On start the chain resumes from the stored head.
+//!
 //! Durability is that of the operating system's page cache: a record survives a crash of the
 //! gateway the moment `append` returns.
 
+use crate::chain;
 use crate::store::{EventRecord, NewEvent, Store, StoreError};
 use std::fs::File;
 use std::io::Write;
@@ -37,6 +42,8 @@ struct Writer {
     file: File,
     next_id: i64,
     len: u64,
+    /// The hash of the last appended event, which the next one chains from.
+    last_hash: String,
 }
 
 struct Inner {
@@ -92,11 +99,20 @@ impl Recorder {
         let journal_max = events.last().map_or(0, |e| e.id);
         store.ingest_events(&events, complete_to).await?;
         let max_id = stored_max.max(journal_max);
+        // Everything in the journal is in the store now, so its last event is the chain's head.
+        let last_hash = store
+            .chain_head()
+            .await?
+            .unwrap_or_else(|| chain::GENESIS.to_owned());
+        // The head in the log is an anchor outside the store: a later rewrite of the events
+        // before it cannot reproduce it.
+        tracing::info!(last_event = max_id, head = %last_hash, "audit chain resumed");
         let inner = Arc::new(Inner {
             writer: Mutex::new(Writer {
                 file,
                 next_id: max_id + 1,
                 len: complete_to,
+                last_hash,
             }),
             wake: Notify::new(),
             copied: watch::channel(max_id).0,
@@ -107,7 +123,8 @@ impl Recorder {
 
     /// Appends an event to the journal; when this returns `Ok`, the event is recorded.
     pub fn append(&self, event: NewEvent) -> Result<i64, StoreError> {
-        let detail = serde_json::to_string(&event.detail)
+        // The detail goes into the line exactly as the chain hashes it and the store keeps it.
+        let detail = chain::canonical_detail(&event.detail)
             .map_err(|e| StoreError::Backend(format!("cannot encode an event: {e}")))?;
         // `detail` is a JSON object: splice the id and session in front of its fields.
         let body = detail.strip_prefix('{').unwrap_or(&detail);
@@ -118,9 +135,11 @@ impl Recorder {
                 .lock()
                 .map_err(|_| StoreError::Backend("journal lock poisoned".into()))?;
             let id = writer.next_id;
+            let hash =
+                chain::event_hash(&writer.last_hash, id, event.session_id, event.at, &detail);
             let line = format!(
-                "{{\"id\":{id},\"session_id\":{},\"at\":{},{body}\n",
-                event.session_id, event.at
+                "{{\"id\":{id},\"session_id\":{},\"at\":{},\"prev_hash\":\"{}\",\"hash\":\"{hash}\",{body}\n",
+                event.session_id, event.at, writer.last_hash
             );
             if let Err(e) = writer.file.write_all(line.as_bytes()) {
                 // Leave no torn line behind; the caller refuses the operation.
@@ -132,6 +151,7 @@ impl Recorder {
             }
             writer.len += line.len() as u64;
             writer.next_id += 1;
+            writer.last_hash = hash;
             id
         };
         self.inner.wake.notify_one();

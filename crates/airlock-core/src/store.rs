@@ -125,6 +125,11 @@ pub struct EventRecord {
     pub at: Millis,
     #[serde(flatten)]
     pub detail: EventDetail,
+    /// The chain links (see [`crate::chain`]); `None` for events recorded before the chain.
+    #[serde(default)]
+    pub prev_hash: Option<String>,
+    #[serde(default)]
+    pub hash: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
@@ -264,6 +269,14 @@ pub trait Store: Send + Sync + 'static {
     /// How far the journal has been copied, and the largest event id stored.
     async fn journal_state(&self) -> Result<(u64, i64), StoreError>;
     async fn list_events(&self, session_id: i64) -> Result<Vec<EventRecord>, StoreError>;
+    /// Up to `limit` events with ids above `after_id`, in id order, as the chain hashes them.
+    async fn list_chain_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::chain::ChainLink>, StoreError>;
+    /// The hash of the event with the largest id (`None` when there is none or it is unchained).
+    async fn chain_head(&self) -> Result<Option<String>, StoreError>;
 
     async fn create_approval(&self, request: &NewApproval) -> Result<i64, StoreError>;
     async fn get_approval(&self, id: i64) -> Result<Option<ApprovalRecord>, StoreError>;

@@ -4,6 +4,7 @@
 
 use std::fmt::Display;
 
+use airlock_core::chain::{canonical_detail, ChainLink};
 use airlock_core::store::{
     ApprovalRecord, ApprovalState, EventDetail, EventRecord, NewApproval, NewPolicyChange,
     NewSession, PolicyChangeRecord, SessionRecord, StoreError, StoredConnection, TokenRecord, Vote,
@@ -57,7 +58,11 @@ pub(crate) fn encode_event(detail: &EventDetail) -> Result<(String, String), Sto
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned)
         .ok_or_else(|| StoreError::Backend("an encoded event has no kind tag".to_owned()))?;
-    Ok((kind, value.to_string()))
+    // The stored text is what the chain hashed (see `airlock_core::chain`).
+    let text = canonical_detail(detail).map_err(|e| {
+        StoreError::Backend(format!("cannot encode an event as JSON: {}", category(&e)))
+    })?;
+    Ok((kind, text))
 }
 
 pub(crate) fn parse_state(text: &str, id: i64) -> Result<ApprovalState, StoreError> {
@@ -101,7 +106,7 @@ pub(crate) fn session(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
     })
 }
 
-/// Columns: id, session_id, at, detail.
+/// Columns: id, session_id, at, detail, prev_hash, hash.
 pub(crate) fn event(row: &SqliteRow) -> Result<EventRecord, StoreError> {
     let id: i64 = row.try_get("id").map_err(db)?;
     let detail: String = row.try_get("detail").map_err(db)?;
@@ -110,6 +115,20 @@ pub(crate) fn event(row: &SqliteRow) -> Result<EventRecord, StoreError> {
         session_id: row.try_get("session_id").map_err(db)?,
         at: row.try_get("at").map_err(db)?,
         detail: from_json(&detail, "detail", format_args!("event {id}"))?,
+        prev_hash: row.try_get("prev_hash").map_err(db)?,
+        hash: row.try_get("hash").map_err(db)?,
+    })
+}
+
+/// Columns: id, session_id, at, detail, prev_hash, hash; the detail stays stored text.
+pub(crate) fn chain_link(row: &SqliteRow) -> Result<ChainLink, StoreError> {
+    Ok(ChainLink {
+        id: row.try_get("id").map_err(db)?,
+        session_id: row.try_get("session_id").map_err(db)?,
+        at: row.try_get("at").map_err(db)?,
+        detail: row.try_get("detail").map_err(db)?,
+        prev_hash: row.try_get("prev_hash").map_err(db)?,
+        hash: row.try_get("hash").map_err(db)?,
     })
 }
 

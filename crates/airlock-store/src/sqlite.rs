@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use airlock_core::chain::ChainLink;
 use airlock_core::store::{
     ApprovalRecord, ApprovalState, EventRecord, Millis, NewApproval, NewPolicyChange, NewSession,
     PolicyChangeRecord, SessionFilter, SessionRecord, Store, StoreError, StoredConnection,
@@ -366,10 +367,10 @@ impl Store for SqliteStore {
         let offset = i64::try_from(journal_offset)
             .map_err(|_| StoreError::Backend("journal offset out of range".into()))?;
         let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
-        // SQLite allows 32766 bound values per statement; 5 per event.
+        // SQLite allows 32766 bound values per statement; 7 per event.
         for (chunk, chunk_encoded) in events.chunks(1000).zip(encoded.chunks(1000)) {
             let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT OR IGNORE INTO events (id, session_id, at, kind, detail) ",
+                "INSERT OR IGNORE INTO events (id, session_id, at, kind, detail, prev_hash, hash) ",
             );
             insert.push_values(
                 chunk.iter().zip(chunk_encoded),
@@ -378,7 +379,9 @@ impl Store for SqliteStore {
                         .push_bind(event.session_id)
                         .push_bind(event.at)
                         .push_bind(kind.as_str())
-                        .push_bind(detail.as_str());
+                        .push_bind(detail.as_str())
+                        .push_bind(event.prev_hash.as_deref())
+                        .push_bind(event.hash.as_deref());
                 },
             );
             insert.build().execute(&mut *tx).await.map_err(db)?;
@@ -404,7 +407,8 @@ impl Store for SqliteStore {
 
     async fn list_events(&self, session_id: i64) -> Result<Vec<EventRecord>, StoreError> {
         sqlx::query(
-            "SELECT id, session_id, at, detail FROM events WHERE session_id = ? ORDER BY id",
+            "SELECT id, session_id, at, detail, prev_hash, hash FROM events \
+             WHERE session_id = ? ORDER BY id",
         )
         .bind(session_id)
         .fetch_all(&self.pool)
@@ -413,6 +417,34 @@ impl Store for SqliteStore {
         .iter()
         .map(codec::event)
         .collect()
+    }
+
+    async fn list_chain_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ChainLink>, StoreError> {
+        sqlx::query(
+            "SELECT id, session_id, at, detail, prev_hash, hash FROM events \
+             WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after_id)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(codec::chain_link)
+        .collect()
+    }
+
+    async fn chain_head(&self) -> Result<Option<String>, StoreError> {
+        let head: Option<Option<String>> =
+            sqlx::query_scalar("SELECT hash FROM events ORDER BY id DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(head.flatten())
     }
 
     async fn create_approval(&self, request: &NewApproval) -> Result<i64, StoreError> {

@@ -679,6 +679,8 @@ async fn append(store: &SqliteStore, events: &[NewEvent]) -> Result<Vec<i64>, St
             session_id: e.session_id,
             at: e.at,
             detail: e.detail.clone(),
+            prev_hash: None,
+            hash: None,
         })
         .collect();
     store
@@ -696,6 +698,8 @@ async fn ingesting_again_skips_stored_events() {
         session_id: s1,
         at: 1,
         detail: all_event_details().remove(0),
+        prev_hash: None,
+        hash: None,
     };
     store
         .ingest_events(std::slice::from_ref(&record), 100)

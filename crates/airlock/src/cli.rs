@@ -85,9 +85,15 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Run one SQL statement through the gateway (for CI/CD pipelines); exit 0 ok, 1 error,
+    /// 2 denied, 3 expired, 4 pending (held for review, no --wait).
+    Exec(ExecArgs),
     /// The recorded history.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Checks of the recorded history as evidence.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Airlock-issued agent tokens (admins).
     #[command(subcommand)]
     Tokens(TokensCommand),
@@ -146,6 +152,21 @@ pub struct ExplainArgs {
     /// Decide locally with this config instead of asking the server.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The Airlock connection to run on.
+    pub connection: String,
+    /// The SQL to run (several statements are run as one batch and judged together).
+    #[arg(long, value_name = "S", required = true)]
+    pub sql: String,
+    /// When the statement is held for review, wait for the decision and run it if approved.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up (and withdraw the request) after this long, such as 30m.
+    #[arg(long, value_name = "D", requires = "wait", value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -215,6 +236,17 @@ pub enum SessionsCommand {
         /// Only events since then: a time (RFC 3339) or a duration ago (1h, 7d).
         #[arg(long, value_name = "T", value_parser = when::parse_since)]
         since: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the tamper-evident chain of the recorded events; exit 1 with the first broken
+    /// link when it fails (admins).
+    Verify {
+        /// Check this SQLite database file directly instead of asking the server.
+        #[arg(long, value_name = "PATH")]
+        db: Option<PathBuf>,
     },
 }
 

@@ -93,7 +93,13 @@ impl Client {
 
     /// Sends, and turns transport failures and non-2xx answers into one-line errors.
     async fn send(&self, request: RequestBuilder) -> anyhow::Result<Response> {
-        let response = request.send().await.map_err(|e| {
+        let response = self.transmit(request).await?;
+        Self::check(response).await
+    }
+
+    /// Sends, turning only transport failures into one-line errors.
+    async fn transmit(&self, request: RequestBuilder) -> anyhow::Result<Response> {
+        request.send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow!(
                     "cannot reach the Airlock server at {}: {}",
@@ -112,7 +118,11 @@ impl Client {
                     root_cause(&e)
                 )
             }
-        })?;
+        })
+    }
+
+    /// Passes a 2xx answer on and turns any other into a one-line error.
+    async fn check(response: Response) -> anyhow::Result<Response> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -154,6 +164,43 @@ impl Client {
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.json(self.request(Method::DELETE, path)?).await
+    }
+
+    /// Calls an exec route, whose answers carry a `status` (`ok`, `denied`, `pending`, …)
+    /// whatever their HTTP status: such an answer is returned as it is, any other failure is
+    /// an error. `timeout` bounds the call, which may wait for a decision on the server.
+    pub async fn exec_answer(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let mut request = self.request(method, path)?.query(query).timeout(timeout);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = self.transmit(request).await?;
+        let status = response.status();
+        let text = response.text().await.with_context(|| {
+            format!(
+                "the answer from the Airlock server at {} broke off",
+                self.server
+            )
+        })?;
+        // Denials (403) and upstream failures (502, 503) come with such an answer too.
+        match serde_json::from_str::<Value>(&text) {
+            Ok(value) if value.get("status").is_some_and(Value::is_string) => Ok(value),
+            Ok(value) if status.is_success() => Ok(value),
+            _ => {
+                let message = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                    .unwrap_or_else(|| "the server gave no explanation".to_string());
+                bail!("{message} (HTTP {status})")
+            }
+        }
     }
 
     /// Copies a streamed answer to `out` as it arrives, so a large export never sits in memory.

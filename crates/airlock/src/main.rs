@@ -3,9 +3,11 @@
 //! (usage errors included, so a script never mistakes one for a command's own status).
 
 mod approvals;
+mod audit;
 mod cli;
 mod client;
 mod config_check;
+mod exec;
 mod explain;
 mod output;
 mod policy_test;
@@ -18,7 +20,8 @@ mod whoami;
 
 use clap::Parser;
 use cli::{
-    ApprovalsCommand, Cli, Command, ConfigCommand, PolicyCommand, SessionsCommand, TokensCommand,
+    ApprovalsCommand, AuditCommand, Cli, Command, ConfigCommand, PolicyCommand, SessionsCommand,
+    TokensCommand,
 };
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -87,12 +90,16 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             replace_with,
         } => approvals::approve(cli, *id, reason.as_deref(), replace_with.as_deref()).await?,
         Command::Deny { id, reason } => approvals::deny(cli, *id, reason).await?,
+        Command::Exec(args) => return exec::run(cli, args).await,
         Command::Sessions(SessionsCommand::List { since, limit }) => {
             sessions::list(cli, *since, *limit).await?
         }
         Command::Sessions(SessionsCommand::Show { id }) => sessions::show(cli, *id).await?,
         Command::Sessions(SessionsCommand::Export { format, since }) => {
             sessions::export(cli, *format, *since).await?
+        }
+        Command::Audit(AuditCommand::Verify { db }) => {
+            return audit::verify(cli, db.as_deref()).await
         }
         Command::Tokens(TokensCommand::Create { name, groups, ttl }) => {
             tokens::create(cli, name, groups, ttl.as_deref()).await?

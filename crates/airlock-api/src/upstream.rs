@@ -1,0 +1,166 @@
+//! Running one permitted exec statement on its upstream PostgreSQL with `tokio-postgres`: a
+//! fresh connection with the connection's stored credential, one simple query, the rows as text
+//! (capped), then the connection is dropped. The credential only goes to the upstream; errors
+//! that could describe it are logged here and replaced by a generic message.
+
+use airlock_core::classify::Classification;
+use airlock_core::config::ConnectionConfig;
+use serde::Serialize;
+use std::time::Duration;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+/// Rows returned per statement; the rest is counted but not sent.
+pub const MAX_ROWS: usize = 1000;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one statement of the exec produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementResult {
+    /// The statement's kind and row count, as a command tag reads (`DELETE 1`, `SELECT 3`).
+    /// `tokio-postgres` does not expose the upstream's own tag, so it is rebuilt from the
+    /// classification the gate decided on.
+    pub tag: String,
+    /// Rows returned or affected.
+    pub rows_affected: u64,
+    pub columns: Vec<String>,
+    /// Text values, `null` for SQL NULL; at most [`MAX_ROWS`].
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Whether rows beyond [`MAX_ROWS`] were left out.
+    pub truncated: bool,
+}
+
+/// Why the statement produced no result.
+#[derive(Debug)]
+pub enum RunError {
+    /// The upstream could not be reached or refused the gateway; the detail is in the log.
+    Unreachable,
+    /// The upstream ran the statement and reported an error (its own message and SQLSTATE).
+    Statement(String),
+}
+
+impl RunError {
+    pub fn message(&self, connection: &str) -> String {
+        match self {
+            RunError::Unreachable => format!(
+                "the upstream of connection `{connection}` is unreachable or refused the \
+                 gateway's credential (details in the gateway log)"
+            ),
+            RunError::Statement(message) => message.clone(),
+        }
+    }
+}
+
+fn pg_config(conn: &ConnectionConfig) -> Result<tokio_postgres::Config, String> {
+    let (host, port) = match conn.address.rsplit_once(':') {
+        Some((host, port)) => (
+            host.trim_start_matches('[').trim_end_matches(']'),
+            port.parse::<u16>()
+                .map_err(|_| format!("invalid port in address `{}`", conn.address))?,
+        ),
+        None => (conn.address.as_str(), 5432),
+    };
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(port)
+        .dbname(conn.database_or_default())
+        .user(conn.user.as_deref().unwrap_or("postgres"))
+        .application_name("airlock-exec")
+        // The classifier read the SQL as the PostgreSQL adapter pins it; the upstream must too.
+        .options("-c standard_conforming_strings=on")
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(password) = &conn.password {
+        config.password(password.expose().as_bytes());
+    }
+    Ok(config)
+}
+
+/// The tag of the `index`th statement, from its classified kind.
+fn tag_for(classification: &Classification, index: usize, rows: u64) -> String {
+    let kind = match classification {
+        Classification::Parsed(statements) => statements
+            .get(index)
+            .map(|s| s.kind.name())
+            .unwrap_or("OTHER"),
+        Classification::Unparseable(_) => "OTHER",
+    };
+    format!("{kind} {rows}")
+}
+
+/// Runs `sql` on the upstream of `conn` and returns one result per statement.
+pub async fn run(
+    conn: &ConnectionConfig,
+    sql: &str,
+    classification: &Classification,
+) -> Result<Vec<StatementResult>, RunError> {
+    let config = pg_config(conn).map_err(|reason| {
+        tracing::error!(connection = %conn.name, %reason, "exec: bad upstream address");
+        RunError::Unreachable
+    })?;
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        tracing::error!(connection = %conn.name, error = %e, "exec: cannot connect upstream");
+        RunError::Unreachable
+    })?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "exec: upstream connection ended with an error");
+        }
+    });
+    let messages = client.simple_query(sql).await;
+    drop(client);
+    // The connection ends once the client is gone; waiting keeps the upstream session from
+    // outliving the exec.
+    let _ = driver.await;
+    let messages = messages.map_err(|e| match e.as_db_error() {
+        Some(db) => RunError::Statement(format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        )),
+        None => {
+            tracing::error!(connection = %conn.name, error = %e, "exec: the upstream connection failed");
+            RunError::Unreachable
+        }
+    })?;
+    let mut results = Vec::new();
+    let mut current: Option<StatementResult> = None;
+    let fresh = || StatementResult {
+        tag: String::new(),
+        rows_affected: 0,
+        columns: Vec::new(),
+        rows: Vec::new(),
+        truncated: false,
+    };
+    for message in messages {
+        match message {
+            SimpleQueryMessage::RowDescription(columns) => {
+                let mut result = fresh();
+                result.columns = columns.iter().map(|c| c.name().to_string()).collect();
+                current = Some(result);
+            }
+            SimpleQueryMessage::Row(row) => {
+                let result = current.get_or_insert_with(fresh);
+                if result.rows.len() < MAX_ROWS {
+                    result.rows.push(
+                        (0..row.len())
+                            .map(|i| row.get(i).map(str::to_string))
+                            .collect(),
+                    );
+                } else {
+                    result.truncated = true;
+                }
+            }
+            SimpleQueryMessage::CommandComplete(rows) => {
+                let mut result = current.take().unwrap_or_else(fresh);
+                result.rows_affected = rows;
+                result.tag = tag_for(classification, results.len(), rows);
+                results.push(result);
+            }
+            // Later versions of the enum may add messages; none of them carries a result.
+            _ => {}
+        }
+    }
+    Ok(results)
+}

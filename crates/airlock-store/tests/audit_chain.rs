@@ -1,0 +1,242 @@
+//! The tamper-evident chain against the real SQLite store: events appended by the recorder
+//! verify, the chain resumes across a restart and after events recorded before it existed, and
+//! editing, deleting, swapping or re-hashing a row in the database file breaks it at that row.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use airlock_core::chain::{self, ChainReport};
+use airlock_core::recorder::Recorder;
+use airlock_core::store::{EventDetail, EventRecord, NewEvent, NewSession, OutcomeStatus, Store};
+use airlock_store::SqliteStore;
+use sqlx::sqlite::SqlitePool;
+use tempfile::TempDir;
+
+fn outcome(n: i64) -> EventDetail {
+    EventDetail::Outcome {
+        statement_event: n,
+        status: OutcomeStatus::Ok,
+        rows: Some(n as u64),
+        tag: Some(format!("SELECT {n}")),
+        error: None,
+    }
+}
+
+struct Fixture {
+    dir: TempDir,
+    db: String,
+    store: Arc<SqliteStore>,
+    session: i64,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("airlock.db").display());
+        let store = Arc::new(SqliteStore::open(&db).await.unwrap());
+        let session = store
+            .open_session(&NewSession {
+                protocol: "postgres".into(),
+                connection: "prod".into(),
+                subject: "token:t".into(),
+                display_name: "agent".into(),
+                groups: vec!["agents".into()],
+                auth_method: "agent-token".into(),
+                client_addr: "127.0.0.1:1".into(),
+                started_at: 1,
+            })
+            .await
+            .unwrap();
+        Fixture {
+            dir,
+            db,
+            store,
+            session,
+        }
+    }
+
+    /// Appends `n` events through a freshly opened recorder and waits until they are stored.
+    async fn record(&self, n: i64) -> Vec<i64> {
+        let recorder = Recorder::open(self.store.clone(), &self.dir.path().join("events.journal"))
+            .await
+            .unwrap();
+        let ids = (0..n)
+            .map(|i| {
+                recorder
+                    .append(NewEvent {
+                        session_id: self.session,
+                        at: 1000 + i,
+                        detail: outcome(i),
+                    })
+                    .unwrap()
+            })
+            .collect();
+        recorder.sync().await;
+        ids
+    }
+
+    async fn verify(&self) -> ChainReport {
+        chain::verify(self.store.as_ref()).await.unwrap()
+    }
+
+    /// Runs SQL on the database file behind the store's back, as a tamperer would.
+    async fn tamper(&self, sql: &str) {
+        let pool = SqlitePool::connect(&self.db).await.unwrap();
+        sqlx::query(sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+
+    async fn broken_at(&self) -> i64 {
+        let report = self.verify().await;
+        assert!(!report.ok, "{report:?}");
+        report.first_break.unwrap().id
+    }
+}
+
+#[tokio::test]
+async fn an_intact_chain_verifies_and_resumes_across_restarts() {
+    let f = Fixture::new().await;
+    assert_eq!(f.record(4).await, vec![1, 2, 3, 4]);
+    assert_eq!(
+        f.record(3).await,
+        vec![5, 6, 7],
+        "a second recorder resumes"
+    );
+    let report = f.verify().await;
+    assert_eq!(
+        report,
+        ChainReport {
+            ok: true,
+            events_checked: 7,
+            first_break: None
+        }
+    );
+    let events = f.store.list_events(f.session).await.unwrap();
+    assert_eq!(events[0].prev_hash.as_deref(), Some(chain::GENESIS));
+    for pair in events.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+    // The journal line carries the links too.
+    let journal = std::fs::read_to_string(f.dir.path().join("events.journal")).unwrap();
+    let first: EventRecord = serde_json::from_str(journal.lines().next().unwrap()).unwrap();
+    assert_eq!(first.hash, events[0].hash);
+}
+
+#[tokio::test]
+async fn the_chain_starts_after_events_recorded_before_it() {
+    let f = Fixture::new().await;
+    let old = EventRecord {
+        id: 1,
+        session_id: f.session,
+        at: 1,
+        detail: outcome(0),
+        prev_hash: None,
+        hash: None,
+    };
+    f.store.ingest_events(&[old], 0).await.unwrap();
+    assert_eq!(f.record(3).await, vec![2, 3, 4]);
+    let report = f.verify().await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 3);
+}
+
+#[tokio::test]
+async fn an_edited_detail_breaks_the_chain_at_that_event() {
+    let f = Fixture::new().await;
+    f.record(5).await;
+    f.tamper("UPDATE events SET detail = replace(detail, 'SELECT 2', 'SELECT 9') WHERE id = 3")
+        .await;
+    assert_eq!(f.broken_at().await, 3);
+    let report = f.verify().await;
+    assert_eq!(report.events_checked, 3);
+}
+
+#[tokio::test]
+async fn an_edited_time_breaks_the_chain() {
+    let f = Fixture::new().await;
+    f.record(5).await;
+    f.tamper("UPDATE events SET at = at + 1 WHERE id = 4").await;
+    assert_eq!(f.broken_at().await, 4);
+}
+
+#[tokio::test]
+async fn a_deleted_event_breaks_the_chain_after_it() {
+    let f = Fixture::new().await;
+    f.record(5).await;
+    f.tamper("DELETE FROM events WHERE id = 3").await;
+    assert_eq!(f.broken_at().await, 4);
+
+    let g = Fixture::new().await;
+    g.record(3).await;
+    g.tamper("DELETE FROM events WHERE id = 1").await;
+    assert_eq!(g.broken_at().await, 2, "deleting the first event shows too");
+}
+
+#[tokio::test]
+async fn deleting_and_renumbering_breaks_the_chain() {
+    let f = Fixture::new().await;
+    f.record(5).await;
+    // Close the gap a deletion leaves: the links no longer match.
+    f.tamper("DELETE FROM events WHERE id = 3").await;
+    f.tamper("UPDATE events SET id = id - 1 WHERE id > 3").await;
+    assert_eq!(f.broken_at().await, 3);
+}
+
+#[tokio::test]
+async fn swapped_contents_break_the_chain_at_the_first_of_them() {
+    let f = Fixture::new().await;
+    f.record(5).await;
+    f.tamper(
+        "UPDATE events SET detail = CASE id \
+         WHEN 2 THEN (SELECT detail FROM events WHERE id = 4) \
+         ELSE (SELECT detail FROM events WHERE id = 2) END WHERE id IN (2, 4)",
+    )
+    .await;
+    assert_eq!(f.broken_at().await, 2);
+}
+
+#[tokio::test]
+async fn a_changed_hash_breaks_the_chain() {
+    let f = Fixture::new().await;
+    f.record(5).await;
+    f.tamper(&format!(
+        "UPDATE events SET hash = '{}' WHERE id = 4",
+        "ab".repeat(32)
+    ))
+    .await;
+    assert_eq!(f.broken_at().await, 4);
+    let report = f.verify().await;
+    assert!(report.first_break.unwrap().reason.contains("hash"));
+
+    // Recomputing that one hash still leaves the next event pointing at the old one.
+    let g = Fixture::new().await;
+    g.record(5).await;
+    g.tamper("UPDATE events SET detail = replace(detail, 'SELECT 1', 'SELECT 7') WHERE id = 2")
+        .await;
+    let link = g.store.list_chain_after(1, 1).await.unwrap().remove(0);
+    let rehashed = chain::event_hash(
+        link.prev_hash.as_deref().unwrap(),
+        link.id,
+        link.session_id,
+        link.at,
+        &link.detail,
+    );
+    g.tamper(&format!(
+        "UPDATE events SET hash = '{rehashed}' WHERE id = 2"
+    ))
+    .await;
+    assert_eq!(g.broken_at().await, 3);
+}
+
+#[tokio::test]
+async fn an_inserted_event_breaks_the_chain() {
+    let f = Fixture::new().await;
+    f.record(3).await;
+    f.tamper(
+        "INSERT INTO events (id, session_id, at, kind, detail, prev_hash, hash) \
+         SELECT 4, session_id, at, kind, detail, prev_hash, hash FROM events WHERE id = 3",
+    )
+    .await;
+    assert_eq!(f.broken_at().await, 4);
+}
