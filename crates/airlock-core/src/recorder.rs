@@ -29,6 +29,8 @@ const LINGER: Duration = Duration::from_millis(10);
 /// Once copied, a journal larger than this is emptied.
 const TRIM_AT: u64 = 8 * 1024 * 1024;
 const READ_CHUNK: u64 = 4 * 1024 * 1024;
+/// How long a reader waits for the copy to catch up before reading what the store has.
+const SYNC_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
@@ -165,7 +167,7 @@ impl Recorder {
         }
     }
 
-    /// Waits until every event appended so far is in the store.
+    /// Waits (a few seconds at most) until every event appended so far is in the store.
     pub async fn sync(&self) {
         let target = match self.inner.writer.lock() {
             Ok(writer) => writer.next_id - 1,
@@ -173,7 +175,12 @@ impl Recorder {
         };
         let mut copied = self.inner.copied.subscribe();
         self.inner.wake.notify_one();
-        let _ = copied.wait_for(|id| *id >= target).await;
+        // A store that cannot take the copy (a full disk) must not hang every reader: after a
+        // while they read what is there; the events stay in the journal until the copy succeeds.
+        let caught_up = tokio::time::timeout(SYNC_PATIENCE, copied.wait_for(|id| *id >= target));
+        if caught_up.await.is_err() {
+            tracing::warn!("the store is behind the journal; reading what it holds so far");
+        }
     }
 }
 
