@@ -6,13 +6,13 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::ApiState;
 use airlock_core::approval::can_view;
-use airlock_core::store::{ApprovalRecord, ApprovalState};
+use airlock_core::store::{ApprovalRecord, ApprovalState, DeliveryRecord};
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,18 +69,27 @@ pub async fn list(
     ))
 }
 
+/// One request with its webhook notification delivery attempts.
+#[derive(Serialize)]
+pub struct ApprovalDetail {
+    #[serde(flatten)]
+    record: ApprovalRecord,
+    deliveries: Vec<DeliveryRecord>,
+}
+
 pub async fn show(
     State(state): State<ApiState>,
     caller: Caller,
     id: Result<Path<i64>, PathRejection>,
-) -> Result<Json<ApprovalRecord>, ApiError> {
+) -> Result<Json<ApprovalDetail>, ApiError> {
     let Path(id) = id?;
     let not_found = || ApiError::NotFound(format!("approval request {id} does not exist"));
     // A request the caller may not see is answered exactly like a missing one, so its
     // existence does not leak.
     match state.gate.store().get_approval(id).await? {
         Some(record) if can_view(&caller.identity, &record, &state.config.admin_groups) => {
-            Ok(Json(record))
+            let deliveries = state.gate.store().list_deliveries(id).await?;
+            Ok(Json(ApprovalDetail { record, deliveries }))
         }
         _ => Err(not_found()),
     }

@@ -4,6 +4,7 @@
 //! another replica is seen too).
 
 use crate::identity::Identity;
+use crate::notify::Notifier;
 use crate::store::{
     now_millis, ApprovalRecord, ApprovalState, NewApproval, Store, StoreError, Vote,
 };
@@ -35,13 +36,17 @@ pub enum VoteError {
 pub struct Approvals {
     store: Arc<dyn Store>,
     watchers: Mutex<HashMap<i64, watch::Sender<ApprovalState>>>,
+    /// Told of every request that leaves `pending`, by whoever moved it, so each end is
+    /// announced exactly once (the vote, the waiter's timer or withdrawal, the dead session).
+    notifier: Notifier,
 }
 
 impl Approvals {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, notifier: Notifier) -> Self {
         Approvals {
             store,
             watchers: Mutex::new(HashMap::new()),
+            notifier,
         }
     }
 
@@ -87,7 +92,8 @@ impl Approvals {
         let now = now_millis();
         if now >= record.request.expires_at {
             // Its session may be gone and no timer left to expire it: do it here.
-            self.store
+            let expired = self
+                .store
                 .finish_approval(
                     id,
                     ApprovalState::Expired,
@@ -97,6 +103,14 @@ impl Approvals {
                 .await
                 .map_err(VoteError::Store)?;
             self.notify(id, ApprovalState::Expired);
+            if expired {
+                self.notifier.announce(&ApprovalRecord {
+                    state: ApprovalState::Expired,
+                    decided_at: Some(now),
+                    reason: Some("no decision before the timeout".into()),
+                    ..record
+                });
+            }
             return Err(VoteError::NotPending(id, ApprovalState::Expired.as_str()));
         }
         let vote = Vote {
@@ -114,6 +128,7 @@ impl Approvals {
         })?;
         if updated.state != ApprovalState::Pending {
             self.notify(id, updated.state);
+            self.notifier.announce(&updated);
         }
         Ok(updated)
     }
@@ -136,11 +151,13 @@ impl Approvals {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut abandoned = AbandonGuard {
             store: Some(self.store.clone()),
+            notifier: self.notifier.clone(),
             id,
         };
         tokio::pin!(withdraw);
         let mut withdrawn = false;
         let mut watching = true;
+        let mut ended_here = false;
         let result = loop {
             let finish = tokio::select! {
                 changed = changes.changed(), if watching => { watching = changed.is_ok(); None },
@@ -149,7 +166,8 @@ impl Approvals {
                 _ = &mut withdraw, if !withdrawn => { withdrawn = true; Some((ApprovalState::Canceled, "withdrawn by the requester")) }
             };
             if let Some((state, reason)) = finish {
-                self.store
+                ended_here |= self
+                    .store
                     .finish_approval(id, state, reason, now_millis())
                     .await?;
             }
@@ -163,6 +181,9 @@ impl Approvals {
         if let Ok(mut watchers) = self.watchers.lock() {
             watchers.remove(&id);
         }
+        if ended_here {
+            self.notifier.announce(&result);
+        }
         Ok(result)
     }
 }
@@ -171,6 +192,7 @@ impl Approvals {
 /// request, so it can never be approved with no one left to run it.
 struct AbandonGuard {
     store: Option<Arc<dyn Store>>,
+    notifier: Notifier,
     id: i64,
 }
 
@@ -178,9 +200,10 @@ impl Drop for AbandonGuard {
     fn drop(&mut self) {
         if let Some(store) = self.store.take() {
             let id = self.id;
+            let notifier = self.notifier.clone();
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
-                    let _ = store
+                    let ended = store
                         .finish_approval(
                             id,
                             ApprovalState::Canceled,
@@ -188,6 +211,9 @@ impl Drop for AbandonGuard {
                             now_millis(),
                         )
                         .await;
+                    if let (Ok(true), Ok(Some(record))) = (ended, store.get_approval(id).await) {
+                        notifier.announce(&record);
+                    }
                 });
             }
         }

@@ -3,7 +3,7 @@
 //! EXPLAIN, COPY (…), CREATE TABLE AS, …). Comments and case cannot disguise anything because
 //! nothing here looks at the text. Results are cached by exact text.
 
-use pg_query::NodeEnum;
+use pg_query::{NodeEnum, NodeRef};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -45,11 +45,13 @@ pub enum StatementKind {
     Transaction,
     Discard,
     Comment,
+    /// Calls a function with side effects or dangerous reach (see [`DANGEROUS_FUNCTIONS`]).
+    Function,
     Other,
 }
 
 impl StatementKind {
-    pub const ALL: [StatementKind; 33] = [
+    pub const ALL: [StatementKind; 34] = [
         StatementKind::Select,
         StatementKind::Insert,
         StatementKind::Update,
@@ -82,6 +84,7 @@ impl StatementKind {
         StatementKind::Transaction,
         StatementKind::Discard,
         StatementKind::Comment,
+        StatementKind::Function,
         StatementKind::Other,
     ];
 
@@ -119,6 +122,7 @@ impl StatementKind {
             StatementKind::Transaction => "TRANSACTION",
             StatementKind::Discard => "DISCARD",
             StatementKind::Comment => "COMMENT",
+            StatementKind::Function => "FUNCTION",
             StatementKind::Other => "OTHER",
         }
     }
@@ -172,6 +176,17 @@ pub struct ClassifiedStatement {
     /// text differently from this parser, which would void every later classification.
     #[serde(default)]
     pub forbidden: Option<String>,
+    /// Relations referenced anywhere inside, as written (`schema.table` or `table`), sorted and
+    /// unique. A CTE reference is listed under its name too: telling it from a table of the same
+    /// name needs scoping rules, and listing too much only makes a `tables` rule match more.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Functions called anywhere inside, as written (`schema.name` or `name`), sorted and unique.
+    #[serde(default)]
+    pub functions: Vec<String>,
+    /// An UPDATE or DELETE without a WHERE clause runs anywhere inside: it touches every row.
+    #[serde(default)]
+    pub unfiltered_write: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -232,8 +247,13 @@ pub fn classify(sql: &str) -> Classification {
             kinds: vec![kind],
             runs: Vec::new(),
             forbidden: None,
+            tables: Vec::new(),
+            functions: Vec::new(),
+            unfiltered_write: false,
         };
-        if needs_walk(node, sql) {
+        if !needs_walk(node, sql) {
+            walk.visit_plain(node);
+        } else {
             match serde_json::to_value(node) {
                 Ok(tree) => walk.visit(&tree),
                 Err(_) => {
@@ -248,14 +268,24 @@ pub fn classify(sql: &str) -> Classification {
             mut kinds,
             runs,
             forbidden,
+            mut tables,
+            mut functions,
+            unfiltered_write,
         } = walk;
         kinds.sort();
         kinds.dedup();
+        tables.sort();
+        tables.dedup();
+        functions.sort();
+        functions.dedup();
         statements.push(ClassifiedStatement {
             kind,
             kinds,
             runs,
             forbidden,
+            tables,
+            functions,
+            unfiltered_write,
         });
     }
     Classification::Parsed(statements)
@@ -265,25 +295,26 @@ pub fn classify(sql: &str) -> Classification {
 /// UPDATE, DELETE and MERGE (EXPLAIN, COPY, PREPARE, SET, CREATE …) always is. Inside those
 /// five the walk can only find something when the text shows it:
 /// - a nested statement needs a WITH clause, i.e. the letters `with`;
-/// - a `set_config` call or a write to `pg_settings` (whose update rule calls set_config)
-///   needs those letters, unless the identifier is spelled with Unicode escapes (`U&"…"`),
-///   hence the check for `u&`;
-/// - ON CONFLICT DO UPDATE is read from the top-level node itself.
+/// - a function call (set_config, a dangerous function, any name a `functions` rule may
+///   match) needs a `(`, whatever its name's spelling;
+/// - a write to `pg_settings` (whose update rule calls set_config) needs those letters,
+///   unless the identifier is spelled with Unicode escapes (`U&"…"`), hence the check for `u&`;
+/// - ON CONFLICT DO UPDATE is read from the top-level node itself;
+/// - relations and an UPDATE/DELETE without WHERE are found by [`Walk::visit_plain`].
 ///
-/// EXECUTE, FETCH and SELECT … INTO cannot appear inside these five at all.
+/// EXECUTE and FETCH cannot appear inside these five at all; SELECT … INTO is walked so that
+/// its new table is listed the same way on both paths.
 fn needs_walk(node: &NodeEnum, sql: &str) -> bool {
     let plain_dml = match node {
         NodeEnum::InsertStmt(insert) => insert.on_conflict_clause.is_none(),
-        NodeEnum::SelectStmt(_)
-        | NodeEnum::UpdateStmt(_)
-        | NodeEnum::DeleteStmt(_)
-        | NodeEnum::MergeStmt(_) => true,
+        NodeEnum::SelectStmt(select) => select.into_clause.is_none(),
+        NodeEnum::UpdateStmt(_) | NodeEnum::DeleteStmt(_) | NodeEnum::MergeStmt(_) => true,
         _ => false,
     };
     !plain_dml
         || [
             b"with".as_slice(),
-            b"set_config".as_slice(),
+            b"(".as_slice(),
             b"pg_settings".as_slice(),
             b"u&".as_slice(),
         ]
@@ -307,11 +338,62 @@ fn is_lexer_setting(name: &str) -> bool {
     LEXER_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
+/// Functions that are not plain reads: they signal or stop backends, read or list server
+/// files, move large objects between server files and the database, reach other servers,
+/// change server state, or advance sequences. A call to one adds [`StatementKind::Function`].
+/// `set_config` is not here: it is a SET, judged by its setting name.
+pub const DANGEROUS_FUNCTIONS: &[&str] = &[
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "lo_import",
+    "lo_export",
+    "lo_unlink",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "nextval",
+    "setval",
+];
+
+/// Name prefixes of dangerous function families: every dblink function opens a connection to
+/// another server.
+pub const DANGEROUS_FUNCTION_PREFIXES: &[&str] = &["dblink"];
+
+/// Whether a function's own name (without schema) is on the built-in dangerous list. Names
+/// are compared ignoring ASCII case, so a quoted `"PG_READ_FILE"` errs on the side of caution.
+pub fn is_dangerous_function(name: &str) -> bool {
+    DANGEROUS_FUNCTIONS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name))
+        || DANGEROUS_FUNCTION_PREFIXES.iter().any(|prefix| {
+            name.get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+        })
+}
+
+/// `schema.name` or `name`, as a statement names a relation or function.
+fn qualified(schema: &str, name: &str) -> String {
+    if schema.is_empty() {
+        name.to_string()
+    } else {
+        format!("{schema}.{name}")
+    }
+}
+
 /// What a walk of the serialized parse tree found.
 struct Walk {
     kinds: Vec<StatementKind>,
     runs: Vec<NamedObject>,
     forbidden: Option<String>,
+    tables: Vec<String>,
+    functions: Vec<String>,
+    unfiltered_write: bool,
 }
 
 impl Walk {
@@ -320,6 +402,49 @@ impl Walk {
         if self.forbidden.is_none() {
             self.forbidden = Some(reason);
         }
+    }
+
+    /// The fast path's share of the walk, for a statement [`needs_walk`] let through: pg_query's
+    /// own traversal reaches every relation and call such a statement can hold (FROM, JOIN,
+    /// USING, set operations, INSERT … SELECT, MERGE … USING), and without WITH the only
+    /// UPDATE or DELETE is the statement itself.
+    fn visit_plain(&mut self, node: &NodeEnum) {
+        self.unfiltered_write = match node {
+            NodeEnum::UpdateStmt(update) => update.where_clause.is_none(),
+            NodeEnum::DeleteStmt(delete) => delete.where_clause.is_none(),
+            _ => false,
+        };
+        for (child, ..) in node.nodes() {
+            match child {
+                NodeRef::RangeVar(range) => {
+                    self.tables
+                        .push(qualified(&range.schemaname, &range.relname));
+                }
+                NodeRef::FuncCall(call) => {
+                    let parts: Vec<&str> = call
+                        .funcname
+                        .iter()
+                        .filter_map(|part| match part.node.as_ref() {
+                            Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    self.call(&parts);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Records a function call by its name parts (`[schema,] name`).
+    fn call(&mut self, parts: &[&str]) {
+        let Some(name) = parts.last() else {
+            return;
+        };
+        if is_dangerous_function(name) {
+            self.kinds.push(StatementKind::Function);
+        }
+        self.functions.push(parts.join("."));
     }
 
     fn run(&mut self, object: NamedObject) {
@@ -334,6 +459,22 @@ impl Walk {
     fn visit(&mut self, value: &serde_json::Value) {
         match value {
             serde_json::Value::Object(map) => {
+                // Found by shape rather than by a `{"RangeVar": …}` wrapper, because most
+                // relations sit in typed fields (`relation`, `rel`, `view`) that have none.
+                if let (Some(relname), Some(_)) = (
+                    map.get("relname").and_then(|v| v.as_str()),
+                    map.get("relpersistence"),
+                ) {
+                    let schema = map
+                        .get("schemaname")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default();
+                    self.tables.push(qualified(schema, relname));
+                }
+                // Likewise a call: CALL keeps its FuncCall in a typed `funccall` field.
+                if map.contains_key("funcname") && map.contains_key("agg_star") {
+                    self.visit_func_call(value);
+                }
                 for (key, child) in map {
                     self.visit_key(key, child);
                     self.visit(child);
@@ -354,6 +495,9 @@ impl Walk {
             if kind != K::Select {
                 self.kinds.push(kind);
             }
+        }
+        if matches!(key, "UpdateStmt" | "DeleteStmt") && node["where_clause"].is_null() {
+            self.unfiltered_write = true;
         }
         match key {
             // SELECT … INTO creates a table, also under EXPLAIN ANALYZE.
@@ -397,7 +541,6 @@ impl Walk {
                         .to_string(),
                 );
             }
-            "FuncCall" => self.visit_func_call(node),
             _ => {}
         }
     }
@@ -422,11 +565,17 @@ impl Walk {
         // Match the last name part so any schema qualification (pg_catalog.set_config, a
         // quoted or Unicode-escaped spelling) is caught; quoted case variants are matched too,
         // erring on the side of refusing.
-        let last_name = node["funcname"]
+        let parts: Vec<&str> = node["funcname"]
             .as_array()
-            .and_then(|parts| parts.last())
-            .and_then(|part| part["node"]["String"]["sval"].as_str());
-        let Some(last_name) = last_name else {
+            .map(|parts| {
+                parts
+                    .iter()
+                    .filter_map(|part| part["node"]["String"]["sval"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.call(&parts);
+        let Some(last_name) = parts.last() else {
             return;
         };
         if !last_name.eq_ignore_ascii_case("set_config") {
@@ -744,6 +893,8 @@ mod tests {
             .and_then(|n| n.node.as_ref())
             .expect("one statement");
         assert!(!needs_walk(node, sql));
+        // A call needs a parenthesis, so any parenthesis means a walk.
+        assert!(needs_walk(node, "select count(*) from t"));
         // The same tree with text that could hide an escaped set_config must be walked.
         assert!(needs_walk(
             node,
@@ -779,6 +930,158 @@ mod tests {
             );
         }
         assert_eq!(StatementKind::from_name("DELET"), None);
+    }
+
+    #[test]
+    fn dangerous_functions_are_their_own_kind_wherever_they_are_called() {
+        let mut names: Vec<String> = DANGEROUS_FUNCTIONS.iter().map(|f| f.to_string()).collect();
+        names.extend(["dblink".to_string(), "dblink_exec".to_string()]);
+        for name in &names {
+            for sql in [
+                format!("select {name}(1)"),
+                format!("SELECT PG_CATALOG.{}(1)", name.to_uppercase()),
+                format!("select * from (select {name}(1)) s"),
+                format!("select a from t where a = {name}(1)"),
+                format!("select * from {name}(1)"),
+                format!("with x as (select {name}(1)) select * from x"),
+            ] {
+                let s = one(&sql);
+                assert!(s.kinds.contains(&K::Function), "{sql}: {:?}", s.kinds);
+                assert!(s.kinds.contains(&K::Select), "{sql}");
+            }
+        }
+        let s = one("select pg_catalog.pg_read_file('x')");
+        assert_eq!(s.kinds, vec![K::Select, K::Function]);
+        assert_eq!(s.functions, vec!["pg_catalog.pg_read_file"]);
+        let s = one(r#"select U&"\0070g_read_file"('x')"#);
+        assert_eq!(s.kinds, vec![K::Select, K::Function]);
+        assert_eq!(s.functions, vec!["pg_read_file"]);
+        assert_eq!(
+            one("update t set a = nextval('s') where id = 1").kinds,
+            vec![K::Update, K::Function]
+        );
+        assert_eq!(
+            one("explain analyze select pg_terminate_backend(1)").kinds,
+            vec![K::Explain, K::Function]
+        );
+        // Reads stay reads; set_config stays a SET only.
+        for sql in [
+            "select count(*), now(), lower('A') from t",
+            "select pg_read_file_ok(1)",
+            "select 'pg_read_file(1)'",
+        ] {
+            assert!(!one(sql).kinds.contains(&K::Function), "{sql}");
+        }
+        assert_eq!(
+            one("select set_config('search_path','x',false)").kinds,
+            vec![K::Select, K::Set]
+        );
+    }
+
+    #[test]
+    fn tables_and_functions_are_listed_per_statement() {
+        let s = one(
+            "with c as (select * from orders o join app.customers cu on o.cid = cu.id) \
+             select count(*), app.f(1) from c, lateral (select * from items) i \
+             where exists (select 1 from secret.keys)",
+        );
+        assert_eq!(
+            s.tables,
+            vec!["app.customers", "c", "items", "orders", "secret.keys"]
+        );
+        assert_eq!(s.functions, vec!["app.f", "count"]);
+        match classify("select * from a; delete from b where x = 1") {
+            Classification::Parsed(s) => {
+                assert_eq!(s[0].tables, vec!["a"]);
+                assert_eq!(s[1].tables, vec!["b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A CTE that shadows a table's name cannot hide the table a DELETE really targets.
+        assert_eq!(
+            one("with items as (select 1) delete from items").tables,
+            vec!["items"]
+        );
+        assert_eq!(one("call app.do_it(1)").functions, vec!["app.do_it"]);
+        assert_eq!(one("truncate a, s.b").tables, vec!["a", "s.b"]);
+        assert_eq!(one("copy (select * from t) to stdout").tables, vec!["t"]);
+        assert_eq!(one("prepare p as delete from items").tables, vec!["items"]);
+        assert_eq!(one("select * into t2 from t").tables, vec!["t", "t2"]);
+        assert_eq!(one("select 1").tables, Vec::<String>::new());
+    }
+
+    #[test]
+    fn unfiltered_writes_are_flagged_anywhere() {
+        for sql in [
+            "delete from t",
+            "update t set a = 1",
+            "with d as (delete from t returning *) select * from d",
+            "with d as (update t set a = 1 returning *) select * from d where a = 1",
+            "explain analyze delete from t",
+            "prepare p as update t set a = 1",
+            "DELETE FROM t USING u",
+        ] {
+            assert!(one(sql).unfiltered_write, "{sql}");
+        }
+        for sql in [
+            "delete from t where id = 1",
+            "update t set a = 1 where id = (select 1)",
+            "with d as (delete from t where id = 1 returning *) select * from d",
+            "insert into t values (1)",
+            "select * from t",
+            "truncate t",
+        ] {
+            assert!(!one(sql).unfiltered_write, "{sql}");
+        }
+    }
+
+    /// The fast path must find exactly what the walk finds for every statement it takes.
+    #[test]
+    fn the_fast_path_lists_what_the_walk_lists() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "select * from a join s.b on a.id = b.id natural join c",
+            "select * from a, b where a.x like b.y escape '!'",
+            "select ts at time zone 'utc' from a",
+            "select * from a union select * from b except select * from c",
+            "table s.t",
+            "insert into a select * from b",
+            "update a set x = b.x from b where a.id = b.id",
+            "update a set x = 1",
+            "delete from a using b",
+            "delete from only a where current of c",
+            "merge into a using b on a.id = b.id when matched then delete",
+        ] {
+            let parsed = pg_query::parse(sql).expect("parses");
+            let node = parsed.protobuf.stmts[0]
+                .stmt
+                .as_ref()
+                .and_then(|n| n.node.as_ref())
+                .expect("one statement");
+            assert!(!needs_walk(node, sql), "{sql}");
+            let fresh = || Walk {
+                kinds: Vec::new(),
+                runs: Vec::new(),
+                forbidden: None,
+                tables: Vec::new(),
+                functions: Vec::new(),
+                unfiltered_write: false,
+            };
+            let mut plain = fresh();
+            plain.visit_plain(node);
+            let mut walked = fresh();
+            walked.visit(&serde_json::to_value(node).expect("serializes"));
+            for w in [&mut plain, &mut walked] {
+                w.tables.sort();
+                w.tables.dedup();
+                w.functions.sort();
+                w.functions.dedup();
+            }
+            assert_eq!(plain.tables, walked.tables, "{sql}");
+            assert_eq!(plain.functions, walked.functions, "{sql}");
+            assert_eq!(plain.unfiltered_write, walked.unfiltered_write, "{sql}");
+            assert!(!plain.tables.is_empty(), "{sql}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `${env:X}` / `${file:P}` expansion of connection fields, and validation whose errors carry
 //! the line they refer to.
 
+use crate::notify::{check_webhook_url, WebhookConfig};
 use crate::policy::PolicySet;
 use crate::secret::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -36,8 +37,9 @@ pub struct Config {
     /// rather than ignored: a config that asks for masking must not run without it.
     #[serde(default)]
     pub masking: Option<serde_yaml::Value>,
+    /// Webhooks told about approval requests (see [`crate::notify`]).
     #[serde(default)]
-    pub notify: Option<serde_yaml::Value>,
+    pub notify: Vec<WebhookConfig>,
     #[serde(default)]
     pub recording: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -257,6 +259,25 @@ pub struct RuleConfig {
     /// Shown to the agent when the rule denies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Globs over the relations a statement touches; the rule matches a statement when any one
+    /// of them matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    /// Globs over the functions a statement calls; the rule matches a statement when any one
+    /// of them matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<String>,
+    /// `where: missing` matches only statements with an UPDATE or DELETE that has no WHERE.
+    #[serde(rename = "where", default, skip_serializing_if = "Option::is_none")]
+    pub where_clause: Option<WhereCondition>,
+}
+
+/// The condition of a rule's `where`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhereCondition {
+    /// An UPDATE or DELETE without a WHERE clause: it touches every row.
+    Missing,
 }
 
 /// A document that holds only policies: the body of `PUT /api/v1/policies`.
@@ -305,7 +326,7 @@ impl Default for Config {
             connections: Vec::new(),
             policies: Vec::new(),
             masking: None,
-            notify: None,
+            notify: Vec::new(),
             recording: None,
             mcp: None,
         }
@@ -395,7 +416,6 @@ impl Config {
 
         for (key, present) in [
             ("masking", config.masking.is_some()),
-            ("notify", config.notify.is_some()),
             ("recording", config.recording.is_some()),
             ("mcp", config.mcp.is_some()),
         ] {
@@ -521,6 +541,27 @@ impl Config {
                         format!("`{}` needs a port (host:port)", conn.address),
                     );
                 }
+            }
+        }
+
+        for (i, hook) in config.notify.iter_mut().enumerate() {
+            let at = |field: &str| format!("notify[{i}].{field}");
+            // The address is a secret (Slack and Teams put the credential in it): expanded
+            // like a password, and no message quotes it.
+            match expand(hook.webhook.expose(), base_dir) {
+                Ok(url) => {
+                    if let Err(message) = check_webhook_url(&url) {
+                        issue(at("webhook"), message);
+                    }
+                    hook.webhook = Secret::new(url);
+                }
+                Err(message) => issue(at("webhook"), message),
+            }
+            if hook.events.is_empty() {
+                issue(
+                    at("events"),
+                    "names no event; remove `events` to send every event".into(),
+                );
             }
         }
 
@@ -883,6 +924,50 @@ policies:
         let unknown = defaults.to_string() + "      client_secret: nope\n";
         let err = Config::parse(&unknown, "c.yaml", None).unwrap_err();
         assert!(err.to_string().contains("client_secret"), "{err}");
+    }
+
+    #[test]
+    fn notify_webhooks_are_typed_validated_and_secret() {
+        // The form of PRODUCT.md.
+        let text = "notify:\n  - webhook: https://hooks.slack.com/services/...\n    format: slack               # slack | teams | json\n";
+        let loaded = Config::parse(text, "c.yaml", None).unwrap();
+        let hook = &loaded.config.notify[0];
+        assert_eq!(hook.format, crate::notify::WebhookFormat::Slack);
+        assert_eq!(hook.events.len(), 4);
+        assert!(!format!("{:?}", loaded.config).contains("hooks.slack.com"));
+
+        std::env::set_var("AIRLOCK_TEST_HOOK", "http://127.0.0.1:9/secret-path");
+        let text =
+            "notify:\n  - webhook: ${env:AIRLOCK_TEST_HOOK}\n    events: [decided, expired]\n";
+        let loaded = Config::parse(text, "c.yaml", None).unwrap();
+        let hook = &loaded.config.notify[0];
+        assert_eq!(hook.webhook.expose(), "http://127.0.0.1:9/secret-path");
+        assert_eq!(hook.format, crate::notify::WebhookFormat::Json);
+        assert_eq!(
+            hook.events,
+            [
+                crate::notify::NotifyEvent::Decided,
+                crate::notify::NotifyEvent::Expired
+            ]
+        );
+
+        let bad = "listen: {}\nnotify:\n  - webhook: ftp://x.example/secret-token\n  - webhook: https://ok.example/h\n    events: []\n  - webhook: ${env:AIRLOCK_SURELY_UNSET}\n";
+        let err = Config::parse(bad, "c.yaml", None).unwrap_err().to_string();
+        assert!(
+            err.contains("c.yaml:3: notify[0].webhook: webhook scheme `ftp`"),
+            "{err}"
+        );
+        assert!(err.contains("c.yaml:5: notify[1].events"), "{err}");
+        assert!(err.contains("c.yaml:6: notify[2].webhook"), "{err}");
+        assert!(!err.contains("secret-token"), "{err}");
+        for unknown in [
+            "notify:\n  - webhook: https://a.example/\n    channel: x\n",
+            "notify:\n  - webhook: https://a.example/\n    format: discord\n",
+            "notify:\n  - webhook: https://a.example/\n    events: [reminded]\n",
+        ] {
+            let err = Config::parse(unknown, "c.yaml", None).unwrap_err();
+            assert_eq!(err.issues[0].line, Some(3), "{err}");
+        }
     }
 
     #[test]

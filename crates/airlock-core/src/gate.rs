@@ -6,12 +6,13 @@ use crate::approval::Approvals;
 use crate::classify::ClassifierCache;
 use crate::config::IdentityConfig;
 use crate::identity::{Identity, IdentityService};
+use crate::notify::Notifier;
 use crate::operation::{Operation, Protocol};
 use crate::policy::{decide, Action, Decision, PolicySet};
 use crate::recorder::{Recorder, RecorderError};
 use crate::store::{
-    now_millis, ApprovalState, EventDetail, NewApproval, NewEvent, NewPolicyChange, NewSession,
-    OutcomeStatus, PolicyChangeRecord, Store, StoreError,
+    now_millis, ApprovalRecord, ApprovalState, EventDetail, NewApproval, NewEvent, NewPolicyChange,
+    NewSession, OutcomeStatus, PolicyChangeRecord, Store, StoreError,
 };
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -189,6 +190,7 @@ pub struct Gate {
     approvals: Arc<Approvals>,
     identity: IdentityService,
     classifier: ClassifierCache,
+    notifier: Notifier,
 }
 
 impl Gate {
@@ -205,11 +207,20 @@ impl Gate {
             policies: ArcSwap::from_pointee(policies),
             policy_changes: tokio::sync::Mutex::new(()),
             recorder: Recorder::open(store.clone(), journal).await?,
-            approvals: Arc::new(Approvals::new(store.clone())),
+            approvals: Arc::new(Approvals::new(store.clone(), Notifier::disabled())),
             identity,
             classifier: ClassifierCache::new(10_000),
+            notifier: Notifier::disabled(),
             store,
         })
+    }
+
+    /// Sends approval request notifications through `notifier` (none by default). Call it on a
+    /// gate just opened, before any request exists: the approvals are rebuilt around it.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Gate {
+        self.approvals = Arc::new(Approvals::new(self.store.clone(), notifier.clone()));
+        self.notifier = notifier;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -426,6 +437,15 @@ impl Gate {
                         return Submission::Denied(Denial::unavailable(e));
                     }
                 };
+                // Announced only once the request and its statement are both stored.
+                self.notifier.announce(&ApprovalRecord {
+                    id: request_id,
+                    request,
+                    state: ApprovalState::Pending,
+                    decided_at: None,
+                    reason: None,
+                    votes: Vec::new(),
+                });
                 Submission::Held(Hold {
                     request_id,
                     reviewers: spec.reviewers.clone(),

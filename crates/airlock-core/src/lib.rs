@@ -7,6 +7,7 @@ pub mod classify;
 pub mod config;
 pub mod gate;
 pub mod identity;
+pub mod notify;
 pub mod oidc;
 pub mod operation;
 pub mod policy;

@@ -2,8 +2,8 @@
 //! (policy snapshot, identity, operation). No I/O, no clock: `airlock policy explain` and the
 //! gateway call the same code.
 
-use crate::classify::{Classification, StatementKind};
-use crate::config::{ActionName, PolicyConfig, RuleConfig};
+use crate::classify::{Classification, ClassifiedStatement, StatementKind};
+use crate::config::{ActionName, PolicyConfig, RuleConfig, WhereCondition};
 use crate::identity::Identity;
 use crate::operation::Operation;
 use serde::Serialize;
@@ -75,7 +75,37 @@ enum KindMatcher {
 struct CompiledRule {
     label: String,
     matcher: KindMatcher,
+    /// Globs over touched relations (lowercase); empty means any statement.
+    tables: Vec<String>,
+    /// Globs over called functions (lowercase); empty means any statement.
+    functions: Vec<String>,
+    /// Only statements with an UPDATE or DELETE without WHERE.
+    unfiltered_only: bool,
     action: Action,
+}
+
+impl CompiledRule {
+    /// Whether the rule's matchers other than `match` accept the statement; they are
+    /// combined with AND, and a list matches when any one name matches any one glob.
+    fn accepts(&self, statement: &ClassifiedStatement) -> bool {
+        (!self.unfiltered_only || statement.unfiltered_write)
+            && (self.tables.is_empty() || any_name_matches(&self.tables, &statement.tables))
+            && (self.functions.is_empty()
+                || any_name_matches(&self.functions, &statement.functions))
+    }
+}
+
+/// Whether a glob matches a name as written (`schema.name`) or its bare last part (`name`),
+/// ignoring ASCII case: PostgreSQL folds unquoted names to lowercase, and matching a quoted
+/// spelling too errs on the side of the rule.
+fn any_name_matches(globs: &[String], names: &[String]) -> bool {
+    names.iter().any(|name| {
+        let name = name.to_ascii_lowercase();
+        let bare = name.rsplit('.').next().unwrap_or(&name);
+        globs
+            .iter()
+            .any(|glob| glob_match(glob, &name) || glob_match(glob, bare))
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -117,7 +147,7 @@ impl PolicySet {
             }
             let mut rules = Vec::new();
             for (j, r) in p.rules.iter().enumerate() {
-                match compile_rule(r) {
+                match compile_rule(r).and_then(|rule| compile_matchers(r, rule)) {
                     Ok(rule) => rules.push(rule),
                     Err((field, message)) => {
                         errors.push((format!("policies[{i}].rules[{j}].{field}"), message))
@@ -278,8 +308,59 @@ fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> 
             .clone()
             .unwrap_or_else(|| format!("match: {}", r.matches.trim())),
         matcher,
+        tables: Vec::new(),
+        functions: Vec::new(),
+        unfiltered_only: false,
         action,
     })
+}
+
+/// Adds a rule's `tables`, `functions` and `where` to its compiled form, and to its label when
+/// it has no name, so that a decision names exactly what matched.
+fn compile_matchers(
+    r: &RuleConfig,
+    mut rule: CompiledRule,
+) -> Result<CompiledRule, (&'static str, String)> {
+    for (field, globs) in [("tables", &r.tables), ("functions", &r.functions)] {
+        if globs.iter().any(|g| g.trim().is_empty()) {
+            return Err((field, format!("`{field}` globs must not be empty")));
+        }
+    }
+    if r.where_clause == Some(WhereCondition::Missing) {
+        let writes = match &rule.matcher {
+            KindMatcher::Any => true,
+            KindMatcher::Kinds(kinds) => kinds
+                .iter()
+                .any(|k| matches!(k, StatementKind::Update | StatementKind::Delete)),
+        };
+        if !writes {
+            return Err((
+                "where",
+                "`where: missing` applies to UPDATE and DELETE; `match` names neither".into(),
+            ));
+        }
+        rule.unfiltered_only = true;
+    }
+    let lower = |globs: &[String]| -> Vec<String> {
+        globs
+            .iter()
+            .map(|g| g.trim().to_ascii_lowercase())
+            .collect()
+    };
+    rule.tables = lower(&r.tables);
+    rule.functions = lower(&r.functions);
+    if r.name.is_none() {
+        if !rule.tables.is_empty() {
+            rule.label += &format!(", tables: [{}]", rule.tables.join(", "));
+        }
+        if !rule.functions.is_empty() {
+            rule.label += &format!(", functions: [{}]", rule.functions.join(", "));
+        }
+        if rule.unfiltered_only {
+            rule.label += ", where: missing";
+        }
+    }
+    Ok(rule)
 }
 
 fn applies(policy: &CompiledPolicy, identity: &Identity, connection: &str) -> bool {
@@ -382,7 +463,10 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
                     record,
                 };
             }
-            for kind in statements.iter().flat_map(|s| s.kinds.iter().copied()) {
+            let kinds = statements
+                .iter()
+                .flat_map(|s| s.kinds.iter().map(move |kind| (s, *kind)));
+            for (statement, kind) in kinds {
                 let mut for_kind: Option<Candidate> = None;
                 for policy in &applicable {
                     for rule in &policy.rules {
@@ -390,13 +474,19 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
                             KindMatcher::Any => true,
                             KindMatcher::Kinds(kinds) => kinds.contains(&kind),
                         };
-                        if hit {
+                        if hit && rule.accepts(statement) {
                             let mut action = rule.action.clone();
                             if let Action::Deny { reason } = &mut action {
                                 if reason.is_empty() {
                                     *reason = format!(
-                                        "{kind} is denied on connection `{}` by policy `{}`",
-                                        op.connection, policy.name
+                                        "{kind}{} is denied on connection `{}` by policy `{}`",
+                                        if rule.unfiltered_only {
+                                            " without WHERE"
+                                        } else {
+                                            ""
+                                        },
+                                        op.connection,
+                                        policy.name
                                     );
                                 }
                             }
@@ -659,6 +749,154 @@ policies:
     #[test]
     fn empty_queries_are_allowed_when_the_connection_is_granted() {
         assert_eq!(decide_sql(&["agents"], "prod", " ; ").action, Action::Allow);
+    }
+
+    const MATCHERS: &str = r#"
+connections:
+  - { name: prod, type: postgres, address: "db:5432", user: u }
+policies:
+  - name: guarded
+    groups: [agents]
+    connections: [prod]
+    rules:
+      - match: SELECT|INSERT|UPDATE|DELETE
+        action: allow
+      - match: FUNCTION
+        action: deny
+      - match: DELETE|UPDATE
+        where: missing
+        action: deny
+      - match: DELETE
+        tables: [items]
+        action: require-approval
+        reviewers: [dba]
+      - match: "*"
+        tables: ["secret.*"]
+        action: deny
+        reason: no secrets
+      - match: SELECT
+        functions: [pg_sleep]
+        action: require-approval
+        reviewers: [dba]
+"#;
+
+    fn decide_with(text: &str, sql: &str) -> Decision {
+        let set = Config::parse(text, "m.yaml", None).unwrap().policies;
+        let op = Operation {
+            connection: "prod".into(),
+            text: Arc::from(sql),
+            params: vec![],
+            classification: Arc::new(classify(sql)),
+        };
+        decide(&set, &who(&["agents"]), &op)
+    }
+
+    fn outcome(sql: &str) -> (&'static str, Option<String>) {
+        let d = decide_with(MATCHERS, sql);
+        (d.action.name(), d.rule)
+    }
+
+    #[test]
+    fn matchers_beyond_kind_combine_with_kinds() {
+        let rule = |r: &str| Some(r.to_string());
+        assert_eq!(
+            outcome("select * from items"),
+            ("allow", rule("match: SELECT|INSERT|UPDATE|DELETE"))
+        );
+        for sql in [
+            "select pg_terminate_backend(1)",
+            "select * from t where id = pg_catalog.pg_read_file('x')::int",
+            "select nextval('s')",
+        ] {
+            assert_eq!(outcome(sql), ("deny", rule("match: FUNCTION")), "{sql}");
+        }
+        let unfiltered = rule("match: DELETE|UPDATE, where: missing");
+        for sql in [
+            "delete from t",
+            "update t set a = 1",
+            "with d as (delete from t returning *) select * from d",
+        ] {
+            assert_eq!(outcome(sql), ("deny", unfiltered.clone()), "{sql}");
+        }
+        let d = decide_with(MATCHERS, "delete from t");
+        assert!(
+            matches!(&d.action, Action::Deny { reason } if reason.contains("DELETE without WHERE")),
+            "{d:?}"
+        );
+        assert_eq!(outcome("delete from t where id = 1").0, "allow");
+        assert_eq!(outcome("update items set a = 1 where id = 1").0, "allow");
+        let held = rule("match: DELETE, tables: [items]");
+        for sql in [
+            "delete from items where id = 1",
+            "DELETE FROM public.Items WHERE id = 1",
+            "delete from other where id in (select id from items)",
+        ] {
+            assert_eq!(outcome(sql), ("require-approval", held.clone()), "{sql}");
+        }
+        // Only the statement that touches the table is held by the table rule.
+        assert_eq!(
+            outcome("select * from items; delete from t where id = 1").0,
+            "allow"
+        );
+        assert_eq!(outcome("delete from items").0, "deny");
+        assert_eq!(outcome("select * from secret.keys").0, "deny");
+        assert_eq!(outcome("select * from keys").0, "allow");
+        let sleepy = rule("match: SELECT, functions: [pg_sleep]");
+        assert_eq!(
+            outcome("select pg_sleep(1)"),
+            ("require-approval", sleepy.clone())
+        );
+        assert_eq!(
+            outcome("select PG_CATALOG.PG_SLEEP(1)"),
+            ("require-approval", sleepy)
+        );
+        // A `functions` rule names calls, not kinds: INSERT is not SELECT.
+        assert_eq!(outcome("insert into t values (pg_sleep(1))").0, "allow");
+    }
+
+    #[test]
+    fn matcher_errors_name_their_line() {
+        let base = "connections:\n  - { name: prod, type: postgres, address: \"db:5432\", user: u }\npolicies:\n  - name: p\n    groups: [g]\n    connections: [prod]\n    rules:\n      - match: SELECT\n        action: deny\n";
+        let err = |extra: &str| {
+            Config::parse(&format!("{base}{extra}"), "c.yaml", None)
+                .unwrap_err()
+                .to_string()
+        };
+        let shown = err("        where: missing\n");
+        assert!(
+            shown.contains("c.yaml:10: policies[0].rules[0].where: `where: missing` applies to UPDATE and DELETE"),
+            "{shown}"
+        );
+        let shown = err("        tables: [a, \"\"]\n");
+        assert!(
+            shown.contains("c.yaml:10: policies[0].rules[0].tables"),
+            "{shown}"
+        );
+        let shown = err("        functions: [\" \"]\n");
+        assert!(
+            shown.contains("c.yaml:10: policies[0].rules[0].functions"),
+            "{shown}"
+        );
+        let shown = err("        where: required\n");
+        assert!(
+            shown.contains("c.yaml:10:") && shown.contains("missing"),
+            "{shown}"
+        );
+        // Written matchers survive the round trip through the shown form.
+        let set = Config::parse(MATCHERS, "m.yaml", None).unwrap().policies;
+        let again = Config::parse(
+            &format!("connections:\n  - {{ name: prod, type: postgres, address: \"db:5432\", user: u }}\n{}", set.to_yaml()),
+            "m.yaml",
+            None,
+        )
+        .unwrap()
+        .policies;
+        assert_eq!(set.change_summary(&again), "no change");
+        assert!(
+            set.to_yaml().contains("where: missing"),
+            "{}",
+            set.to_yaml()
+        );
     }
 
     #[test]

@@ -206,6 +206,35 @@ pub struct ApprovalRecord {
     pub votes: Vec<Vote>,
 }
 
+/// One attempt to deliver a webhook notification about an approval request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NewDelivery {
+    pub request_id: i64,
+    /// `requested`, `decided`, `expired` or `canceled`.
+    pub event: String,
+    /// The webhook's position in the config's `notify:` list.
+    pub webhook: i64,
+    /// The webhook's address, redacted (scheme, host and port only: the rest is a secret).
+    pub target: String,
+    /// `json`, `slack` or `teams`.
+    pub format: String,
+    /// 1 for the first attempt.
+    pub attempt: i64,
+    pub at: Millis,
+    /// The HTTP status answered, when there was an answer.
+    pub status_code: Option<i64>,
+    /// Why no answer came (connection refused, timeout, ...).
+    pub error: Option<String>,
+    pub delivered: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeliveryRecord {
+    pub id: i64,
+    #[serde(flatten)]
+    pub delivery: NewDelivery,
+}
+
 /// A connection's definition as kept in the store, its password sealed with the secret key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredConnection {
@@ -296,6 +325,11 @@ pub trait Store: Send + Sync + 'static {
         reason: &str,
         at: Millis,
     ) -> Result<bool, StoreError>;
+
+    /// Records one webhook delivery attempt for an approval request.
+    async fn record_delivery(&self, delivery: &NewDelivery) -> Result<i64, StoreError>;
+    /// The delivery attempts for an approval request, oldest first.
+    async fn list_deliveries(&self, request_id: i64) -> Result<Vec<DeliveryRecord>, StoreError>;
 
     async fn upsert_connection(&self, connection: &StoredConnection) -> Result<(), StoreError>;
     async fn list_connections(&self) -> Result<Vec<StoredConnection>, StoreError>;

@@ -131,6 +131,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                     Some(Classification::Parsed(inner)) => {
                         for s in inner {
                             statement.kinds.extend(s.kinds.iter().copied());
+                            // Rules on tables, functions and WHERE judge what runs, too.
+                            statement.tables.extend(s.tables.iter().cloned());
+                            statement.functions.extend(s.functions.iter().cloned());
+                            statement.unfiltered_write |= s.unfiltered_write;
                             if !s.runs.is_empty() {
                                 statement.kinds.push(StatementKind::Other);
                             }
@@ -144,6 +148,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
             }
             statement.kinds.sort();
             statement.kinds.dedup();
+            statement.tables.sort();
+            statement.tables.dedup();
+            statement.functions.sort();
+            statement.functions.dedup();
         }
         Ok(Arc::new(Classification::Parsed(resolved)))
     }

@@ -6,8 +6,9 @@ use std::fmt::Display;
 
 use airlock_core::chain::{canonical_detail, ChainLink};
 use airlock_core::store::{
-    ApprovalRecord, ApprovalState, EventDetail, EventRecord, NewApproval, NewPolicyChange,
-    NewSession, PolicyChangeRecord, SessionRecord, StoreError, StoredConnection, TokenRecord, Vote,
+    ApprovalRecord, ApprovalState, DeliveryRecord, EventDetail, EventRecord, NewApproval,
+    NewDelivery, NewPolicyChange, NewSession, PolicyChangeRecord, SessionRecord, StoreError,
+    StoredConnection, TokenRecord, Vote,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -217,6 +218,26 @@ pub(crate) fn policy_change(row: &SqliteRow) -> Result<PolicyChangeRecord, Store
             summary: row.try_get("summary").map_err(db)?,
             old_policies: row.try_get("old_policies").map_err(db)?,
             new_policies: row.try_get("new_policies").map_err(db)?,
+        },
+    })
+}
+
+/// Columns: id, request_id, event, webhook, target, format, attempt, at, status_code, error,
+/// delivered.
+pub(crate) fn delivery(row: &SqliteRow) -> Result<DeliveryRecord, StoreError> {
+    Ok(DeliveryRecord {
+        id: row.try_get("id").map_err(db)?,
+        delivery: NewDelivery {
+            request_id: row.try_get("request_id").map_err(db)?,
+            event: row.try_get("event").map_err(db)?,
+            webhook: row.try_get("webhook").map_err(db)?,
+            target: row.try_get("target").map_err(db)?,
+            format: row.try_get("format").map_err(db)?,
+            attempt: row.try_get("attempt").map_err(db)?,
+            at: row.try_get("at").map_err(db)?,
+            status_code: row.try_get("status_code").map_err(db)?,
+            error: row.try_get("error").map_err(db)?,
+            delivered: row.try_get("delivered").map_err(db)?,
         },
     })
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use airlock_core::chain::ChainLink;
 use airlock_core::store::{
-    ApprovalRecord, ApprovalState, EventRecord, Millis, NewApproval, NewPolicyChange, NewSession,
-    PolicyChangeRecord, SessionFilter, SessionRecord, Store, StoreError, StoredConnection,
-    TokenRecord, Vote,
+    ApprovalRecord, ApprovalState, DeliveryRecord, EventRecord, Millis, NewApproval, NewDelivery,
+    NewPolicyChange, NewSession, PolicyChangeRecord, SessionFilter, SessionRecord, Store,
+    StoreError, StoredConnection, TokenRecord, Vote,
 };
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
@@ -653,6 +653,41 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         Ok(result.rows_affected() > 0)
+    }
+
+    async fn record_delivery(&self, delivery: &NewDelivery) -> Result<i64, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO notification_deliveries (request_id, event, webhook, target, format, \
+             attempt, at, status_code, error, delivered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(delivery.request_id)
+        .bind(&delivery.event)
+        .bind(delivery.webhook)
+        .bind(&delivery.target)
+        .bind(&delivery.format)
+        .bind(delivery.attempt)
+        .bind(delivery.at)
+        .bind(delivery.status_code)
+        .bind(delivery.error.as_deref())
+        .bind(delivery.delivered)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(result.last_insert_rowid())
+    }
+
+    async fn list_deliveries(&self, request_id: i64) -> Result<Vec<DeliveryRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, request_id, event, webhook, target, format, attempt, at, status_code, \
+             error, delivered FROM notification_deliveries WHERE request_id = ? ORDER BY id",
+        )
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(codec::delivery)
+        .collect()
     }
 
     async fn upsert_connection(&self, connection: &StoredConnection) -> Result<(), StoreError> {

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use airlock_core::store::{
-    ApprovalState, EventDetail, EventRecord, NewApproval, NewEvent, NewPolicyChange, NewSession,
-    OutcomeStatus, SessionFilter, Store, StoreError, StoredConnection, TokenRecord, Vote,
+    ApprovalState, EventDetail, EventRecord, NewApproval, NewDelivery, NewEvent, NewPolicyChange,
+    NewSession, OutcomeStatus, SessionFilter, Store, StoreError, StoredConnection, TokenRecord,
+    Vote,
 };
 use airlock_store::SqliteStore;
 use tempfile::TempDir;
@@ -739,4 +740,39 @@ async fn policy_changes_are_kept_newest_first() {
     assert_eq!(listed.len(), 2);
     assert_eq!((listed[0].id, &listed[0].change), (id2, &second));
     assert_eq!((listed[1].id, &listed[1].change), (id1, &first));
+}
+
+#[tokio::test]
+async fn notification_deliveries_are_kept_per_request_in_order() {
+    let (_dir, store) = open_temp().await;
+    let s = store.open_session(&session("agent-1", 1000)).await.unwrap();
+    let first = store.create_approval(&approval(s, 1, 1000)).await.unwrap();
+    let second = store.create_approval(&approval(s, 1, 2000)).await.unwrap();
+    let attempt =
+        |request_id, attempt, status_code: Option<i64>, error: Option<&str>| NewDelivery {
+            request_id,
+            event: "requested".into(),
+            webhook: 1,
+            target: "https://hooks.slack.com/…".into(),
+            format: "slack".into(),
+            attempt,
+            at: 1000 + attempt,
+            status_code,
+            error: error.map(str::to_owned),
+            delivered: status_code == Some(200),
+        };
+    let tries = [
+        attempt(first, 1, None, Some("connection refused")),
+        attempt(first, 2, Some(500), None),
+        attempt(second, 1, Some(200), None),
+        attempt(first, 3, Some(200), None),
+    ];
+    for t in &tries {
+        store.record_delivery(t).await.unwrap();
+    }
+    let listed = store.list_deliveries(first).await.unwrap();
+    let got: Vec<NewDelivery> = listed.into_iter().map(|d| d.delivery).collect();
+    assert_eq!(got, [tries[0].clone(), tries[1].clone(), tries[3].clone()]);
+    assert_eq!(store.list_deliveries(second).await.unwrap().len(), 1);
+    assert!(store.list_deliveries(999).await.unwrap().is_empty());
 }

@@ -4,7 +4,7 @@
 use crate::cli::{Cli, Output, StateFilter};
 use crate::client::Client;
 use crate::output;
-use airlock_core::store::{ApprovalRecord, ApprovalState};
+use airlock_core::store::{ApprovalRecord, ApprovalState, DeliveryRecord};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
@@ -67,6 +67,11 @@ pub async fn show(cli: &Cli, id: i64) -> anyhow::Result<()> {
     if cli.output == Output::Json {
         return output::emit(&output::json(&value));
     }
+    let deliveries: Vec<DeliveryRecord> = match value.get("deliveries") {
+        Some(list) => serde_json::from_value(list.clone())
+            .context("the server sent delivery attempts this CLI cannot read")?,
+        None => Vec::new(),
+    };
     let r = record(value)?;
     let q = &r.request;
     let params = if q.params.is_empty() {
@@ -131,12 +136,46 @@ pub async fn show(cli: &Cli, id: i64) -> anyhow::Result<()> {
             .join("\n")
     };
     rows.push(("votes", votes));
+    if !deliveries.is_empty() {
+        rows.push(("notifications", delivery_lines(&deliveries)));
+    }
     output::emit(&format!(
         "Approval request {}: {}\n{}",
         r.id,
         r.state.as_str(),
         output::fields(&rows)
     ))
+}
+
+/// One line per webhook delivery attempt: when, which event to which webhook, and how it went.
+fn delivery_lines(deliveries: &[DeliveryRecord]) -> String {
+    deliveries
+        .iter()
+        .map(|d| {
+            let d = &d.delivery;
+            let outcome = match (d.status_code, d.error.as_deref()) {
+                (Some(code), _) => format!("HTTP {code}"),
+                (None, Some(error)) => error.to_string(),
+                (None, None) => "no answer".to_string(),
+            };
+            format!(
+                "{} {} to webhook {} ({}, {}) attempt {}: {}{}",
+                output::time(d.at),
+                d.event,
+                d.webhook,
+                d.target,
+                d.format,
+                d.attempt,
+                if d.delivered {
+                    "delivered, "
+                } else {
+                    "failed, "
+                },
+                outcome
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn print_vote(format: Output, value: Value) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ use crate::reload;
 use airlock_api::{router, ApiState};
 use airlock_core::config::{Config, ConnectionKind, LoadedConfig};
 use airlock_core::gate::Gate;
+use airlock_core::notify::{redact, Notifier};
 use airlock_core::sealer::{create_private, Sealer};
 use airlock_core::store::{Store, StoredConnection};
 use airlock_postgres::upstream::UpstreamTarget;
@@ -50,8 +51,21 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let gate = Arc::new(
         Gate::open(store.clone(), policies, &config.identity, &journal)
             .await
-            .with_context(|| format!("opening the recorder journal {}", journal.display()))?,
+            .with_context(|| format!("opening the recorder journal {}", journal.display()))?
+            .with_notifier(Notifier::start(
+                &config.notify,
+                store.clone(),
+                &format!("http://{}", config.listen.api),
+            )),
     );
+    for (index, hook) in config.notify.iter().enumerate() {
+        tracing::info!(
+            webhook = index,
+            target = %redact(hook.webhook.expose()),
+            format = hook.format.as_str(),
+            "approval notifications go to this webhook"
+        );
+    }
     bootstrap_admin(&gate, &config).await?;
     if let Some(watcher) = watcher {
         tokio::spawn(watcher.watch(gate.clone()));

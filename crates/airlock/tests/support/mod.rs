@@ -1442,3 +1442,138 @@ impl Gateway {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Webhook receiver
+// ---------------------------------------------------------------------------------------------
+
+/// A tiny HTTP server on a loopback port that records every POST body (as JSON) by path, and
+/// answers 500 to the first `fail_first` requests of each path, then 200.
+pub struct WebhookReceiver {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl WebhookReceiver {
+    pub fn start(fail_first: usize) -> WebhookReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the webhook receiver");
+        let port = listener.local_addr().expect("receiver address").port();
+        let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let counts: Arc<Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+        let (recorded, counts_in) = (seen.clone(), counts.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (recorded, counts) = (recorded.clone(), counts_in.clone());
+                thread::spawn(move || serve_webhook(stream, fail_first, &recorded, &counts));
+            }
+        });
+        WebhookReceiver { port, seen }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Every body received on `path` so far (failed attempts included), in order.
+    pub fn bodies(&self, path: &str) -> Vec<Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+
+    /// Every body received on any path, as text.
+    pub fn all_text(&self) -> String {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, body)| body.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for `count` bodies on `path` for which `matches` holds; returns them.
+    pub fn wait_for(
+        &self,
+        path: &str,
+        count: usize,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found: Vec<Value> = self
+                .bodies(path)
+                .into_iter()
+                .filter(|b| matches(b))
+                .collect();
+            if found.len() >= count {
+                return found;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the webhook receiver got {} matching bodies on {path} (wanted {count}) after \
+                     {WAIT:?}; everything received:\n{}",
+                    found.len(),
+                    self.all_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn serve_webhook(
+    mut stream: TcpStream,
+    fail_first: usize,
+    recorded: &Mutex<Vec<(String, Value)>>,
+    counts: &Mutex<std::collections::HashMap<String, usize>>,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    // One request per connection (the answer says `Connection: close`).
+    let (head_end, length) = loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            break (end + 4, length);
+        }
+    };
+    while data.len() < head_end + length {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let body: Value = serde_json::from_slice(&data[head_end..head_end + length])
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&data[head_end..]).into()));
+    recorded.lock().unwrap().push((path.clone(), body));
+    let attempt = {
+        let mut counts = counts.lock().unwrap();
+        let n = counts.entry(path).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let status = if attempt <= fail_first {
+        "500 Internal Server Error"
+    } else {
+        "200 OK"
+    };
+    let _ = stream.write_all(
+        format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").as_bytes(),
+    );
+}
