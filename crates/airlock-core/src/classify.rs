@@ -5,9 +5,8 @@
 
 use pg_query::{NodeEnum, NodeRef};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A statement kind that a rule's `match` can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -664,33 +663,25 @@ fn top_level_kind(node: &NodeEnum) -> StatementKind {
     }
 }
 
-/// A bounded, shared cache of classifications keyed by exact SQL text.
+/// A bounded cache of classifications keyed by exact SQL text, shared by every session without
+/// a global lock (the relay runs a thread per core); the least useful entries are evicted.
 pub struct ClassifierCache {
-    entries: Mutex<HashMap<Arc<str>, Arc<Classification>>>,
-    capacity: usize,
+    entries: quick_cache::sync::Cache<Arc<str>, Arc<Classification>>,
 }
 
 impl ClassifierCache {
     pub fn new(capacity: usize) -> Self {
         ClassifierCache {
-            entries: Mutex::new(HashMap::new()),
-            capacity,
+            entries: quick_cache::sync::Cache::new(capacity),
         }
     }
 
     pub fn classify(&self, sql: &str) -> Arc<Classification> {
-        if let Ok(entries) = self.entries.lock() {
-            if let Some(hit) = entries.get(sql) {
-                return hit.clone();
-            }
+        if let Some(hit) = self.entries.get(sql) {
+            return hit;
         }
         let classification = Arc::new(classify(sql));
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() >= self.capacity {
-                entries.clear();
-            }
-            entries.insert(Arc::from(sql), classification.clone());
-        }
+        self.entries.insert(Arc::from(sql), classification.clone());
         classification
     }
 }

@@ -11,7 +11,6 @@ pub const MAX_MESSAGE_LEN: usize = 64 * 1024 * 1024;
 /// Startup packets are small; anything bigger is hostile or broken.
 pub const MAX_STARTUP_LEN: usize = 10_000;
 
-pub const PROTOCOL_3_0: i32 = 196_608;
 pub const SSL_REQUEST: i32 = 80_877_103;
 pub const GSSENC_REQUEST: i32 = 80_877_104;
 pub const CANCEL_REQUEST: i32 = 80_877_102;
@@ -165,7 +164,7 @@ fn render_param(raw: &[u8], format: i16, oid: u32) -> String {
         18 | 19 | 25 | 114 | 1042 | 1043 => std::str::from_utf8(raw).ok().map(str::to_string),
         3802 if raw.first() == Some(&1) => std::str::from_utf8(&raw[1..]).ok().map(str::to_string),
         2950 if raw.len() == 16 => {
-            let h = hex(raw);
+            let h = hex::encode(raw);
             Some(format!(
                 "{}-{}-{}-{}-{}",
                 &h[..8],
@@ -177,7 +176,7 @@ fn render_param(raw: &[u8], format: i16, oid: u32) -> String {
         }
         _ => None,
     };
-    decoded.unwrap_or_else(|| format!("\\x{}", hex(raw)))
+    decoded.unwrap_or_else(|| format!("\\x{}", hex::encode(raw)))
 }
 
 /// Decodes a Bind; `types` are the statement's parameter type OIDs as far as known.
@@ -221,10 +220,6 @@ pub fn decode_bind<'a>(msg: &'a [u8], types: &[u32]) -> Result<BindMsg<'a>, Code
         statement,
         params,
     })
-}
-
-fn hex(raw: &[u8]) -> String {
-    raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The statement a Bind names, read before the parameters (which need its types).
@@ -398,7 +393,12 @@ pub fn failing_parse(marker: &str) -> Bytes {
 
 /// A simple Query that can only fail, for the same purpose in the simple protocol.
 pub fn failing_query(marker: &str) -> Bytes {
-    Builder::new(b'Q').cstr(marker).finish()
+    query(marker)
+}
+
+/// A simple-protocol Query message.
+pub fn query(sql: &str) -> Bytes {
+    Builder::new(b'Q').cstr(sql).finish()
 }
 
 /// Splits a startup-phase packet (no tag byte) off the front of `buf`.

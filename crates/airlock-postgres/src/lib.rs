@@ -2,8 +2,10 @@
 //! logs them in with their Airlock token (sent as the password), logs in to the upstream with
 //! the connection's own credential, and relays every message through the gate.
 //!
-//! Modules: `codec` (framing and messages), `upstream` (login to the real server), `cancel`
-//! (cancel requests and held statements), `session` (the relay).
+//! This module owns the listener and the login. Modules: `codec` (framing and messages),
+//! `upstream` (login to the real server), `session` (the relay, with its halves `requests` and
+//! `replies`), `names` (statement and portal names as the upstream confirmed them), `cancel`
+//! (cancel requests and held statements).
 
 pub mod cancel;
 pub mod codec;

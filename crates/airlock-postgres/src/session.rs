@@ -1,11 +1,7 @@
-//! One agent session after login: the relay between client and upstream, run as two halves in
-//! one task — `requests` (client → upstream) and `replies` (upstream → client) — sharing the
-//! queue of what the upstream will answer and the session's statement and portal names.
-//!
-//! Client → upstream: every message is framed; Query and Execute are decided by the gate before
-//! they are forwarded, everything else passes through untouched (in place, in one write per
-//! batch). Upstream → client: passed through in place; only CommandComplete, ErrorResponse and
-//! ReadyForQuery are looked at, to record outcomes and to put refusals in their place.
+//! One agent session after login: runs the relay's two halves — `requests` (client →
+//! upstream) and `replies` (upstream → client) — in one task, and owns what they share: the
+//! queue of what the upstream will answer (`Expect`), the session's statement and portal
+//! names, and how a session ends (`End`).
 //!
 //! A refusal is realised on the upstream itself: instead of the refused message the gateway sends
 //! a message that can only fail, carrying a random marker, and rewrites the resulting error into
