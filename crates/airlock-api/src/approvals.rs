@@ -26,6 +26,14 @@ struct VoteBody {
     reason: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    reason: Option<String>,
+    /// A statement to run instead of the requested one.
+    replace_with: Option<String>,
+}
+
 /// Votes may be cast with no body at all (`curl -X POST …/approve`), so the body is parsed
 /// by hand rather than through `Json`, which insists on a content type.
 fn vote_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
@@ -102,13 +110,24 @@ pub async fn approve(
     body: Bytes,
 ) -> Result<Json<ApprovalRecord>, ApiError> {
     let Path(id) = id?;
-    let reason = reason_of(vote_body(&body)?);
+    let body: ApproveBody = vote_body(&body)?;
+    let replace_with = match body.replace_with {
+        Some(sql) if sql.trim().is_empty() => {
+            return Err(ApiError::BadRequest(
+                "`replace_with` is empty: send the statement to run instead".into(),
+            ))
+        }
+        other => other,
+    };
+    let modified = replace_with.is_some();
+    let reason = reason_of(VoteBody {
+        reason: body.reason,
+    });
     let record = state
         .gate
-        .approvals()
-        .vote(&caller.identity, id, true, reason)
+        .vote(&caller.identity, id, true, reason, replace_with)
         .await?;
-    tracing::info!(request = id, reviewer = %caller.identity.subject, state = record.state.as_str(), "approval vote");
+    tracing::info!(request = id, reviewer = %caller.identity.subject, state = record.state.as_str(), modified, "approval vote");
     Ok(Json(record))
 }
 
@@ -127,7 +146,7 @@ pub async fn deny(
     let record = state
         .gate
         .approvals()
-        .vote(&caller.identity, id, false, Some(reason))
+        .vote(&caller.identity, id, false, Some(reason), None)
         .await?;
     tracing::info!(request = id, reviewer = %caller.identity.subject, state = record.state.as_str(), "denial vote");
     Ok(Json(record))

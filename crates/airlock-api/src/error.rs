@@ -72,9 +72,10 @@ impl From<StoreError> for ApiError {
 impl From<VoteError> for ApiError {
     fn from(e: VoteError) -> ApiError {
         match e {
-            VoteError::SelfApproval | VoteError::NotAReviewer(_) => {
-                ApiError::Forbidden(e.to_string())
-            }
+            VoteError::SelfApproval
+            | VoteError::NotAReviewer(_)
+            | VoteError::ReplacementRefused(_) => ApiError::Forbidden(e.to_string()),
+            VoteError::InvalidReplacement(_) => ApiError::BadRequest(e.to_string()),
             VoteError::NotFound(_) => ApiError::NotFound(e.to_string()),
             VoteError::NotPending(..) | VoteError::Conflict(_) => ApiError::Conflict(e.to_string()),
             VoteError::Store(inner) => {

@@ -344,6 +344,7 @@ mod tests {
                 state: ApprovalState::Approved,
                 reason: Some("ok".into()),
                 decided_by: vec!["dba".into()],
+                replaced_with: None,
             },
             EventDetail::Outcome {
                 statement_event: 1,

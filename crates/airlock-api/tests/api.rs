@@ -191,6 +191,9 @@ impl Harness {
                 approvals_needed: 1,
                 created_at: now,
                 expires_at: now + 300_000,
+                all_groups_must_approve: false,
+                escalate_at: None,
+                escalate_to: Vec::new(),
             })
             .await
             .unwrap();

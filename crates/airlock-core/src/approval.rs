@@ -1,5 +1,6 @@
 //! Approval requests: opening them, reviewers' votes (with the rules that never bend: no
-//! self-approval, only the rule's reviewer groups, N distinct reviewers), and waiting for the
+//! self-approval, only the rule's reviewer groups and, once escalated, its escalation groups;
+//! settled by the store with [`crate::store::settle`]), and waiting for the
 //! outcome with a deadline, a withdrawal signal and a poll of the store (so a vote taken on
 //! another replica is seen too).
 
@@ -27,10 +28,23 @@ pub enum VoteError {
     SelfApproval,
     #[error("only members of {0:?} may decide this request")]
     NotAReviewer(Vec<String>),
+    /// The reviewer may not run the proposed replacement in place of the request.
+    #[error("the replacement is refused: {0}")]
+    ReplacementRefused(String),
+    /// The replacement is not a statement the gateway can judge.
+    #[error("the replacement is invalid: {0}")]
+    InvalidReplacement(String),
     #[error("{0}")]
     Conflict(String),
     #[error("store unavailable: {0}")]
     Store(StoreError),
+}
+
+/// A reviewer's statement to run instead of the requested one, with the judge of whether
+/// this reviewer may substitute it for a given request (the gate's policies decide that).
+pub struct Replacement<'a> {
+    pub sql: String,
+    pub judge: &'a (dyn Fn(&NewApproval) -> Result<(), VoteError> + Send + Sync),
 }
 
 pub struct Approvals {
@@ -73,6 +87,7 @@ impl Approvals {
         id: i64,
         approve: bool,
         reason: Option<String>,
+        replacement: Option<Replacement<'_>>,
     ) -> Result<ApprovalRecord, VoteError> {
         let record = self
             .store
@@ -83,13 +98,25 @@ impl Approvals {
         if record.request.requester_subject == reviewer.subject {
             return Err(VoteError::SelfApproval);
         }
-        if !reviewer.in_any_group(&record.request.reviewers) {
-            return Err(VoteError::NotAReviewer(record.request.reviewers.clone()));
+        let now = now_millis();
+        if !record.request.may_decide(&reviewer.groups, now) {
+            let mut groups = record.request.reviewers.clone();
+            if record.request.escalated_at(now) {
+                groups.extend(record.request.escalate_to.iter().cloned());
+            }
+            return Err(VoteError::NotAReviewer(groups));
         }
         if record.state != ApprovalState::Pending {
             return Err(VoteError::NotPending(id, record.state.as_str()));
         }
-        let now = now_millis();
+        if let Some(replacement) = &replacement {
+            if !approve {
+                return Err(VoteError::InvalidReplacement(
+                    "only an approval can carry a replacement".into(),
+                ));
+            }
+            (replacement.judge)(&record.request)?;
+        }
         if now >= record.request.expires_at {
             // Its session may be gone and no timer left to expire it: do it here.
             let expired = self
@@ -120,6 +147,7 @@ impl Approvals {
             approve,
             reason,
             at: now,
+            replacement: replacement.map(|r| r.sql),
         };
         let updated = self.store.cast_vote(id, &vote).await.map_err(|e| match e {
             StoreError::NotFound => VoteError::NotFound(id),
@@ -135,10 +163,12 @@ impl Approvals {
 
     /// Waits for the request to leave `pending`: decided by reviewers, expired at `deadline`,
     /// or withdrawn when `withdraw` completes. Returns the final record.
+    /// After `escalate_after` a still pending request is announced as escalated, once.
     pub async fn wait(
         &self,
         id: i64,
         timeout: Duration,
+        escalate_after: Option<Duration>,
         withdraw: impl Future<Output = ()>,
     ) -> Result<ApprovalRecord, StoreError> {
         let mut changes = self
@@ -148,7 +178,10 @@ impl Approvals {
             .entry(id)
             .or_insert_with(|| watch::channel(ApprovalState::Pending).0)
             .subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let escalation = escalate_after.map(|after| started + after);
+        let mut escalated = false;
         let mut abandoned = AbandonGuard {
             store: Some(self.store.clone()),
             notifier: self.notifier.clone(),
@@ -163,6 +196,13 @@ impl Approvals {
                 changed = changes.changed(), if watching => { watching = changed.is_ok(); None },
                 _ = tokio::time::sleep(POLL) => None,
                 _ = tokio::time::sleep_until(deadline) => Some((ApprovalState::Expired, "no decision before the timeout")),
+                _ = sleep_until_some(escalation), if !escalated => {
+                    escalated = true;
+                    if let Some(record) = self.store.get_approval(id).await?.filter(|r| r.state == ApprovalState::Pending) {
+                        self.notifier.announce_escalation(&record);
+                    }
+                    None
+                }
                 _ = &mut withdraw, if !withdrawn => { withdrawn = true; Some((ApprovalState::Canceled, "withdrawn by the requester")) }
             };
             if let Some((state, reason)) = finish {
@@ -185,6 +225,14 @@ impl Approvals {
             self.notifier.announce(&result);
         }
         Ok(result)
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -220,9 +268,11 @@ impl Drop for AbandonGuard {
     }
 }
 
-/// Who may read a request: admins, the requester, and members of its reviewer groups.
+/// Who may read a request: admins, the requester, and members of its reviewer and escalation
+/// groups (the latter are told of it when it escalates).
 pub fn can_view(identity: &Identity, record: &ApprovalRecord, admin_groups: &[String]) -> bool {
     identity.in_any_group(admin_groups)
         || identity.subject == record.request.requester_subject
         || identity.in_any_group(&record.request.reviewers)
+        || identity.in_any_group(&record.request.escalate_to)
 }

@@ -270,6 +270,21 @@ pub struct RuleConfig {
     /// `where: missing` matches only statements with an UPDATE or DELETE that has no WHERE.
     #[serde(rename = "where", default, skip_serializing_if = "Option::is_none")]
     pub where_clause: Option<WhereCondition>,
+    /// With several `reviewers` groups: an approval from a member of each one is needed, on
+    /// top of `approvals` distinct reviewers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_groups_must_approve: bool,
+    /// How long the `reviewers` alone may decide before `escalate_to` may too.
+    #[serde(
+        default,
+        deserialize_with = "human_duration",
+        serialize_with = "write_human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub escalate_after: Option<Duration>,
+    /// The groups that may also decide once `escalate_after` has passed (and are notified).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalate_to: Vec<String>,
 }
 
 /// The condition of a rule's `where`.
@@ -933,7 +948,8 @@ policies:
         let loaded = Config::parse(text, "c.yaml", None).unwrap();
         let hook = &loaded.config.notify[0];
         assert_eq!(hook.format, crate::notify::WebhookFormat::Slack);
-        assert_eq!(hook.events.len(), 4);
+        // requested, decided, expired, canceled, escalated
+        assert_eq!(hook.events.len(), 5);
         assert!(!format!("{:?}", loaded.config).contains("hooks.slack.com"));
 
         std::env::set_var("AIRLOCK_TEST_HOOK", "http://127.0.0.1:9/secret-path");

@@ -2,8 +2,8 @@
 //! durably, holds it for review when the policy says so, and hands back either a [`Permit`]
 //! (the only thing an adapter may forward with) or a [`Denial`].
 
-use crate::approval::Approvals;
-use crate::classify::ClassifierCache;
+use crate::approval::{Approvals, Replacement, VoteError};
+use crate::classify::{Classification, ClassifierCache};
 use crate::config::IdentityConfig;
 use crate::identity::{Identity, IdentityService};
 use crate::notify::Notifier;
@@ -33,6 +33,8 @@ pub struct Permit {
     event: Option<i64>,
     /// Set when a reviewer approved a held operation.
     pub approved_request: Option<i64>,
+    /// The statement a reviewer approved in place of the held one: it runs instead.
+    pub replacement: Option<String>,
 }
 
 impl Permit {
@@ -88,6 +90,7 @@ pub struct Hold {
     pub request_id: i64,
     pub reviewers: Vec<String>,
     pub timeout: std::time::Duration,
+    escalate_after: Option<std::time::Duration>,
     event: i64,
     session_id: i64,
     approvals: Arc<Approvals>,
@@ -99,7 +102,7 @@ impl Hold {
     pub async fn resolve(self, withdraw: impl Future<Output = ()>) -> Result<Permit, Denial> {
         let record = self
             .approvals
-            .wait(self.request_id, self.timeout, withdraw)
+            .wait(self.request_id, self.timeout, self.escalate_after, withdraw)
             .await
             .map_err(Denial::unavailable)?;
         let decided_by: Vec<String> = record
@@ -117,6 +120,10 @@ impl Hold {
                     state: record.state,
                     reason: record.reason.clone(),
                     decided_by: decided_by.clone(),
+                    replaced_with: record
+                        .replacement
+                        .clone()
+                        .filter(|_| record.state == ApprovalState::Approved),
                 },
             })
             .map_err(Denial::unavailable)?;
@@ -126,6 +133,7 @@ impl Hold {
             ApprovalState::Approved => Ok(Permit {
                 event: Some(self.event),
                 approved_request: Some(id),
+                replacement: record.replacement,
             }),
             ApprovalState::Denied => Err(Denial {
                 kind: DenialKind::Rejected,
@@ -380,12 +388,14 @@ impl Gate {
                     return Submission::Permitted(Permit {
                         event: None,
                         approved_request: None,
+                        replacement: None,
                     });
                 }
                 match self.recorder.append(statement(None, None)) {
                     Ok(event) => Submission::Permitted(Permit {
                         event: Some(event),
                         approved_request: None,
+                        replacement: None,
                     }),
                     Err(e) => Submission::Denied(Denial::unavailable(e)),
                 }
@@ -417,6 +427,11 @@ impl Gate {
                     approvals_needed: spec.approvals,
                     created_at: now,
                     expires_at: now.saturating_add(spec.timeout.as_millis() as i64),
+                    all_groups_must_approve: spec.all_groups_must_approve,
+                    escalate_at: spec
+                        .escalate_after
+                        .map(|after| now.saturating_add(after.as_millis() as i64)),
+                    escalate_to: spec.escalate_to.clone(),
                 };
                 let request_id = match self.approvals.open(&request).await {
                     Ok(id) => id,
@@ -445,11 +460,13 @@ impl Gate {
                     decided_at: None,
                     reason: None,
                     votes: Vec::new(),
+                    replacement: None,
                 });
                 Submission::Held(Hold {
                     request_id,
                     reviewers: spec.reviewers.clone(),
                     timeout: spec.timeout,
+                    escalate_after: spec.escalate_after,
                     event,
                     session_id: session.id,
                     approvals: self.approvals.clone(),
@@ -457,6 +474,84 @@ impl Gate {
                 })
             }
         }
+    }
+
+    /// A reviewer's vote, optionally approving `replace_with` in place of the requested
+    /// statement. The replacement is classified and may not be more dangerous than the
+    /// request: its statement kinds must be among the request's, unless the policies would
+    /// allow it outright to the reviewer on the request's connection.
+    pub async fn vote(
+        &self,
+        reviewer: &Identity,
+        id: i64,
+        approve: bool,
+        reason: Option<String>,
+        replace_with: Option<String>,
+    ) -> Result<ApprovalRecord, VoteError> {
+        let Some(sql) = replace_with else {
+            return self
+                .approvals
+                .vote(reviewer, id, approve, reason, None)
+                .await;
+        };
+        // The wire protocol ends a statement at a NUL byte: what would run is not what was judged.
+        if sql.contains('\0') {
+            return Err(VoteError::InvalidReplacement(
+                "it contains a NUL character".into(),
+            ));
+        }
+        let classification = self.classifier.classify(&sql);
+        let judge = |request: &NewApproval| -> Result<(), VoteError> {
+            let statements = match classification.as_ref() {
+                Classification::Parsed(statements) if !statements.is_empty() => statements,
+                Classification::Parsed(_) => {
+                    return Err(VoteError::InvalidReplacement(
+                        "it holds no statement".into(),
+                    ))
+                }
+                Classification::Unparseable(e) => {
+                    return Err(VoteError::InvalidReplacement(format!(
+                        "it does not parse: {e}"
+                    )))
+                }
+            };
+            if let Some(reason) = statements.iter().find_map(|s| s.forbidden.clone()) {
+                return Err(VoteError::ReplacementRefused(reason));
+            }
+            let op = Operation {
+                connection: request.connection.clone(),
+                text: Arc::from(sql.as_str()),
+                params: Vec::new(),
+                classification: classification.clone(),
+            };
+            if decide(&self.policies.load(), reviewer, &op).action == Action::Allow {
+                return Ok(());
+            }
+            let extra: Vec<String> = classification
+                .kind_names()
+                .into_iter()
+                .filter(|k| !request.statement_kinds.contains(k))
+                .collect();
+            if extra.is_empty() {
+                Ok(())
+            } else {
+                Err(VoteError::ReplacementRefused(format!(
+                    "it runs {} where the request runs only {}, and the policies do not allow \
+                     that to {} on connection `{}`",
+                    extra.join(", "),
+                    request.statement_kinds.join(", "),
+                    reviewer.name,
+                    request.connection
+                )))
+            }
+        };
+        let replacement = Replacement {
+            sql: sql.clone(),
+            judge: &judge,
+        };
+        self.approvals
+            .vote(reviewer, id, approve, reason, Some(replacement))
+            .await
     }
 
     /// Waits until every record so far is in the store, where the API reads it.

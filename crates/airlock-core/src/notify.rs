@@ -67,6 +67,8 @@ pub enum NotifyEvent {
     Decided,
     Expired,
     Canceled,
+    /// A pending request reached its `escalate_after`: its escalation groups may now decide.
+    Escalated,
 }
 
 impl NotifyEvent {
@@ -86,6 +88,7 @@ impl NotifyEvent {
             NotifyEvent::Decided => "decided",
             NotifyEvent::Expired => "expired",
             NotifyEvent::Canceled => "canceled",
+            NotifyEvent::Escalated => "escalated",
         }
     }
 }
@@ -96,6 +99,7 @@ fn all_events() -> Vec<NotifyEvent> {
         NotifyEvent::Decided,
         NotifyEvent::Expired,
         NotifyEvent::Canceled,
+        NotifyEvent::Escalated,
     ]
 }
 
@@ -162,11 +166,15 @@ pub fn json_payload(event: NotifyEvent, record: &ApprovalRecord, server: &str) -
             "rule": q.rule,
             "reviewers": q.reviewers,
             "approvals_needed": q.approvals_needed,
+            "all_groups_must_approve": q.all_groups_must_approve,
+            "escalate_at": q.escalate_at,
+            "escalate_to": q.escalate_to,
             "created_at": q.created_at,
             "expires_at": q.expires_at,
             "state": record.state.as_str(),
             "decided_at": record.decided_at,
             "reason": record.reason,
+            "replacement": record.replacement,
             "votes": record.votes.iter().map(|v| json!({
                 "reviewer_subject": v.reviewer_subject,
                 "reviewer_name": v.reviewer_name,
@@ -197,6 +205,10 @@ fn headline(event: NotifyEvent, record: &ApprovalRecord) -> String {
         }
         NotifyEvent::Expired => format!("Approval request {id} expired without a decision"),
         NotifyEvent::Canceled => format!("Approval request {id} was withdrawn"),
+        NotifyEvent::Escalated => format!(
+            "Approval request {id} was escalated to {}",
+            record.request.escalate_to.join(", ")
+        ),
     }
 }
 
@@ -216,6 +228,18 @@ fn next_step(event: NotifyEvent, record: &ApprovalRecord, approve_cli: &str) -> 
             "Approve: {approve_cli} · Deny: airlock deny {} --reason TEXT (reviewers: {})",
             record.id,
             record.request.reviewers.join(", ")
+        ),
+        NotifyEvent::Escalated => format!(
+            "Approve: {approve_cli} · Deny: airlock deny {} --reason TEXT (reviewers: {})",
+            record.id,
+            record
+                .request
+                .reviewers
+                .iter()
+                .chain(&record.request.escalate_to)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         _ => format!(
             "Reason: {}",
@@ -358,7 +382,15 @@ impl Notifier {
     /// Announces `record` as it now stands (its state says which event) to every webhook that
     /// wants that event. Never waits: a full queue drops the notification with a warning.
     pub fn announce(&self, record: &ApprovalRecord) {
-        let event = NotifyEvent::of(record.state);
+        self.send(NotifyEvent::of(record.state), record);
+    }
+
+    /// Announces that a pending request escalated to its `escalate_to` groups.
+    pub fn announce_escalation(&self, record: &ApprovalRecord) {
+        self.send(NotifyEvent::Escalated, record);
+    }
+
+    fn send(&self, event: NotifyEvent, record: &ApprovalRecord) {
         let mut job = None;
         for outlet in self.outlets.iter().filter(|o| o.events.contains(&event)) {
             let job = job
@@ -531,6 +563,9 @@ mod tests {
                 approvals_needed: 1,
                 created_at: 1000,
                 expires_at: 2000,
+                all_groups_must_approve: false,
+                escalate_at: None,
+                escalate_to: Vec::new(),
             },
             state,
             decided_at: (state != ApprovalState::Pending).then_some(1500),
@@ -543,10 +578,12 @@ mod tests {
                     approve: true,
                     reason: Some("ticket OPS-42".into()),
                     at: 1500,
+                    replacement: None,
                 }]
             } else {
                 Vec::new()
             },
+            replacement: None,
         }
     }
 

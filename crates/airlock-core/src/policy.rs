@@ -17,6 +17,14 @@ pub struct ApprovalSpec {
     pub approvals: u32,
     #[serde(with = "duration_secs")]
     pub timeout: Duration,
+    /// An approval from a member of each `reviewers` group is needed, on top of `approvals`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub all_groups_must_approve: bool,
+    /// When `escalate_to` may decide too (and is notified), counted from the request.
+    #[serde(with = "opt_duration_secs", skip_serializing_if = "Option::is_none")]
+    pub escalate_after: Option<Duration>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub escalate_to: Vec<String>,
 }
 
 mod duration_secs {
@@ -25,6 +33,18 @@ mod duration_secs {
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+mod opt_duration_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_secs::serialize(d, s),
+            None => s.serialize_none(),
+        }
     }
 }
 
@@ -266,12 +286,18 @@ fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> 
         }
         KindMatcher::Kinds(kinds)
     };
-    let approval_fields = !r.reviewers.is_empty() || r.approvals.is_some() || r.timeout.is_some();
+    let approval_fields = !r.reviewers.is_empty()
+        || r.approvals.is_some()
+        || r.timeout.is_some()
+        || r.all_groups_must_approve
+        || r.escalate_after.is_some()
+        || !r.escalate_to.is_empty();
     let action = match r.action {
         ActionName::Allow | ActionName::Deny if approval_fields => {
             return Err((
                 "action",
-                "`reviewers`, `approvals` and `timeout` belong to `action: require-approval`"
+                "`reviewers`, `approvals`, `timeout`, `all_groups_must_approve` and \
+                 `escalate_*` belong to `action: require-approval`"
                     .into(),
             ))
         }
@@ -295,10 +321,14 @@ fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> 
             if timeout.is_zero() {
                 return Err(("timeout", "`timeout` must be longer than zero".into()));
             }
+            check_escalation(r, timeout)?;
             Action::RequireApproval(ApprovalSpec {
                 reviewers: r.reviewers.clone(),
                 approvals,
                 timeout,
+                all_groups_must_approve: r.all_groups_must_approve,
+                escalate_after: r.escalate_after,
+                escalate_to: r.escalate_to.clone(),
             })
         }
     };
@@ -313,6 +343,28 @@ fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> 
         unfiltered_only: false,
         action,
     })
+}
+
+/// `escalate_after` and `escalate_to` come together, and the escalation must come before the
+/// request expires, or it could never widen anything.
+fn check_escalation(r: &RuleConfig, timeout: Duration) -> Result<(), (&'static str, String)> {
+    match (r.escalate_after, r.escalate_to.is_empty()) {
+        (Some(_), true) => Err((
+            "escalate_to",
+            "`escalate_after` needs `escalate_to` (the groups that may then decide)".into(),
+        )),
+        (None, false) => Err((
+            "escalate_after",
+            "`escalate_to` needs `escalate_after` (when those groups may decide)".into(),
+        )),
+        (Some(after), false) if after.is_zero() || after >= timeout => Err((
+            "escalate_after",
+            "`escalate_after` must be longer than zero and shorter than `timeout` (the request \
+             would expire before it escalates)"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Adds a rule's `tables`, `functions` and `where` to its compiled form, and to its label when
@@ -925,5 +977,58 @@ policies:
         reordered.reverse();
         let reordered = PolicySet::compile(&reordered).unwrap();
         assert_eq!(old.change_summary(&reordered), "reordered");
+    }
+
+    #[test]
+    fn chains_and_escalation_compile_into_the_spec_and_are_checked() {
+        let base = "connections:\n  - { name: prod, type: postgres, address: \"db:5432\", user: u }\npolicies:\n  - name: p\n    groups: [agents]\n    connections: [prod]\n    rules:\n      - match: DELETE\n        action: require-approval\n        reviewers: [dba, security]\n        timeout: 15m\n";
+        let parse = |extra: &str| Config::parse(&format!("{base}{extra}"), "c.yaml", None);
+        let set = parse("        all_groups_must_approve: true\n        escalate_after: 10m\n        escalate_to: [oncall]\n")
+            .unwrap()
+            .policies;
+        let op = Operation {
+            connection: "prod".into(),
+            text: Arc::from("delete from t"),
+            params: vec![],
+            classification: Arc::new(classify("delete from t")),
+        };
+        let Action::RequireApproval(spec) = decide(&set, &who(&["agents"]), &op).action else {
+            panic!("held");
+        };
+        assert!(spec.all_groups_must_approve);
+        assert_eq!(spec.escalate_after, Some(Duration::from_secs(600)));
+        assert_eq!(spec.escalate_to, vec!["oncall".to_string()]);
+        // The keys survive the round trip through the shown form.
+        assert!(
+            set.to_yaml().contains("escalate_after: 10m"),
+            "{}",
+            set.to_yaml()
+        );
+        assert!(set.to_yaml().contains("all_groups_must_approve: true"));
+
+        let err = |extra: &str| parse(extra).unwrap_err().to_string();
+        let shown = err("        escalate_after: 10m\n");
+        assert!(
+            shown.contains("rules[0].escalate_to: `escalate_after` needs `escalate_to`"),
+            "{shown}"
+        );
+        let shown = err("        escalate_to: [oncall]\n");
+        assert!(
+            shown.contains("rules[0].escalate_after: `escalate_to` needs"),
+            "{shown}"
+        );
+        let shown = err("        escalate_after: 20m\n        escalate_to: [oncall]\n");
+        assert!(shown.contains("shorter than `timeout`"), "{shown}");
+        let denied = base.replace(
+            "action: require-approval\n        reviewers: [dba, security]\n        timeout: 15m\n",
+            "action: deny\n        all_groups_must_approve: true\n",
+        );
+        let shown = Config::parse(&denied, "c.yaml", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.contains("belong to `action: require-approval`"),
+            "{shown}"
+        );
     }
 }

@@ -91,6 +91,9 @@ pub enum EventDetail {
         state: ApprovalState,
         reason: Option<String>,
         decided_by: Vec<String>,
+        /// The reviewer's statement that ran instead of the requested one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaced_with: Option<String>,
     },
     /// What the upstream answered to a forwarded operation.
     Outcome {
@@ -183,6 +186,61 @@ pub struct NewApproval {
     pub approvals_needed: u32,
     pub created_at: Millis,
     pub expires_at: Millis,
+    /// An approval from a member of each `reviewers` group is needed too.
+    #[serde(default)]
+    pub all_groups_must_approve: bool,
+    /// From this time on, members of `escalate_to` may decide as well.
+    #[serde(default)]
+    pub escalate_at: Option<Millis>,
+    #[serde(default)]
+    pub escalate_to: Vec<String>,
+}
+
+impl NewApproval {
+    /// Whether `groups` may decide the request at `at`: its reviewers always, its escalation
+    /// groups once it has escalated.
+    pub fn may_decide(&self, groups: &[String], at: Millis) -> bool {
+        let member = |of: &[String]| groups.iter().any(|g| of.contains(g));
+        member(&self.reviewers) || (self.escalated_at(at) && member(&self.escalate_to))
+    }
+
+    /// Whether the request has escalated by `at`.
+    pub fn escalated_at(&self, at: Millis) -> bool {
+        self.escalate_at.is_some_and(|e| at >= e)
+    }
+}
+
+/// The state `votes` settle a request in, or `None` while more are needed: any deny → denied;
+/// approved once `approvals_needed` distinct reviewers approved and, with
+/// `all_groups_must_approve`, each reviewer group has an approval from one of its members, or
+/// from a member of an escalation group cast after the request escalated (escalation exists to
+/// decide when a group does not answer). Every store settles with this one function.
+pub fn settle(request: &NewApproval, votes: &[Vote]) -> Option<ApprovalState> {
+    if votes.iter().any(|v| !v.approve) {
+        return Some(ApprovalState::Denied);
+    }
+    let approvals: Vec<&Vote> = votes.iter().filter(|v| v.approve).collect();
+    let mut approvers: Vec<&str> = approvals
+        .iter()
+        .map(|v| v.reviewer_subject.as_str())
+        .collect();
+    approvers.sort_unstable();
+    approvers.dedup();
+    if approvers.len() < request.approvals_needed as usize {
+        return None;
+    }
+    let stand_in = approvals.iter().any(|v| {
+        request.escalated_at(v.at)
+            && v.reviewer_groups
+                .iter()
+                .any(|g| request.escalate_to.contains(g))
+    });
+    let covered =
+        |group: &String| stand_in || approvals.iter().any(|v| v.reviewer_groups.contains(group));
+    if request.all_groups_must_approve && !request.reviewers.iter().all(covered) {
+        return None;
+    }
+    Some(ApprovalState::Approved)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -193,6 +251,9 @@ pub struct Vote {
     pub approve: bool,
     pub reason: Option<String>,
     pub at: Millis,
+    /// An approval's statement to run instead of the requested one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -204,6 +265,9 @@ pub struct ApprovalRecord {
     pub decided_at: Option<Millis>,
     pub reason: Option<String>,
     pub votes: Vec<Vote>,
+    /// The statement a reviewer approved in place of `operation` (which is kept as requested).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
 }
 
 /// One attempt to deliver a webhook notification about an approval request.
@@ -313,9 +377,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         state: Option<ApprovalState>,
     ) -> Result<Vec<ApprovalRecord>, StoreError>;
-    /// Adds a vote atomically and settles the state: any deny → denied, `approvals_needed`
-    /// distinct approvers → approved. `Conflict` when the request is no longer pending or this
-    /// reviewer already voted; `NotFound` when there is no such request.
+    /// Adds a vote atomically and settles the state with [`settle`]. A vote carrying a
+    /// `replacement` stores it on the request; it must be the request's first approval, so that
+    /// every approver approves the same statement. `Conflict` when the request is no longer
+    /// pending, this reviewer already voted or a replacement comes too late; `NotFound` when
+    /// there is no such request.
     async fn cast_vote(&self, id: i64, vote: &Vote) -> Result<ApprovalRecord, StoreError>;
     /// Ends a pending request (expired, canceled); `false` when it was no longer pending.
     async fn finish_approval(
@@ -337,4 +403,78 @@ pub trait Store: Send + Sync + 'static {
     async fn record_policy_change(&self, change: &NewPolicyChange) -> Result<i64, StoreError>;
     /// Every policy change, newest first.
     async fn list_policy_changes(&self) -> Result<Vec<PolicyChangeRecord>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(reviewers: &[&str], needed: u32, all_groups: bool) -> NewApproval {
+        NewApproval {
+            session_id: 1,
+            requester_subject: "token:agent".into(),
+            requester_name: "agent".into(),
+            requester_groups: vec!["agents".into()],
+            connection: "prod".into(),
+            protocol: "postgres".into(),
+            operation: "DELETE FROM t".into(),
+            params: Vec::new(),
+            statement_kinds: vec!["DELETE".into()],
+            policy: "p".into(),
+            rule: "r".into(),
+            reviewers: reviewers.iter().map(|g| g.to_string()).collect(),
+            approvals_needed: needed,
+            created_at: 0,
+            expires_at: 100_000,
+            all_groups_must_approve: all_groups,
+            escalate_at: Some(10_000),
+            escalate_to: vec!["oncall".into()],
+        }
+    }
+
+    fn vote(subject: &str, group: &str, approve: bool, at: Millis) -> Vote {
+        Vote {
+            reviewer_subject: subject.into(),
+            reviewer_name: subject.into(),
+            reviewer_groups: vec![group.into()],
+            approve,
+            reason: None,
+            at,
+            replacement: None,
+        }
+    }
+
+    #[test]
+    fn all_groups_need_an_approval_each() {
+        let r = request(&["dba", "security"], 2, true);
+        let same_group = [vote("a", "dba", true, 1), vote("b", "dba", true, 2)];
+        assert_eq!(settle(&r, &same_group), None);
+        let both = [vote("a", "dba", true, 1), vote("c", "security", true, 2)];
+        assert_eq!(settle(&r, &both), Some(ApprovalState::Approved));
+        // Approvals still count distinct reviewers.
+        let r3 = request(&["dba", "security"], 3, true);
+        assert_eq!(settle(&r3, &both), None);
+        // A single deny ends it.
+        let denied = [vote("a", "dba", true, 1), vote("c", "security", false, 2)];
+        assert_eq!(settle(&r, &denied), Some(ApprovalState::Denied));
+        // Without the option, any reviewers make up the count.
+        assert_eq!(
+            settle(&request(&["dba", "security"], 2, false), &same_group),
+            Some(ApprovalState::Approved)
+        );
+    }
+
+    #[test]
+    fn escalation_groups_decide_only_once_escalated() {
+        let r = request(&["dba", "security"], 1, true);
+        assert!(!r.may_decide(&["oncall".into()], 9_999));
+        assert!(r.may_decide(&["oncall".into()], 10_000));
+        assert!(r.may_decide(&["dba".into()], 0));
+        // An escalated approval stands in for groups that did not answer.
+        assert_eq!(
+            settle(&r, &[vote("o", "oncall", true, 10_000)]),
+            Some(ApprovalState::Approved)
+        );
+        assert_eq!(settle(&r, &[vote("a", "dba", true, 5)]), None);
+    }
 }

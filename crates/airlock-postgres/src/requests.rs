@@ -9,7 +9,7 @@ use crate::session::{
     SessionNames, READ_CHUNK,
 };
 use airlock_core::classify::{Classification, NamedObject, StatementKind};
-use airlock_core::gate::{Denial, DenialKind, Submission};
+use airlock_core::gate::{Denial, DenialKind, Permit, Submission};
 use airlock_core::operation::Operation;
 use bytes::{Buf, Bytes, BytesMut};
 use rand::Rng;
@@ -437,6 +437,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
         };
         match verdict {
             Ok(permit) => {
+                if let Some(sql) = permit.replacement.clone() {
+                    return self.forward_replacement(range, &permit, sql, simple).await;
+                }
                 self.forget_names_changed_by(&op.classification);
                 self.expect(
                     [Expect::Outcome {
@@ -461,6 +464,56 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 self.refuse(&denial, simple).await
             }
         }
+    }
+
+    /// Runs the statement a reviewer approved in place of the held one, telling the agent.
+    /// Only a simple Query is replaced: an Execute's portal was bound upstream from the
+    /// agent's Parse and Bind, and a Query cannot stand in the middle of that batch, so an
+    /// approved replacement of an Execute is refused with the replacement in the message.
+    async fn forward_replacement(
+        &mut self,
+        range: Range<usize>,
+        permit: &Permit,
+        sql: String,
+        simple: bool,
+    ) -> Result<(), End> {
+        let id = permit
+            .approved_request
+            .map(|id| id.to_string())
+            .unwrap_or_else(|| "?".into());
+        self.drop_message(range).await?;
+        if !simple {
+            let denial = Denial {
+                kind: DenialKind::Rejected,
+                message: format!(
+                    "approval request {id} was approved with a modified statement, which the \
+                     extended query protocol cannot run in place of yours; send it as a simple \
+                     query: {sql}"
+                ),
+            };
+            return self.refuse(&denial, false).await;
+        }
+        let notice = codec::error_response(
+            Severity::Notice,
+            "01000",
+            &format!(
+                "airlock: approval request {id} was approved with a modified statement: {sql}"
+            ),
+            None,
+            None,
+        );
+        let _ = self.inject.send(notice);
+        let classification = self.relay.gate.classifier().classify(&sql);
+        self.forget_names_changed_by(&classification);
+        self.expect([
+            Expect::Outcome {
+                event: permit.event(),
+                simple: true,
+            },
+            Expect::SyncPoint,
+        ]);
+        self.upstream.write_all(&codec::query(&sql)).await?;
+        Ok(())
     }
 
     /// Sends the upstream a message that can only fail, to be rewritten into `denial`.

@@ -165,11 +165,15 @@ pub(crate) fn approval(row: &SqliteRow, votes: Vec<Vote>) -> Result<ApprovalReco
             })?,
             created_at: row.try_get("created_at").map_err(db)?,
             expires_at: row.try_get("expires_at").map_err(db)?,
+            all_groups_must_approve: row.try_get("all_groups_must_approve").map_err(db)?,
+            escalate_at: row.try_get("escalate_at").map_err(db)?,
+            escalate_to: from_json(&json_list("escalate_to")?, "escalate_to", &place)?,
         },
         state: parse_state(&state, id)?,
         decided_at: row.try_get("decided_at").map_err(db)?,
         reason: row.try_get("reason").map_err(db)?,
         votes,
+        replacement: row.try_get("replacement").map_err(db)?,
     })
 }
 
@@ -191,6 +195,7 @@ pub(crate) fn vote(row: &SqliteRow) -> Result<(i64, Vote), StoreError> {
             approve: row.try_get("approve").map_err(db)?,
             reason: row.try_get("reason").map_err(db)?,
             at: row.try_get("at").map_err(db)?,
+            replacement: row.try_get("replacement").map_err(db)?,
         },
     ))
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use airlock_core::chain::ChainLink;
 use airlock_core::store::{
-    ApprovalRecord, ApprovalState, DeliveryRecord, EventRecord, Millis, NewApproval, NewDelivery,
-    NewPolicyChange, NewSession, PolicyChangeRecord, SessionFilter, SessionRecord, Store,
-    StoreError, StoredConnection, TokenRecord, Vote,
+    settle, ApprovalRecord, ApprovalState, DeliveryRecord, EventRecord, Millis, NewApproval,
+    NewDelivery, NewPolicyChange, NewSession, PolicyChangeRecord, SessionFilter, SessionRecord,
+    Store, StoreError, StoredConnection, TokenRecord, Vote,
 };
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
@@ -52,14 +52,15 @@ macro_rules! approval_select {
         "SELECT a.id, a.session_id, a.requester_subject, a.requester_name, a.requester_groups, \
          a.connection, a.protocol, a.operation, a.params, a.statement_kinds, a.policy, a.rule, \
          a.reviewers, a.approvals_needed, a.created_at, a.expires_at, a.state, a.decided_at, \
-         a.reason FROM approvals a"
+         a.reason, a.all_groups_must_approve, a.escalate_at, a.escalate_to, a.replacement \
+         FROM approvals a"
     };
 }
 
 macro_rules! vote_select {
     () => {
         "SELECT v.approval_id, v.reviewer_subject, v.reviewer_name, v.reviewer_groups, \
-         v.approve, v.reason, v.at FROM votes v"
+         v.approve, v.reason, v.at, v.replacement FROM votes v"
     };
 }
 
@@ -451,8 +452,9 @@ impl Store for SqliteStore {
         let result = sqlx::query(
             "INSERT INTO approvals (session_id, requester_subject, requester_name, \
              requester_groups, connection, protocol, operation, params, statement_kinds, policy, \
-             rule, reviewers, approvals_needed, created_at, expires_at, state) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+             rule, reviewers, approvals_needed, created_at, expires_at, all_groups_must_approve, \
+             escalate_at, escalate_to, state) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
         )
         .bind(request.session_id)
         .bind(&request.requester_subject)
@@ -469,6 +471,9 @@ impl Store for SqliteStore {
         .bind(i64::from(request.approvals_needed))
         .bind(request.created_at)
         .bind(request.expires_at)
+        .bind(request.all_groups_must_approve)
+        .bind(request.escalate_at)
+        .bind(to_json(&request.escalate_to, "escalation groups")?)
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -549,16 +554,10 @@ impl Store for SqliteStore {
         // and both settle the request.
         let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
 
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT state, approvals_needed FROM approvals WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-        let Some((state, needed)) = row else {
+        let Some(before) = load_approval(&mut tx, id).await? else {
             return Err(StoreError::NotFound);
         };
-        let state = codec::parse_state(&state, id)?;
+        let state = before.state;
         if state != ApprovalState::Pending {
             return Err(StoreError::Conflict(format!(
                 "request {id} is already {}",
@@ -580,10 +579,27 @@ impl Store for SqliteStore {
                 vote.reviewer_subject
             )));
         }
+        if vote.replacement.is_some() {
+            // Earlier approvers approved the statement as it stood; it may not change under them.
+            if !vote.approve
+                || before.replacement.is_some()
+                || before.votes.iter().any(|v| v.approve)
+            {
+                return Err(StoreError::Conflict(format!(
+                    "request {id} already has an approval: a replacement must come with the first one"
+                )));
+            }
+            sqlx::query("UPDATE approvals SET replacement = ? WHERE id = ?")
+                .bind(vote.replacement.as_deref())
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
 
         sqlx::query(
             "INSERT INTO votes (approval_id, reviewer_subject, reviewer_name, reviewer_groups, \
-             approve, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+             approve, reason, at, replacement) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
         .bind(&vote.reviewer_subject)
@@ -592,23 +608,14 @@ impl Store for SqliteStore {
         .bind(vote.approve)
         .bind(vote.reason.as_deref())
         .bind(vote.at)
+        .bind(vote.replacement.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(db)?;
 
-        let settled = if vote.approve {
-            let approvals: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM votes WHERE approval_id = ? AND approve = 1",
-            )
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db)?;
-            (approvals >= needed).then_some(ApprovalState::Approved)
-        } else {
-            Some(ApprovalState::Denied)
-        };
-        if let Some(settled) = settled {
+        let mut votes = before.votes;
+        votes.push(vote.clone());
+        if let Some(settled) = settle(&before.request, &votes) {
             sqlx::query(
                 "UPDATE approvals SET state = ?, decided_at = ?, reason = ? \
                  WHERE id = ? AND state = 'pending'",

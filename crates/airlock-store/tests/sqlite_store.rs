@@ -63,6 +63,9 @@ fn approval(session_id: i64, needed: u32, created_at: i64) -> NewApproval {
         approvals_needed: needed,
         created_at,
         expires_at: created_at + 600_000,
+        all_groups_must_approve: false,
+        escalate_at: None,
+        escalate_to: Vec::new(),
     }
 }
 
@@ -74,6 +77,7 @@ fn vote(subject: &str, approve: bool, at: i64) -> Vote {
         approve,
         reason: Some(format!("{subject} says {approve}")),
         at,
+        replacement: None,
     }
 }
 
@@ -95,6 +99,7 @@ fn all_event_details() -> Vec<EventDetail> {
             state: ApprovalState::Approved,
             reason: Some("fine".to_owned()),
             decided_by: vec!["alice".to_owned(), "bob".to_owned()],
+            replaced_with: None,
         },
         EventDetail::Outcome {
             statement_event: 1,
@@ -516,6 +521,59 @@ async fn concurrent_votes_settle_once() {
     let record = store.get_approval(id).await.unwrap().unwrap();
     assert_eq!(record.state, ApprovalState::Approved);
     assert_eq!(record.votes.len(), 2);
+}
+
+#[tokio::test]
+async fn chains_and_replacements_are_settled_and_kept_by_the_store() {
+    let (_dir, store) = open_temp().await;
+    let s = store
+        .open_session(&session("agent:etl", 1000))
+        .await
+        .unwrap();
+    let mut chained = approval(s, 2, 1000);
+    chained.reviewers = vec!["dba".to_owned(), "security".to_owned()];
+    chained.all_groups_must_approve = true;
+    chained.escalate_at = Some(5000);
+    chained.escalate_to = vec!["oncall".to_owned()];
+    let id = store.create_approval(&chained).await.unwrap();
+    assert_eq!(
+        store.get_approval(id).await.unwrap().unwrap().request,
+        chained
+    );
+
+    store
+        .cast_vote(id, &vote("alice", true, 1100))
+        .await
+        .unwrap();
+    let two_dba = store.cast_vote(id, &vote("bob", true, 1200)).await.unwrap();
+    assert_eq!(
+        two_dba.state,
+        ApprovalState::Pending,
+        "no security approval yet"
+    );
+    let mut security = vote("carol", true, 1300);
+    security.reviewer_groups = vec!["security".to_owned()];
+    let settled = store.cast_vote(id, &security).await.unwrap();
+    assert_eq!(settled.state, ApprovalState::Approved);
+
+    let id = store.create_approval(&approval(s, 2, 2000)).await.unwrap();
+    let mut modified = vote("alice", true, 2100);
+    modified.replacement = Some("DELETE FROM users WHERE id = 1".to_owned());
+    let first = store.cast_vote(id, &modified).await.unwrap();
+    assert_eq!(first.replacement, modified.replacement);
+    assert_eq!(first.request.operation, "DELETE FROM users WHERE id = $1");
+    let mut late = vote("bob", true, 2200);
+    late.replacement = Some("DELETE FROM users WHERE id = 2".to_owned());
+    match store.cast_vote(id, &late).await {
+        Err(StoreError::Conflict(message)) => {
+            assert!(message.contains("first one"), "{message}")
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let done = store.cast_vote(id, &vote("bob", true, 2300)).await.unwrap();
+    assert_eq!(done.state, ApprovalState::Approved);
+    assert_eq!(done.replacement, modified.replacement);
+    assert_eq!(done.votes[0], modified);
 }
 
 #[tokio::test]

@@ -101,11 +101,37 @@ pub async fn show(cli: &Cli, id: i64) -> anyhow::Result<()> {
             ),
         ),
         ("operation", q.operation.clone()),
+        (
+            "replaced with",
+            output::opt(r.replacement.as_deref()).to_string(),
+        ),
         ("parameters", params),
         ("statement kinds", output::list(&q.statement_kinds)),
         ("policy", q.policy.clone()),
         ("rule", q.rule.clone()),
-        ("reviewers", output::list(&q.reviewers)),
+        (
+            "reviewers",
+            format!(
+                "{}{}",
+                output::list(&q.reviewers),
+                if q.all_groups_must_approve {
+                    " (each group must approve)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (
+            "escalation",
+            match q.escalate_at {
+                Some(at) => format!(
+                    "to {} at {}",
+                    output::list(&q.escalate_to),
+                    output::time(at)
+                ),
+                None => "-".to_string(),
+            },
+        ),
         ("approvals", approvals_count(&r)),
         ("created", output::time(q.created_at)),
         ("expires", output::time(q.expires_at)),
@@ -199,13 +225,13 @@ pub async fn approve(
     reason: Option<&str>,
     replace_with: Option<&str>,
 ) -> anyhow::Result<()> {
-    if replace_with.is_some() {
-        bail!("--replace-with is not supported by this version yet: approve or deny the operation as requested");
+    if replace_with.is_some_and(|sql| sql.trim().is_empty()) {
+        bail!("--replace-with needs the statement to run instead");
     }
     let value = Client::new(cli)?
         .post(
             &format!("/api/v1/approvals/{id}/approve"),
-            &json!({ "reason": reason }),
+            &json!({ "reason": reason, "replace_with": replace_with }),
         )
         .await?;
     print_vote(cli.output, value)

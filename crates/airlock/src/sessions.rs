@@ -94,6 +94,7 @@ fn describe(event: &EventDetail) -> (String, String) {
             state,
             reason,
             decided_by,
+            replaced_with,
         } => {
             let mut text = format!(
                 "approval request {request_id} {} (event #{statement_event})",
@@ -104,6 +105,9 @@ fn describe(event: &EventDetail) -> (String, String) {
             }
             if let Some(reason) = reason {
                 text.push_str(&format!(": {reason}"));
+            }
+            if let Some(sql) = replaced_with {
+                text.push_str(&format!("\nran instead: {sql}"));
             }
             ("resolution".into(), text)
         }
