@@ -643,23 +643,75 @@ fn top_level_kind(node: &NodeEnum) -> StatementKind {
         NodeEnum::TransactionStmt(_) => K::Transaction,
         NodeEnum::DiscardStmt(_) => K::Discard,
         NodeEnum::CommentStmt(_) => K::Comment,
-        other => {
-            let name = format!("{other:?}");
-            let variant = name.split('(').next().unwrap_or("");
-            if variant.starts_with("Create")
-                || variant == "IndexStmt"
-                || variant == "ViewStmt"
-                || variant == "DefineStmt"
-                || variant == "RuleStmt"
-                || variant == "CompositeTypeStmt"
-            {
-                K::Create
-            } else if variant.starts_with("Alter") || variant == "RenameStmt" {
-                K::Alter
-            } else {
-                K::Other
-            }
-        }
+        NodeEnum::CreateStmt(_)
+        | NodeEnum::CreateAmStmt(_)
+        | NodeEnum::CreateCastStmt(_)
+        | NodeEnum::CreateConversionStmt(_)
+        | NodeEnum::CreateDomainStmt(_)
+        | NodeEnum::CreateEnumStmt(_)
+        | NodeEnum::CreateEventTrigStmt(_)
+        | NodeEnum::CreateExtensionStmt(_)
+        | NodeEnum::CreateFdwStmt(_)
+        | NodeEnum::CreateForeignServerStmt(_)
+        | NodeEnum::CreateForeignTableStmt(_)
+        | NodeEnum::CreateFunctionStmt(_)
+        | NodeEnum::CreateOpClassStmt(_)
+        | NodeEnum::CreateOpFamilyStmt(_)
+        | NodeEnum::CreatePlangStmt(_)
+        | NodeEnum::CreatePolicyStmt(_)
+        | NodeEnum::CreatePublicationStmt(_)
+        | NodeEnum::CreateRangeStmt(_)
+        | NodeEnum::CreateRoleStmt(_)
+        | NodeEnum::CreateSchemaStmt(_)
+        | NodeEnum::CreateSeqStmt(_)
+        | NodeEnum::CreateStatsStmt(_)
+        | NodeEnum::CreateSubscriptionStmt(_)
+        | NodeEnum::CreateTableAsStmt(_)
+        | NodeEnum::CreateTableSpaceStmt(_)
+        | NodeEnum::CreateTransformStmt(_)
+        | NodeEnum::CreateTrigStmt(_)
+        | NodeEnum::CreateUserMappingStmt(_)
+        | NodeEnum::CreatedbStmt(_)
+        | NodeEnum::IndexStmt(_)
+        | NodeEnum::ViewStmt(_)
+        | NodeEnum::DefineStmt(_)
+        | NodeEnum::RuleStmt(_)
+        | NodeEnum::CompositeTypeStmt(_) => K::Create,
+        NodeEnum::AlterCollationStmt(_)
+        | NodeEnum::AlterDatabaseRefreshCollStmt(_)
+        | NodeEnum::AlterDatabaseSetStmt(_)
+        | NodeEnum::AlterDatabaseStmt(_)
+        | NodeEnum::AlterDefaultPrivilegesStmt(_)
+        | NodeEnum::AlterDomainStmt(_)
+        | NodeEnum::AlterEnumStmt(_)
+        | NodeEnum::AlterEventTrigStmt(_)
+        | NodeEnum::AlterExtensionContentsStmt(_)
+        | NodeEnum::AlterExtensionStmt(_)
+        | NodeEnum::AlterFdwStmt(_)
+        | NodeEnum::AlterForeignServerStmt(_)
+        | NodeEnum::AlterFunctionStmt(_)
+        | NodeEnum::AlterObjectDependsStmt(_)
+        | NodeEnum::AlterObjectSchemaStmt(_)
+        | NodeEnum::AlterOpFamilyStmt(_)
+        | NodeEnum::AlterOperatorStmt(_)
+        | NodeEnum::AlterOwnerStmt(_)
+        | NodeEnum::AlterPolicyStmt(_)
+        | NodeEnum::AlterPublicationStmt(_)
+        | NodeEnum::AlterRoleSetStmt(_)
+        | NodeEnum::AlterRoleStmt(_)
+        | NodeEnum::AlterSeqStmt(_)
+        | NodeEnum::AlterStatsStmt(_)
+        | NodeEnum::AlterSubscriptionStmt(_)
+        | NodeEnum::AlterSystemStmt(_)
+        | NodeEnum::AlterTableMoveAllStmt(_)
+        | NodeEnum::AlterTableSpaceOptionsStmt(_)
+        | NodeEnum::AlterTableStmt(_)
+        | NodeEnum::AlterTsconfigurationStmt(_)
+        | NodeEnum::AlterTsdictionaryStmt(_)
+        | NodeEnum::AlterTypeStmt(_)
+        | NodeEnum::AlterUserMappingStmt(_)
+        | NodeEnum::RenameStmt(_) => K::Alter,
+        _ => K::Other,
     }
 }
 
@@ -720,6 +772,12 @@ mod tests {
         assert_eq!(kinds("analyze t"), vec![vec![K::Analyze]]);
         assert_eq!(kinds("vacuum t"), vec![vec![K::Vacuum]]);
         assert_eq!(kinds("checkpoint"), vec![vec![K::Other]]);
+        assert_eq!(kinds("load 'plugin'"), vec![vec![K::Other]]);
+        assert_eq!(kinds("create view v as select 1"), vec![vec![K::Create]]);
+        assert_eq!(kinds("create extension dblink"), vec![vec![K::Create]]);
+        assert_eq!(kinds("create role r"), vec![vec![K::Create]]);
+        assert_eq!(kinds("alter role r nologin"), vec![vec![K::Alter]]);
+        assert_eq!(kinds("alter table t rename to u"), vec![vec![K::Alter]]);
     }
 
     #[test]

@@ -559,7 +559,8 @@ impl Gate {
         self.recorder.sync().await;
     }
 
-    /// Records what the upstream answered to a permitted operation (not awaited).
+    /// Records what the upstream answered to a permitted operation; a failure is only logged,
+    /// since the statement has already run.
     pub fn record_outcome(
         &self,
         session: &Session,
@@ -569,7 +570,7 @@ impl Gate {
         tag: Option<String>,
         error: Option<String>,
     ) {
-        self.recorder.append_later(NewEvent {
+        self.recorder.append_or_log(NewEvent {
             session_id: session.id,
             at: now_millis(),
             detail: EventDetail::Outcome {

@@ -161,7 +161,7 @@ impl Recorder {
     }
 
     /// Appends an event whose caller cannot act on a failure (outcomes); failures are logged.
-    pub fn append_later(&self, event: NewEvent) {
+    pub fn append_or_log(&self, event: NewEvent) {
         if let Err(e) = self.append(event) {
             tracing::error!(error = %e, "an outcome could not be recorded");
         }

@@ -23,20 +23,22 @@ fn marker() -> String {
 }
 
 fn refusal_error(denial: &Denial) -> Bytes {
-    let (code, message, detail) = match denial.kind {
-        DenialKind::Policy => ("42501", format!("airlock: {}", denial.message), None),
-        DenialKind::Rejected => ("42501", format!("airlock: {}", denial.message), None),
-        DenialKind::Expired => ("57014", format!("airlock: {}", denial.message), None),
-        DenialKind::Canceled => (
-            "57014",
-            "canceling statement due to user request".to_string(),
-            Some(format!("airlock: {}", denial.message)),
-        ),
-        DenialKind::Unavailable => ("58000", format!("airlock: {}", denial.message), None),
-        DenialKind::IdentityExpired => ("28000", format!("airlock: {}", denial.message), None),
-        DenialKind::AccessRevoked => ("42501", format!("airlock: {}", denial.message), None),
+    let ours = format!("airlock: {}", denial.message);
+    let code = match denial.kind {
+        DenialKind::Policy | DenialKind::Rejected | DenialKind::AccessRevoked => "42501",
+        DenialKind::Expired | DenialKind::Canceled => "57014",
+        DenialKind::Unavailable => "58000",
+        DenialKind::IdentityExpired => "28000",
     };
-    codec::error_response(Severity::Error, code, &message, detail.as_deref(), None)
+    // A withdrawn statement reads like any canceled one; the reason goes in the detail.
+    let (message, detail) = match denial.kind {
+        DenialKind::Canceled => (
+            "canceling statement due to user request",
+            Some(ours.as_str()),
+        ),
+        _ => (ours.as_str(), None),
+    };
+    codec::error_response(Severity::Error, code, message, detail, None)
 }
 
 pub(crate) struct ClientSide<'r, 'a, R, W> {
