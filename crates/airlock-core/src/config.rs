@@ -323,10 +323,7 @@ fn write_human_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::
 }
 
 fn human_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map(Some)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
+    required_duration(d).map(Some)
 }
 
 impl Default for Config {

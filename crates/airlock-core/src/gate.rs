@@ -251,8 +251,9 @@ impl Gate {
         self.policies.load_full()
     }
 
-    /// Replaces the policy snapshot; every later decision uses the new one.
-    pub fn replace_policies(&self, policies: PolicySet) {
+    /// Replaces the policy snapshot; every later decision uses the new one. Private: a change
+    /// goes through the audited path that calls this.
+    fn replace_policies(&self, policies: PolicySet) {
         self.policies.store(Arc::new(policies));
     }
 
