@@ -715,8 +715,9 @@ fn top_level_kind(node: &NodeEnum) -> StatementKind {
     }
 }
 
-/// A bounded cache of classifications keyed by exact SQL text, shared by every session without
-/// a global lock (the relay runs a thread per core); the least useful entries are evicted.
+/// A bounded cache of classifications, shared by every session without a global lock (the relay
+/// runs a thread per core); the least useful entries are evicted. Texts that have a
+/// [shape](crate::shape) share the entry of their shape; others are keyed by their exact text.
 pub struct ClassifierCache {
     entries: quick_cache::sync::Cache<Arc<str>, Arc<Classification>>,
 }
@@ -732,8 +733,20 @@ impl ClassifierCache {
         if let Some(hit) = self.entries.get(sql) {
             return hit;
         }
+        // A shape key starts with NUL, which no SQL text sent over the wire can contain, so it
+        // never meets an exact-text key.
+        let key: Arc<str> = match crate::shape::shape(sql) {
+            Some(shape) => {
+                let key: Arc<str> = Arc::from(format!("\0{shape}"));
+                if let Some(hit) = self.entries.get(&key) {
+                    return hit;
+                }
+                key
+            }
+            None => Arc::from(sql),
+        };
         let classification = Arc::new(classify(sql));
-        self.entries.insert(Arc::from(sql), classification.clone());
+        self.entries.insert(key, classification.clone());
         classification
     }
 }

@@ -13,5 +13,6 @@ pub mod operation;
 pub mod policy;
 pub mod recorder;
 pub mod sealer;
+pub mod shape;
 pub mod secret;
 pub mod store;
