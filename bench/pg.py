@@ -185,7 +185,7 @@ pidfile = {self.dir}/pgbouncer.pid
         if IS_ROOT:
             for p in [self.dir, *self.dir.iterdir()]:
                 shutil.chown(p, "postgres")
-        self.proc = subprocess.Popen(as_postgres(["pgbouncer", str(ini)]),
+        self.proc = subprocess.Popen(as_postgres([shutil.which("pgbouncer") or "/usr/sbin/pgbouncer", str(ini)]),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
 
