@@ -483,7 +483,10 @@ async fn connections_never_show_the_password_and_follow_grants() {
     let (_, mine) = h.get("/api/v1/connections", &h.agent).await;
     assert_eq!(mine[0]["granted"], true);
     assert!(
-        mine[0]["policy"].as_str().unwrap().contains("allows SELECT"),
+        mine[0]["policy"]
+            .as_str()
+            .unwrap()
+            .contains("allows SELECT"),
         "{mine}"
     );
     let names: Vec<&str> = mine

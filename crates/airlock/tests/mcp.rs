@@ -332,6 +332,28 @@ fn a_held_statement_is_pending_then_approved_runs_once_and_a_denial_is_a_refusal
     assert!(refused_json.get("results").is_none());
     assert_eq!(s.pg.item_ids(), "1,2,3");
 
+    // A reviewer's modified statement runs in place of the agent's, and only it.
+    let sql = "DELETE FROM items WHERE id > 0";
+    let held = s.call(
+        &client,
+        "run_sql",
+        json!({"connection": "prod", "sql": sql}),
+    );
+    let id = structured(&held)["request_id"].as_i64().unwrap();
+    let vote = s.gw.cli_as(
+        &s.dba,
+        &[
+            "approve",
+            &id.to_string(),
+            "--replace-with",
+            "DELETE FROM items WHERE id = 3",
+        ],
+    );
+    assert!(vote.status.success(), "{}", describe(&vote));
+    let done = s.call(&client, "wait_for_request", json!({"request_id": id}));
+    assert_eq!(structured(&done)["results"][0]["command"], "DELETE 1");
+    assert_eq!(s.pg.item_ids(), "1,2");
+
     // Someone else's request is unknown to them.
     let bystander = s.gw.mint("agent-2", &["agents"]);
     let other = s.mcp(&bystander);
