@@ -17,6 +17,10 @@ pub struct ConnectionView {
     address: String,
     database: Option<String>,
     user: Option<String>,
+    /// Whether a policy lets the caller use it (admins also see connections they may not use).
+    granted: bool,
+    /// What the policies let the caller do on it, in one line (`None` when not granted).
+    policy: Option<String>,
 }
 
 fn kind_name(kind: ConnectionKind) -> &'static str {
@@ -38,14 +42,17 @@ pub async fn list(
         .config
         .connections
         .iter()
-        .filter(|c| caller.admin || policies.grants_connection(&caller.identity, &c.name))
+        .map(|c| (c, policies.summary(&caller.identity, &c.name)))
+        .filter(|(_, summary)| caller.admin || summary.is_some())
         // Built field by field (never by serializing the config) so a password cannot slip in.
-        .map(|c| ConnectionView {
+        .map(|(c, summary)| ConnectionView {
             name: c.name.clone(),
             kind: kind_name(c.kind),
             address: c.address.clone(),
             database: c.database.clone(),
             user: c.user.clone(),
+            granted: summary.is_some(),
+            policy: summary,
         })
         .collect();
     Ok(Json(views))

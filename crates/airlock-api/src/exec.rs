@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::upstream::{self, StatementResult};
 use crate::ApiState;
 use airlock_core::classify::{Classification, StatementKind};
-use airlock_core::config::{ConnectionConfig, ConnectionKind};
+use airlock_core::config::{Config, ConnectionConfig, ConnectionKind};
 use airlock_core::gate::{Denial, DenialKind, Gate, Permit, Session, Submission};
 use airlock_core::operation::{Operation, Protocol};
 use airlock_core::store::OutcomeStatus;
@@ -46,6 +46,52 @@ pub struct ExecRequest {
     wait: bool,
     /// Seconds this HTTP call waits when `wait` is set.
     timeout: Option<u64>,
+    /// Who sends it: `api` (pipelines, `airlock exec`; the default) or `mcp` (the MCP tools);
+    /// recorded as the session's protocol. With `mcp`, `mcp.max_wait` bounds the wait.
+    #[serde(default)]
+    via: Via,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    #[default]
+    Api,
+    Mcp,
+}
+
+impl Via {
+    /// How long one call waits for a decision when it asked for `requested`: MCP clients drop
+    /// tool calls that block for about a minute, so the gateway's `mcp.max_wait` bounds theirs.
+    fn bound(self, requested: Duration, config: &Config) -> Duration {
+        match self {
+            Via::Api => requested.min(MAX_WAIT),
+            Via::Mcp => requested.min(config.mcp.max_wait),
+        }
+    }
+}
+
+impl ExecRequest {
+    /// A statement sent by the MCP tools: a held one is waited for up to `mcp.max_wait`.
+    pub(crate) fn from_mcp(connection: &str, sql: &str) -> ExecRequest {
+        ExecRequest {
+            connection: connection.into(),
+            sql: sql.into(),
+            wait: true,
+            timeout: None,
+            via: Via::Mcp,
+        }
+    }
+}
+
+impl PollQuery {
+    /// A poll by the MCP tools: at once, or waiting up to `mcp.max_wait`.
+    pub(crate) fn from_mcp(wait: bool) -> PollQuery {
+        PollQuery {
+            wait: wait.then_some(MAX_WAIT.as_secs()),
+            via: Via::Mcp,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -53,6 +99,9 @@ pub struct ExecRequest {
 pub struct PollQuery {
     /// Seconds to wait for a pending exec to finish before answering.
     wait: Option<u64>,
+    /// As in [`ExecRequest`]: `mcp` bounds the wait by `mcp.max_wait`.
+    #[serde(default)]
+    via: Via,
 }
 
 /// Every answer of the exec routes; `status` tells them apart.
@@ -244,7 +293,14 @@ async fn run_permitted(
     permit: Permit,
 ) -> ExecAnswer {
     let request_id = permit.approved_request;
-    let result = upstream::run(conn, &op.text, &op.classification).await;
+    // A reviewer who approved a modified statement approved only that one: it runs instead.
+    let result = match &permit.replacement {
+        Some(sql) => {
+            let classification = resolve_runs(gate.classifier().classify(sql));
+            upstream::run(conn, sql, &classification).await
+        }
+        None => upstream::run(conn, &op.text, &op.classification).await,
+    };
     if let Some(event) = permit.event() {
         match &result {
             Ok(results) => {
@@ -313,8 +369,12 @@ pub async fn submit(
         )));
     }
     let gate = state.gate.clone();
+    let (protocol, client) = match body.via {
+        Via::Api => (Protocol::Api, "api"),
+        Via::Mcp => (Protocol::Mcp, "mcp"),
+    };
     let session = gate
-        .open_session(caller.identity.clone(), &conn.name, Protocol::Api, "api")
+        .open_session(caller.identity.clone(), &conn.name, protocol, client)
         .await?;
     let text: Arc<str> = Arc::from(body.sql.as_str());
     let op = Operation {
@@ -370,9 +430,8 @@ pub async fn submit(
         task_jobs.finish(request_id);
     });
     let wait = if body.wait {
-        body.timeout
-            .map_or(DEFAULT_WAIT, Duration::from_secs)
-            .min(MAX_WAIT)
+        let requested = body.timeout.map_or(DEFAULT_WAIT, Duration::from_secs);
+        body.via.bound(requested, &state.config)
     } else {
         Duration::ZERO
     };
@@ -380,6 +439,7 @@ pub async fn submit(
 }
 
 pub async fn poll(
+    State(state): State<ApiState>,
     Extension(jobs): Extension<Arc<Jobs>>,
     caller: Caller,
     id: Result<Path<i64>, PathRejection>,
@@ -388,10 +448,8 @@ pub async fn poll(
     let Path(id) = id?;
     let Query(query) = query?;
     let (rx, _) = jobs.find(id, &caller)?;
-    let wait = query
-        .wait
-        .map_or(Duration::ZERO, Duration::from_secs)
-        .min(MAX_WAIT);
+    let requested = query.wait.map_or(Duration::ZERO, Duration::from_secs);
+    let wait = query.via.bound(requested, &state.config);
     Ok(answer_within(rx, wait).await)
 }
 

@@ -10,6 +10,7 @@ mod connections;
 mod error;
 mod exec;
 mod health;
+mod mcp;
 mod policies;
 mod sessions;
 mod tokens;
@@ -32,6 +33,8 @@ pub struct ApiState {
 
 /// Every API route, ready to be served on the `api` listener.
 pub fn router(state: ApiState) -> Router {
+    // Shared by the REST exec routes and the MCP tools, which answer each other's requests.
+    let jobs = Arc::new(exec::Jobs::default());
     let v1 = Router::new()
         .route("/approvals", get(approvals::list))
         .route("/audit/verify", get(audit::verify))
@@ -52,8 +55,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/exec", post(exec::submit))
         .route("/exec/{id}", get(exec::poll).delete(exec::withdraw))
         // Background execs live as long as the router, which is the API's lifetime.
-        .layer(axum::Extension(Arc::new(exec::Jobs::default())));
+        .layer(axum::Extension(jobs.clone()));
     Router::new()
+        .merge(mcp::routes(state.clone(), jobs))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/api/openapi.json", get(health::openapi))

@@ -475,12 +475,20 @@ async fn connections_never_show_the_password_and_follow_grants() {
         all,
         json!([
             { "name": "prod", "type": "postgres", "address": "db.internal:5432",
-              "database": "app", "user": "maintenance" },
+              "database": "app", "user": "maintenance", "granted": false, "policy": null },
             { "name": "staging", "type": "postgres", "address": "db-staging:5432",
-              "database": null, "user": "staging" },
+              "database": null, "user": "staging", "granted": false, "policy": null },
         ])
     );
     let (_, mine) = h.get("/api/v1/connections", &h.agent).await;
+    assert_eq!(mine[0]["granted"], true);
+    assert!(
+        mine[0]["policy"]
+            .as_str()
+            .unwrap()
+            .contains("allows SELECT"),
+        "{mine}"
+    );
     let names: Vec<&str> = mine
         .as_array()
         .unwrap()

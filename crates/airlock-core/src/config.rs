@@ -42,8 +42,27 @@ pub struct Config {
     pub notify: Vec<WebhookConfig>,
     #[serde(default)]
     pub recording: Option<serde_yaml::Value>,
+    /// The MCP face (`airlock mcp`, `/mcp`).
     #[serde(default)]
-    pub mcp: Option<serde_yaml::Value>,
+    pub mcp: McpConfig,
+}
+
+/// How the MCP tools behave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// The longest one tool call blocks on a held statement before answering "pending":
+    /// MCP clients drop calls that block for about a minute.
+    #[serde(deserialize_with = "required_duration")]
+    pub max_wait: Duration,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            max_wait: Duration::from_secs(45),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +140,9 @@ pub struct OidcIssuerConfig {
 
 /// The largest clock skew accepted: beyond it, an expired token would live on for minutes.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// The longest `mcp.max_wait`: what `POST /api/v1/exec` waits at most in one call.
+const MAX_MCP_WAIT: Duration = Duration::from_secs(300);
 
 fn default_groups_claim() -> Vec<String> {
     vec!["groups".into()]
@@ -340,7 +362,7 @@ impl Default for Config {
             masking: None,
             notify: Vec::new(),
             recording: None,
-            mcp: None,
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -429,7 +451,6 @@ impl Config {
         for (key, present) in [
             ("masking", config.masking.is_some()),
             ("recording", config.recording.is_some()),
-            ("mcp", config.mcp.is_some()),
         ] {
             if present {
                 issue(
@@ -437,6 +458,15 @@ impl Config {
                     format!("`{key}` is not supported by this version of Airlock yet; remove it"),
                 );
             }
+        }
+        if config.mcp.max_wait > MAX_MCP_WAIT {
+            issue(
+                "mcp.max_wait".into(),
+                format!(
+                    "at most {} (one tool call is one HTTP call to the gateway)",
+                    humantime::format_duration(MAX_MCP_WAIT)
+                ),
+            );
         }
         let mut issuers = HashSet::new();
         for (i, oidc) in config.identity.oidc.iter().enumerate() {
@@ -904,6 +934,22 @@ policies:
         assert_eq!(loaded.config.data_dir(), PathBuf::from("airlock-data"));
         let err = Config::parse("masking:\n  - columns: [a]\n", "c.yaml", None).unwrap_err();
         assert_eq!(err.issues[0].line, Some(1));
+    }
+
+    #[test]
+    fn mcp_max_wait_is_a_bounded_human_duration() {
+        let loaded = Config::parse("", "c.yaml", None).unwrap();
+        assert_eq!(loaded.config.mcp.max_wait, Duration::from_secs(45));
+        let loaded = Config::parse("mcp:\n  max_wait: 2s\n", "c.yaml", None).unwrap();
+        assert_eq!(loaded.config.mcp.max_wait, Duration::from_secs(2));
+        let err = Config::parse("mcp:\n  max_wait: 1h\n", "c.yaml", None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("c.yaml:2: mcp.max_wait: at most 5m"),
+            "{err}"
+        );
+        assert!(Config::parse("mcp:\n  max_wait: soon\n", "c.yaml", None).is_err());
+        assert!(Config::parse("mcp:\n  wait: 2s\n", "c.yaml", None).is_err());
     }
 
     #[test]

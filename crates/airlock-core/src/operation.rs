@@ -10,6 +10,8 @@ pub enum Protocol {
     Postgres,
     /// One-off statements sent through `POST /api/v1/exec` (pipelines, `airlock exec`).
     Api,
+    /// Statements run by the MCP tools (`airlock mcp`, `/mcp`) on an agent's behalf.
+    Mcp,
 }
 
 impl Protocol {
@@ -17,6 +19,7 @@ impl Protocol {
         match self {
             Protocol::Postgres => "postgres",
             Protocol::Api => "api",
+            Protocol::Mcp => "mcp",
         }
     }
 }

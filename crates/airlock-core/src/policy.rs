@@ -105,6 +105,26 @@ struct CompiledRule {
 }
 
 impl CompiledRule {
+    /// What the rule matches, in words: `DELETE|UPDATE on tables [items] without WHERE`.
+    fn describe(&self) -> String {
+        let mut text = match &self.matcher {
+            KindMatcher::Any => "any statement".to_string(),
+            KindMatcher::Kinds(kinds) => {
+                kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join("|")
+            }
+        };
+        if !self.tables.is_empty() {
+            text += &format!(" on tables [{}]", self.tables.join(", "));
+        }
+        if !self.functions.is_empty() {
+            text += &format!(" calling [{}]", self.functions.join(", "));
+        }
+        if self.unfiltered_only {
+            text += " without WHERE";
+        }
+        text
+    }
+
     /// Whether the rule's matchers other than `match` accept the statement; they are
     /// combined with AND, and a list matches when any one name matches any one glob.
     fn accepts(&self, statement: &ClassifiedStatement) -> bool {
@@ -253,6 +273,48 @@ impl PolicySet {
         } else {
             parts.join("; ")
         }
+    }
+
+    /// In one line, what the policies that apply let `identity` do on `connection` (what
+    /// they allow, hold for review and deny, and their default), or `None` when none applies.
+    /// The most restrictive matching rule still wins: this only lists them.
+    pub fn summary(&self, identity: &Identity, connection: &str) -> Option<String> {
+        let lines: Vec<String> = self
+            .policies
+            .iter()
+            .filter(|p| applies(p, identity, connection))
+            .map(|p| {
+                let (mut allows, mut holds, mut denies) = (Vec::new(), Vec::new(), Vec::new());
+                for rule in &p.rules {
+                    match &rule.action {
+                        Action::Allow => allows.push(rule.describe()),
+                        Action::RequireApproval(spec) => holds.push(format!(
+                            "{} (reviewers: {})",
+                            rule.describe(),
+                            spec.reviewers.join(", ")
+                        )),
+                        Action::Deny { .. } => denies.push(rule.describe()),
+                    }
+                }
+                let mut parts = Vec::new();
+                for (verb, list) in [
+                    ("allows", allows),
+                    ("holds for approval", holds),
+                    ("denies", denies),
+                ] {
+                    if !list.is_empty() {
+                        parts.push(format!("{verb} {}", list.join(", ")));
+                    }
+                }
+                let default = match p.default {
+                    ActionName::Allow => "allowed",
+                    _ => "denied",
+                };
+                parts.push(format!("anything else {default}"));
+                format!("policy `{}`: {}", p.name, parts.join("; "))
+            })
+            .collect();
+        (!lines.is_empty()).then(|| lines.join(" | "))
     }
 
     /// Whether any policy lets this identity use the connection at all.
@@ -711,6 +773,22 @@ policies:
             }
         );
         assert_eq!(denied.rule.as_deref(), Some("no-truncate"));
+    }
+
+    #[test]
+    fn summary_lists_what_the_applicable_policies_allow_hold_and_deny() {
+        assert_eq!(
+            set().summary(&who(&["agents"]), "prod").as_deref(),
+            Some(
+                "policy `maintenance`: allows SELECT; holds for approval DELETE|DROP|UPDATE \
+                 (reviewers: dba); denies TRUNCATE; anything else denied"
+            )
+        );
+        assert_eq!(
+            set().summary(&who(&["lenient"]), "staging").as_deref(),
+            Some("policy `lenient`: denies DROP; anything else allowed")
+        );
+        assert_eq!(set().summary(&who(&["agents"]), "staging"), None);
     }
 
     #[test]

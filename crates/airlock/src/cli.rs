@@ -99,6 +99,9 @@ pub enum Command {
     Tokens(TokensCommand),
     /// The identity and groups the gateway resolves from the current token.
     Whoami,
+    /// A Model Context Protocol server on stdio: the gateway's connections as tools for an AI
+    /// agent, with the agent's token (`AIRLOCK_TOKEN`).
+    Mcp,
 }
 
 #[derive(Debug, Subcommand)]

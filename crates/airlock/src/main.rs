@@ -9,6 +9,7 @@ mod client;
 mod config_check;
 mod exec;
 mod explain;
+mod mcp;
 mod output;
 mod policy_test;
 mod reload;
@@ -107,6 +108,7 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Tokens(TokensCommand::List) => tokens::list(cli).await?,
         Command::Tokens(TokensCommand::Revoke { id }) => tokens::revoke(cli, id).await?,
         Command::Whoami => whoami::run(cli).await?,
+        Command::Mcp => mcp::run(cli).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
