@@ -317,9 +317,10 @@ pub async fn submit(
         .open_session(caller.identity.clone(), &conn.name, Protocol::Api, "api")
         .await?;
     let text: Arc<str> = Arc::from(body.sql.as_str());
+    let classification = resolve_runs(gate.classifier().classify(&text));
     let op = Operation {
         connection: conn.name.clone(),
-        classification: resolve_runs(gate.classifier().classify(&text)),
+        classification: upstream::judge_functions(conn, classification).await,
         text,
         params: Vec::new(),
     };

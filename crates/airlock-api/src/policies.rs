@@ -20,7 +20,12 @@ use serde_json::{json, Value};
 
 pub async fn show(State(state): State<ApiState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    Ok(Json(json!({ "policies": state.gate.policies().configs() })))
+    let policies = state.gate.policies();
+    let mut shown = json!({ "policies": policies.configs() });
+    if !policies.dangerous_functions().is_default() {
+        shown["dangerous_functions"] = json!(policies.dangerous_functions());
+    }
+    Ok(Json(shown))
 }
 
 /// Replaces every policy. Only the policies change: connections and the rest of the config are

@@ -364,11 +364,17 @@ impl Gate {
             });
         }
         let decision = decide(&policies, &session.identity, op);
-        self.apply(session, op, decision).await
+        let kinds = policies.kind_names(&op.classification);
+        self.apply(session, op, decision, kinds).await
     }
 
-    async fn apply(&self, session: &Session, op: &Operation, decision: Decision) -> Submission {
-        let kinds = op.classification.kind_names();
+    async fn apply(
+        &self,
+        session: &Session,
+        op: &Operation,
+        decision: Decision,
+        kinds: Vec<String>,
+    ) -> Submission {
         let statement = |request_id: Option<i64>, reason: Option<String>| NewEvent {
             session_id: session.id,
             at: now_millis(),
@@ -525,11 +531,12 @@ impl Gate {
                 params: Vec::new(),
                 classification: classification.clone(),
             };
-            if decide(&self.policies.load(), reviewer, &op).action == Action::Allow {
+            let policies = self.policies.load();
+            if decide(&policies, reviewer, &op).action == Action::Allow {
                 return Ok(());
             }
-            let extra: Vec<String> = classification
-                .kind_names()
+            let extra: Vec<String> = policies
+                .kind_names(&classification)
                 .into_iter()
                 .filter(|k| !request.statement_kinds.contains(k))
                 .collect();
