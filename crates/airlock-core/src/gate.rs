@@ -17,6 +17,7 @@ use crate::store::{
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// A session as the core knows it.
 #[derive(Debug, Clone)]
@@ -100,9 +101,19 @@ pub struct Hold {
 impl Hold {
     /// Waits for the reviewers' decision; `withdraw` completing withdraws the request.
     pub async fn resolve(self, withdraw: impl Future<Output = ()>) -> Result<Permit, Denial> {
+        let withdraw = async {
+            withdraw.await;
+            "withdrawn by the requester".to_string()
+        };
+        self.settle(withdraw).await
+    }
+
+    /// Waits for the reviewers' decision; `cancel` completing cancels the request with the
+    /// reason it yields.
+    async fn settle(self, cancel: impl Future<Output = String>) -> Result<Permit, Denial> {
         let record = self
             .approvals
-            .wait(self.request_id, self.timeout, self.escalate_after, withdraw)
+            .wait_or_cancel(self.request_id, self.timeout, self.escalate_after, cancel)
             .await
             .map_err(Denial::unavailable)?;
         let decided_by: Vec<String> = record
@@ -190,6 +201,8 @@ impl PolicyAuthor {
 
 pub struct Gate {
     policies: ArcSwap<PolicySet>,
+    /// Counts policy changes, so that held statements are judged again when one happens.
+    policy_version: watch::Sender<u64>,
     /// Held while a policy change is recorded and swapped in, so that each record's "before"
     /// is exactly what its change replaced.
     policy_changes: tokio::sync::Mutex<()>,
@@ -213,6 +226,7 @@ impl Gate {
         identity.prefetch_keys().await;
         Ok(Gate {
             policies: ArcSwap::from_pointee(policies),
+            policy_version: watch::channel(0).0,
             policy_changes: tokio::sync::Mutex::new(()),
             recorder: Recorder::open(store.clone(), journal).await?,
             approvals: Arc::new(Approvals::new(store.clone(), Notifier::disabled())),
@@ -255,6 +269,102 @@ impl Gate {
     /// goes through the audited path that calls this.
     fn replace_policies(&self, policies: PolicySet) {
         self.policies.store(Arc::new(policies));
+        self.policy_version.send_modify(|version| *version += 1);
+    }
+
+    /// Waits for the outcome of a held operation, judging it again each time the policies
+    /// change: when the new policies would deny it, the request is canceled and the operation
+    /// refused at once; when they would allow it, the request is canceled and the operation
+    /// runs; while they still hold it, the same request keeps waiting for its reviewers.
+    /// `withdraw` completing withdraws the request, as with [`Hold::resolve`].
+    pub async fn resolve(
+        &self,
+        session: &Session,
+        op: &Operation,
+        hold: Hold,
+        withdraw: impl Future<Output = ()>,
+    ) -> Result<Permit, Denial> {
+        let request_id = hold.request_id;
+        let event = hold.event;
+        let mut versions = self.policy_version.subscribe();
+        versions.mark_unchanged();
+        let rejudged = std::sync::Mutex::new(None::<Decision>);
+        let cancel = async {
+            tokio::select! {
+                _ = withdraw => "withdrawn by the requester".to_string(),
+                decision = self.rejudge_on_change(session, op, &mut versions) => {
+                    let reason = format!(
+                        "the policies changed and now {} it ({})",
+                        match decision.action { Action::Allow => "allow", _ => "deny" },
+                        decision.rule.as_deref().unwrap_or("no rule")
+                    );
+                    if let Ok(mut slot) = rejudged.lock() {
+                        *slot = Some(decision);
+                    }
+                    reason
+                }
+            }
+        };
+        let outcome = hold.settle(cancel).await;
+        let decision = rejudged.lock().ok().and_then(|mut slot| slot.take());
+        match (outcome, decision) {
+            (Err(denial), Some(decision)) if denial.kind == DenialKind::Canceled => {
+                match decision.action {
+                    Action::Allow => Ok(Permit {
+                        event: Some(event),
+                        approved_request: None,
+                        replacement: None,
+                    }),
+                    Action::Deny { reason } => Err(Denial {
+                        kind: DenialKind::Policy,
+                        message: format!(
+                            "approval request {request_id} was canceled because the policies \
+                             changed: {reason}"
+                        ),
+                    }),
+                    Action::RequireApproval(_) => Err(denial),
+                }
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// Completes with the new decision on `op` once a policy change no longer holds it.
+    async fn rejudge_on_change(
+        &self,
+        session: &Session,
+        op: &Operation,
+        versions: &mut watch::Receiver<u64>,
+    ) -> Decision {
+        loop {
+            if versions.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let policies = self.policies.load();
+            let decision = if policies.grants_connection(&session.identity, &session.connection) {
+                decide(&policies, &session.identity, op)
+            } else {
+                Decision {
+                    action: Action::Deny {
+                        reason: format!(
+                            "no policy lets {} use connection `{}` any more",
+                            session.identity.name, session.connection
+                        ),
+                    },
+                    policy: None,
+                    rule: None,
+                    record: true,
+                }
+            };
+            if !matches!(decision.action, Action::RequireApproval(_)) {
+                tracing::info!(
+                    session = session.id,
+                    action = decision.action.name(),
+                    "a held statement was judged again under changed policies"
+                );
+                return decision;
+            }
+        }
     }
 
     /// Records a policy change, then makes it live. The record comes first: a change that

@@ -438,7 +438,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                         _ = wait_for_eof(reader, buf) => {}
                     }
                 };
-                let verdict = hold.resolve(withdraw).await;
+                let verdict = relay.gate.resolve(relay.session, &op, hold, withdraw).await;
                 relay.cancel.release();
                 verdict
             }

@@ -10,6 +10,7 @@ mod config_check;
 mod exec;
 mod explain;
 mod output;
+mod policy_admin;
 mod policy_test;
 mod reload;
 mod serve;
@@ -80,6 +81,8 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Test { file, config }) => {
             return policy_test::run(file, config, cli.output)
         }
+        Command::Policy(PolicyCommand::Get) => policy_admin::get(cli).await?,
+        Command::Policy(PolicyCommand::Put { file }) => policy_admin::put(cli, file).await?,
         Command::Approvals(ApprovalsCommand::List { state }) => {
             approvals::list(cli, *state).await?
         }
