@@ -358,7 +358,9 @@ pub async fn submit(
     let conn = conn.clone();
     let task_jobs = jobs.clone();
     tokio::spawn(async move {
-        let answer = match hold.resolve(withdraw.notified()).await {
+        // Judged again if the policies change while it waits, like a held PostgreSQL statement.
+        let verdict = gate.resolve(&session, &op, hold, withdraw.notified()).await;
+        let answer = match verdict {
             Ok(permit) => run_permitted(&gate, &conn, &session, &op, permit).await,
             Err(denial) => denial_answer(&session, Some(request_id), denial),
         };
