@@ -96,6 +96,8 @@ pub struct Hold {
     session_id: i64,
     approvals: Arc<Approvals>,
     recorder: Recorder,
+    /// The policy version the hold was decided under (see [`Gate::resolve`]).
+    policy_version: u64,
 }
 
 impl Hold {
@@ -287,7 +289,10 @@ impl Gate {
         let request_id = hold.request_id;
         let event = hold.event;
         let mut versions = self.policy_version.subscribe();
-        versions.mark_unchanged();
+        if *versions.borrow() != hold.policy_version {
+            // Changed since the decision that held it: judge it again at once.
+            versions.mark_changed();
+        }
         let rejudged = std::sync::Mutex::new(None::<Decision>);
         let cancel = async {
             tokio::select! {
@@ -455,6 +460,8 @@ impl Gate {
                 message: "your identity token has expired; reconnect with a fresh token".into(),
             });
         }
+        // Read before the policies: a change between the two is then judged again, never missed.
+        let version = *self.policy_version.borrow();
         let policies = self.policies.load();
         // Policies change while sessions live: one whose identity lost every grant of its
         // connection ends, rather than living on to be refused statement by statement.
@@ -475,7 +482,7 @@ impl Gate {
         }
         let decision = decide(&policies, &session.identity, op);
         let kinds = policies.kind_names(&op.classification);
-        self.apply(session, op, decision, kinds).await
+        self.apply(session, op, decision, kinds, version).await
     }
 
     async fn apply(
@@ -484,6 +491,7 @@ impl Gate {
         op: &Operation,
         decision: Decision,
         kinds: Vec<String>,
+        policy_version: u64,
     ) -> Submission {
         let statement = |request_id: Option<i64>, reason: Option<String>| NewEvent {
             session_id: session.id,
@@ -588,6 +596,7 @@ impl Gate {
                     session_id: session.id,
                     approvals: self.approvals.clone(),
                     recorder: self.recorder.clone(),
+                    policy_version,
                 })
             }
         }
