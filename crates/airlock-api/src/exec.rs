@@ -377,9 +377,10 @@ pub async fn submit(
         .open_session(caller.identity.clone(), &conn.name, protocol, client)
         .await?;
     let text: Arc<str> = Arc::from(body.sql.as_str());
+    let classification = resolve_runs(gate.classifier().classify(&text));
     let op = Operation {
         connection: conn.name.clone(),
-        classification: resolve_runs(gate.classifier().classify(&text)),
+        classification: upstream::judge_functions(conn, classification).await,
         text,
         params: Vec::new(),
     };
@@ -417,7 +418,9 @@ pub async fn submit(
     let conn = conn.clone();
     let task_jobs = jobs.clone();
     tokio::spawn(async move {
-        let answer = match hold.resolve(withdraw.notified()).await {
+        // Judged again if the policies change while it waits, like a held PostgreSQL statement.
+        let verdict = gate.resolve(&session, &op, hold, withdraw.notified()).await;
+        let answer = match verdict {
             Ok(permit) => run_permitted(&gate, &conn, &session, &op, permit).await,
             Err(denial) => denial_answer(&session, Some(request_id), denial),
         };

@@ -3,10 +3,12 @@
 //! recorded as an audit event before it takes effect; `/changes` lists those events.
 //! `/explain`: what the live policy would decide for a member of some groups running some SQL
 //! on a connection, with the rule that decides it. It calls the same pure `decide` the gateway
-//! uses, on a synthetic identity; nothing is run or recorded.
+//! uses, on a synthetic identity, after looking up the volatility of called user-defined
+//! functions on the upstream as the gateway does; nothing is run or recorded.
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::upstream;
 use crate::ApiState;
 use airlock_core::config::Config;
 use airlock_core::gate::PolicyAuthor;
@@ -20,7 +22,12 @@ use serde_json::{json, Value};
 
 pub async fn show(State(state): State<ApiState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    Ok(Json(json!({ "policies": state.gate.policies().configs() })))
+    let policies = state.gate.policies();
+    let mut shown = json!({ "policies": policies.configs() });
+    if !policies.dangerous_functions().is_default() {
+        shown["dangerous_functions"] = json!(policies.dangerous_functions());
+    }
+    Ok(Json(shown))
 }
 
 /// Replaces every policy. Only the policies change: connections and the rest of the config are
@@ -70,19 +77,21 @@ pub async fn explain(
 ) -> Result<Json<Explanation>, ApiError> {
     caller.require_admin()?;
     let Json(body) = body?;
-    if state.config.connection(&body.connection).is_none() {
+    let Some(conn) = state.config.connection(&body.connection) else {
         return Err(ApiError::BadRequest(format!(
             "no connection is named `{}`",
             body.connection
         )));
-    }
+    };
     let groups: Vec<String> = body
         .groups
         .iter()
         .map(|g| g.trim().to_string())
         .filter(|g| !g.is_empty())
         .collect();
-    let classification = state.gate.classifier().classify(&body.sql);
+    // Calls to user-defined functions are judged by the upstream's catalog, as when they run.
+    let classification =
+        upstream::judge_functions(conn, state.gate.classifier().classify(&body.sql)).await;
     Ok(Json(policy::explain(
         &state.gate.policies(),
         groups,

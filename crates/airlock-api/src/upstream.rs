@@ -1,11 +1,15 @@
 //! Running one permitted exec statement on its upstream PostgreSQL with `tokio-postgres`: a
 //! fresh connection with the connection's stored credential, one simple query, the rows as text
 //! (capped), then the connection is dropped. The credential only goes to the upstream; errors
-//! that could describe it are logged here and replaced by a generic message.
+//! that could describe it are logged here and replaced by a generic message. Before the
+//! decision, calls to user-defined functions are judged by their volatility in the upstream's
+//! catalog the same way.
 
 use airlock_core::classify::Classification;
 use airlock_core::config::ConnectionConfig;
+use airlock_core::functions::{self, Catalog, CatalogEntry, Volatility};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
@@ -163,4 +167,47 @@ pub async fn run(
         }
     }
     Ok(results)
+}
+
+/// The classification with calls to user-defined functions judged by their volatility in the
+/// upstream's catalog (see `airlock_core::functions`), looked up on a short connection with
+/// the connection's credential. When the lookup fails, the calls count as volatile.
+pub async fn judge_functions(
+    conn: &ConnectionConfig,
+    classification: Arc<Classification>,
+) -> Arc<Classification> {
+    let names = functions::names_to_look_up(&classification);
+    if names.is_empty() {
+        return classification;
+    }
+    let catalog = match lookup(conn, &names).await {
+        Ok(catalog) => catalog,
+        Err(reason) => {
+            tracing::warn!(connection = %conn.name, %reason, "exec: cannot look up function volatility; calls count as volatile");
+            Catalog::new()
+        }
+    };
+    functions::judge_volatility(classification, &catalog)
+}
+
+async fn lookup(conn: &ConnectionConfig, names: &[String]) -> Result<Catalog, String> {
+    let (client, connection) = pg_config(conn)?
+        .connect(NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(connection);
+    let rows = client.query(functions::LOOKUP_SQL, &[&names]).await;
+    drop(client);
+    let _ = driver.await;
+    let mut catalog = Catalog::new();
+    for row in rows.map_err(|e| e.to_string())? {
+        let get = |i: usize| row.try_get::<_, String>(i).map_err(|e| e.to_string());
+        let (name, schema, volatility, kind) = (get(0)?, get(1)?, get(2)?, get(3)?);
+        catalog.entry(name).or_default().push(CatalogEntry {
+            schema,
+            volatility: Volatility::from_code(&volatility),
+            is_procedure: kind == "p",
+        });
+    }
+    Ok(catalog)
 }

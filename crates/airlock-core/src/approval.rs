@@ -9,6 +9,7 @@ use crate::notify::Notifier;
 use crate::store::{
     now_millis, ApprovalRecord, ApprovalState, NewApproval, Store, StoreError, Vote,
 };
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -171,6 +172,24 @@ impl Approvals {
         escalate_after: Option<Duration>,
         withdraw: impl Future<Output = ()>,
     ) -> Result<ApprovalRecord, StoreError> {
+        let withdraw = async {
+            withdraw.await;
+            "withdrawn by the requester".to_string()
+        };
+        self.wait_or_cancel(id, timeout, escalate_after, withdraw)
+            .await
+    }
+
+    /// [`Approvals::wait`], where the request is canceled, with the reason it yields, when
+    /// `cancel` completes.
+    pub async fn wait_or_cancel(
+        &self,
+        id: i64,
+        timeout: Duration,
+        escalate_after: Option<Duration>,
+        cancel: impl Future<Output = String>,
+    ) -> Result<ApprovalRecord, StoreError> {
+        let withdraw = cancel;
         let mut changes = self
             .watchers
             .lock()
@@ -195,7 +214,7 @@ impl Approvals {
             let finish = tokio::select! {
                 changed = changes.changed(), if watching => { watching = changed.is_ok(); None },
                 _ = tokio::time::sleep(POLL) => None,
-                _ = tokio::time::sleep_until(deadline) => Some((ApprovalState::Expired, "no decision before the timeout")),
+                _ = tokio::time::sleep_until(deadline) => Some((ApprovalState::Expired, Cow::Borrowed("no decision before the timeout"))),
                 _ = sleep_until_some(escalation), if !escalated => {
                     escalated = true;
                     if let Some(record) = self.store.get_approval(id).await?.filter(|r| r.state == ApprovalState::Pending) {
@@ -203,12 +222,12 @@ impl Approvals {
                     }
                     None
                 }
-                _ = &mut withdraw, if !withdrawn => { withdrawn = true; Some((ApprovalState::Canceled, "withdrawn by the requester")) }
+                reason = &mut withdraw, if !withdrawn => { withdrawn = true; Some((ApprovalState::Canceled, Cow::Owned(reason))) }
             };
             if let Some((state, reason)) = finish {
                 ended_here |= self
                     .store
-                    .finish_approval(id, state, reason, now_millis())
+                    .finish_approval(id, state, reason.as_ref(), now_millis())
                     .await?;
             }
             match self.store.get_approval(id).await? {

@@ -27,6 +27,9 @@ pub enum StatementKind {
     Do,
     Call,
     Set,
+    /// SET ROLE / SET SESSION AUTHORIZATION (and their RESET, and `set_config('role', …)`):
+    /// a change of privileges, never covered by `SET`.
+    SetRole,
     Show,
     Explain,
     Prepare,
@@ -46,11 +49,15 @@ pub enum StatementKind {
     Comment,
     /// Calls a function with side effects or dangerous reach (see [`DANGEROUS_FUNCTIONS`]).
     Function,
+    /// Calls a user-defined function the upstream declares VOLATILE (it may write), or one
+    /// whose volatility could not be learned. Added by the adapter that looks it up (see
+    /// [`crate::functions`]); the classifier alone never knows.
+    VolatileFunction,
     Other,
 }
 
 impl StatementKind {
-    pub const ALL: [StatementKind; 34] = [
+    pub const ALL: [StatementKind; 36] = [
         StatementKind::Select,
         StatementKind::Insert,
         StatementKind::Update,
@@ -66,6 +73,7 @@ impl StatementKind {
         StatementKind::Do,
         StatementKind::Call,
         StatementKind::Set,
+        StatementKind::SetRole,
         StatementKind::Show,
         StatementKind::Explain,
         StatementKind::Prepare,
@@ -84,6 +92,7 @@ impl StatementKind {
         StatementKind::Discard,
         StatementKind::Comment,
         StatementKind::Function,
+        StatementKind::VolatileFunction,
         StatementKind::Other,
     ];
 
@@ -104,6 +113,7 @@ impl StatementKind {
             StatementKind::Do => "DO",
             StatementKind::Call => "CALL",
             StatementKind::Set => "SET",
+            StatementKind::SetRole => "SET ROLE",
             StatementKind::Show => "SHOW",
             StatementKind::Explain => "EXPLAIN",
             StatementKind::Prepare => "PREPARE",
@@ -122,14 +132,36 @@ impl StatementKind {
             StatementKind::Discard => "DISCARD",
             StatementKind::Comment => "COMMENT",
             StatementKind::Function => "FUNCTION",
+            StatementKind::VolatileFunction => "VOLATILE FUNCTION",
             StatementKind::Other => "OTHER",
         }
     }
 
-    /// Parses a kind name as written in a rule's `match` (case-insensitive).
+    /// Parses a kind name as written in a rule's `match` (case-insensitive; runs of spaces
+    /// count as one).
     pub fn from_name(name: &str) -> Option<StatementKind> {
-        let upper = name.trim().to_ascii_uppercase();
+        let upper = normalize_name(name);
         StatementKind::ALL.into_iter().find(|k| k.name() == upper)
+    }
+
+    /// The finer kinds a statement of this kind can have (`DROP TABLE`, `COPY TO PROGRAM`),
+    /// without the kind's own name; empty for kinds that have none.
+    pub fn subkind_names(self) -> Vec<&'static str> {
+        match self {
+            StatementKind::Copy => COPY_SUBKINDS.to_vec(),
+            StatementKind::Create | StatementKind::Alter | StatementKind::Drop => {
+                let mut names: Vec<&'static str> = OBJECT_TYPES
+                    .iter()
+                    .copied()
+                    .chain(["OWNED", "SYSTEM"])
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                names.sort();
+                names.dedup();
+                names
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The kind of a statement from the variant name of its parse node.
@@ -151,6 +183,94 @@ impl fmt::Display for StatementKind {
     }
 }
 
+/// Upper case, single spaces: how kind names are compared.
+pub fn normalize_name(name: &str) -> String {
+    name.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_uppercase()
+}
+
+/// What a COPY does, beyond its kind: the direction (`TO` the client, `FROM` the client), and
+/// whether a server file or a server program is at the other end.
+const COPY_SUBKINDS: [&str; 8] = [
+    "TO",
+    "FROM",
+    "TO FILE",
+    "FROM FILE",
+    "FILE",
+    "TO PROGRAM",
+    "FROM PROGRAM",
+    "PROGRAM",
+];
+
+/// The object type names of CREATE, ALTER and DROP, indexed by pg_query's `ObjectType`.
+/// Parts of an object (a column, a constraint, an operator family member) are named by the
+/// object they belong to.
+const OBJECT_TYPES: [&str; 53] = [
+    "",
+    "ACCESS METHOD",
+    "AGGREGATE",
+    "OPERATOR FAMILY",
+    "OPERATOR FAMILY",
+    "TYPE",
+    "CAST",
+    "COLUMN",
+    "COLLATION",
+    "CONVERSION",
+    "DATABASE",
+    "DEFAULT",
+    "DEFAULT PRIVILEGES",
+    "DOMAIN",
+    "DOMAIN",
+    "EVENT TRIGGER",
+    "EXTENSION",
+    "FOREIGN DATA WRAPPER",
+    "SERVER",
+    "FOREIGN TABLE",
+    "FUNCTION",
+    "INDEX",
+    "LANGUAGE",
+    "LARGE OBJECT",
+    "MATERIALIZED VIEW",
+    "OPERATOR CLASS",
+    "OPERATOR",
+    "OPERATOR FAMILY",
+    "PARAMETER",
+    "POLICY",
+    "PROCEDURE",
+    "PUBLICATION",
+    "PUBLICATION",
+    "PUBLICATION",
+    "ROLE",
+    "ROUTINE",
+    "RULE",
+    "SCHEMA",
+    "SEQUENCE",
+    "SUBSCRIPTION",
+    "STATISTICS",
+    "CONSTRAINT",
+    "TABLE",
+    "TABLESPACE",
+    "TRANSFORM",
+    "TRIGGER",
+    "TEXT SEARCH CONFIGURATION",
+    "TEXT SEARCH DICTIONARY",
+    "TEXT SEARCH PARSER",
+    "TEXT SEARCH TEMPLATE",
+    "TYPE",
+    "USER MAPPING",
+    "VIEW",
+];
+
+fn object_type_name(object_type: i32) -> Option<&'static str> {
+    usize::try_from(object_type)
+        .ok()
+        .and_then(|i| OBJECT_TYPES.get(i))
+        .copied()
+        .filter(|name| !name.is_empty())
+}
+
 /// Something defined earlier in the session that a statement runs by name; what it does is
 /// only known from the statement that defined it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -167,6 +287,11 @@ pub struct ClassifiedStatement {
     pub kind: StatementKind,
     /// `kind` plus any data-modifying statements nested inside (sorted, unique).
     pub kinds: Vec<StatementKind>,
+    /// Finer names of kinds in `kinds`, each `KIND DETAIL` (`DROP TABLE`, `CREATE EXTENSION`,
+    /// `COPY TO PROGRAM`, `COPY PROGRAM`), sorted and unique. A rule that names one matches
+    /// only statements that have it; a rule that names the kind alone matches them all.
+    #[serde(default)]
+    pub subkinds: Vec<String>,
     /// Prepared statements and portals run by name anywhere inside; their kinds are not in
     /// `kinds` and must be looked up by the caller.
     #[serde(default)]
@@ -241,53 +366,226 @@ pub fn classify(sql: &str) -> Classification {
         let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
             continue;
         };
-        let kind = top_level_kind(node);
-        let mut walk = Walk {
-            kinds: vec![kind],
-            runs: Vec::new(),
-            forbidden: None,
-            tables: Vec::new(),
-            functions: Vec::new(),
-            unfiltered_write: false,
-        };
-        if !needs_walk(node, sql) {
-            walk.visit_plain(node);
-        } else {
-            match serde_json::to_value(node) {
-                Ok(tree) => walk.visit(&tree),
-                Err(_) => {
-                    // Cannot look inside: treat it as something no rule can name, and since a
-                    // hidden set_config cannot be ruled out, refuse it outright.
-                    walk.kinds.push(StatementKind::Other);
-                    walk.forbid("its parse tree could not be inspected".to_string());
-                }
-            }
-        }
-        let Walk {
-            mut kinds,
-            runs,
-            forbidden,
-            mut tables,
-            mut functions,
-            unfiltered_write,
-        } = walk;
-        kinds.sort();
-        kinds.dedup();
-        tables.sort();
-        tables.dedup();
-        functions.sort();
-        functions.dedup();
-        statements.push(ClassifiedStatement {
-            kind,
-            kinds,
-            runs,
-            forbidden,
-            tables,
-            functions,
-            unfiltered_write,
-        });
+        statements.push(classify_statement(node, sql));
     }
     Classification::Parsed(statements)
+}
+
+/// Classifies one top-level statement. EXPLAIN ANALYZE runs its statement, so it is that
+/// statement; EXPLAIN alone only plans it (running nothing), so it is EXPLAIN, with the
+/// relations it names still listed for `tables` rules.
+fn classify_statement(node: &NodeEnum, sql: &str) -> ClassifiedStatement {
+    if let NodeEnum::ExplainStmt(explain) = node {
+        if let Some(inner) = explain.query.as_ref().and_then(|q| q.node.as_ref()) {
+            let mut statement = classify_statement(inner, sql);
+            if !explain_analyzes(&explain.options) {
+                statement.kind = StatementKind::Explain;
+                statement.kinds = vec![StatementKind::Explain];
+                statement.subkinds.clear();
+                statement.runs.clear();
+                statement.functions.clear();
+                statement.unfiltered_write = false;
+            }
+            return statement;
+        }
+    }
+    let kind = top_level_kind(node);
+    let mut walk = Walk {
+        kinds: vec![kind],
+        subkinds: top_level_subkinds(node),
+        runs: Vec::new(),
+        forbidden: None,
+        tables: Vec::new(),
+        functions: Vec::new(),
+        unfiltered_write: false,
+    };
+    if !needs_walk(node, sql) {
+        walk.visit_plain(node);
+    } else {
+        match serde_json::to_value(node) {
+            Ok(tree) => walk.visit(&tree),
+            Err(_) => {
+                // Cannot look inside: treat it as something no rule can name, and since a
+                // hidden set_config cannot be ruled out, refuse it outright.
+                walk.kinds.push(StatementKind::Other);
+                walk.forbid("its parse tree could not be inspected".to_string());
+            }
+        }
+    }
+    if let NodeEnum::DropStmt(drop) = node {
+        walk.dropped_relations(drop);
+    }
+    let Walk {
+        mut kinds,
+        mut subkinds,
+        runs,
+        forbidden,
+        mut tables,
+        mut functions,
+        unfiltered_write,
+    } = walk;
+    for list in [&mut subkinds, &mut tables, &mut functions] {
+        list.sort();
+        list.dedup();
+    }
+    kinds.sort();
+    kinds.dedup();
+    ClassifiedStatement {
+        kind,
+        kinds,
+        subkinds,
+        runs,
+        forbidden,
+        tables,
+        functions,
+        unfiltered_write,
+    }
+}
+
+/// Whether EXPLAIN's options turn ANALYZE on. PostgreSQL reads a bare `ANALYZE` as true and
+/// accepts only true/false/on/off or a number as a value; anything else is taken as true, so a
+/// spelling the gateway does not know errs towards "it runs".
+fn explain_analyzes(options: &[pg_query::Node]) -> bool {
+    options.iter().any(|option| {
+        let Some(NodeEnum::DefElem(def)) = option.node.as_ref() else {
+            return false;
+        };
+        if !def.defname.eq_ignore_ascii_case("analyze") {
+            return false;
+        }
+        let off = match def.arg.as_ref().and_then(|a| a.node.as_ref()) {
+            None => false,
+            Some(NodeEnum::Boolean(b)) => !b.boolval,
+            Some(NodeEnum::Integer(i)) => i.ival == 0,
+            Some(NodeEnum::String(s)) => {
+                s.sval.eq_ignore_ascii_case("false") || s.sval.eq_ignore_ascii_case("off")
+            }
+            Some(_) => false,
+        };
+        !off
+    })
+}
+
+/// The finer kinds of a top-level statement: `KIND DETAIL` names (see
+/// [`ClassifiedStatement::subkinds`]).
+fn top_level_subkinds(node: &NodeEnum) -> Vec<String> {
+    use pg_query::protobuf::ObjectType;
+    let named = |kind: StatementKind, detail: &str| format!("{} {detail}", kind.name());
+    if let NodeEnum::CopyStmt(copy) = node {
+        let direction = if copy.is_from { "FROM" } else { "TO" };
+        let end = if copy.is_program {
+            Some("PROGRAM")
+        } else if !copy.filename.is_empty() {
+            Some("FILE")
+        } else {
+            None
+        };
+        let mut names = vec![named(StatementKind::Copy, direction)];
+        if let Some(end) = end {
+            names.push(named(StatementKind::Copy, &format!("{direction} {end}")));
+            names.push(named(StatementKind::Copy, end));
+        }
+        return names;
+    }
+    let object = |t: ObjectType| t as i32;
+    let detail: Option<&str> = match node {
+        NodeEnum::CreateStmt(_) => object_type_name(object(ObjectType::ObjectTable)),
+        NodeEnum::SelectStmt(s) if s.into_clause.is_some() => {
+            object_type_name(object(ObjectType::ObjectTable))
+        }
+        NodeEnum::CreateTableAsStmt(c) => object_type_name(c.objtype),
+        NodeEnum::IndexStmt(_) => object_type_name(object(ObjectType::ObjectIndex)),
+        NodeEnum::ViewStmt(_) => object_type_name(object(ObjectType::ObjectView)),
+        NodeEnum::CreateFunctionStmt(f) if f.is_procedure => {
+            object_type_name(object(ObjectType::ObjectProcedure))
+        }
+        NodeEnum::CreateFunctionStmt(_) => object_type_name(object(ObjectType::ObjectFunction)),
+        NodeEnum::CreateRoleStmt(_)
+        | NodeEnum::AlterRoleStmt(_)
+        | NodeEnum::AlterRoleSetStmt(_)
+        | NodeEnum::DropRoleStmt(_) => Some("ROLE"),
+        NodeEnum::CreateExtensionStmt(_)
+        | NodeEnum::AlterExtensionStmt(_)
+        | NodeEnum::AlterExtensionContentsStmt(_) => Some("EXTENSION"),
+        NodeEnum::CreateSchemaStmt(_) => Some("SCHEMA"),
+        NodeEnum::CreateSeqStmt(_) | NodeEnum::AlterSeqStmt(_) => Some("SEQUENCE"),
+        NodeEnum::CreateTrigStmt(_) => Some("TRIGGER"),
+        NodeEnum::RuleStmt(_) => Some("RULE"),
+        NodeEnum::CreatedbStmt(_)
+        | NodeEnum::AlterDatabaseStmt(_)
+        | NodeEnum::AlterDatabaseSetStmt(_)
+        | NodeEnum::AlterDatabaseRefreshCollStmt(_)
+        | NodeEnum::DropdbStmt(_) => Some("DATABASE"),
+        NodeEnum::DefineStmt(d) => object_type_name(d.kind),
+        NodeEnum::CompositeTypeStmt(_)
+        | NodeEnum::CreateEnumStmt(_)
+        | NodeEnum::CreateRangeStmt(_)
+        | NodeEnum::AlterEnumStmt(_)
+        | NodeEnum::AlterTypeStmt(_) => Some("TYPE"),
+        NodeEnum::CreateDomainStmt(_) | NodeEnum::AlterDomainStmt(_) => Some("DOMAIN"),
+        NodeEnum::CreatePolicyStmt(_) | NodeEnum::AlterPolicyStmt(_) => Some("POLICY"),
+        NodeEnum::CreateEventTrigStmt(_) | NodeEnum::AlterEventTrigStmt(_) => Some("EVENT TRIGGER"),
+        NodeEnum::CreateForeignServerStmt(_) | NodeEnum::AlterForeignServerStmt(_) => {
+            Some("SERVER")
+        }
+        NodeEnum::CreateFdwStmt(_) | NodeEnum::AlterFdwStmt(_) => Some("FOREIGN DATA WRAPPER"),
+        NodeEnum::CreateForeignTableStmt(_) => Some("FOREIGN TABLE"),
+        NodeEnum::CreatePlangStmt(_) => Some("LANGUAGE"),
+        NodeEnum::CreatePublicationStmt(_) | NodeEnum::AlterPublicationStmt(_) => {
+            Some("PUBLICATION")
+        }
+        NodeEnum::CreateSubscriptionStmt(_)
+        | NodeEnum::AlterSubscriptionStmt(_)
+        | NodeEnum::DropSubscriptionStmt(_) => Some("SUBSCRIPTION"),
+        NodeEnum::CreateTableSpaceStmt(_)
+        | NodeEnum::AlterTableSpaceOptionsStmt(_)
+        | NodeEnum::AlterTableMoveAllStmt(_)
+        | NodeEnum::DropTableSpaceStmt(_) => Some("TABLESPACE"),
+        NodeEnum::CreateUserMappingStmt(_)
+        | NodeEnum::AlterUserMappingStmt(_)
+        | NodeEnum::DropUserMappingStmt(_) => Some("USER MAPPING"),
+        NodeEnum::CreateCastStmt(_) => Some("CAST"),
+        NodeEnum::CreateConversionStmt(_) => Some("CONVERSION"),
+        NodeEnum::CreateOpClassStmt(_) => Some("OPERATOR CLASS"),
+        NodeEnum::CreateOpFamilyStmt(_) | NodeEnum::AlterOpFamilyStmt(_) => Some("OPERATOR FAMILY"),
+        NodeEnum::AlterOperatorStmt(_) => Some("OPERATOR"),
+        NodeEnum::CreateStatsStmt(_) | NodeEnum::AlterStatsStmt(_) => Some("STATISTICS"),
+        NodeEnum::CreateTransformStmt(_) => Some("TRANSFORM"),
+        NodeEnum::CreateAmStmt(_) => Some("ACCESS METHOD"),
+        NodeEnum::AlterCollationStmt(_) => Some("COLLATION"),
+        NodeEnum::AlterTsdictionaryStmt(_) => Some("TEXT SEARCH DICTIONARY"),
+        NodeEnum::AlterTsconfigurationStmt(_) => Some("TEXT SEARCH CONFIGURATION"),
+        NodeEnum::AlterDefaultPrivilegesStmt(_) => Some("DEFAULT PRIVILEGES"),
+        NodeEnum::AlterSystemStmt(_) => Some("SYSTEM"),
+        NodeEnum::AlterTableStmt(a) => object_type_name(a.objtype),
+        NodeEnum::AlterFunctionStmt(a) => object_type_name(a.objtype),
+        NodeEnum::AlterObjectSchemaStmt(a) => object_type_name(a.object_type),
+        NodeEnum::AlterOwnerStmt(a) => object_type_name(a.object_type),
+        NodeEnum::AlterObjectDependsStmt(a) => object_type_name(a.object_type),
+        // Renaming a column or a constraint alters the relation that holds it.
+        NodeEnum::RenameStmt(r)
+            if r.rename_type == object(ObjectType::ObjectColumn)
+                || r.rename_type == object(ObjectType::ObjectTabconstraint) =>
+        {
+            object_type_name(r.relation_type)
+        }
+        NodeEnum::RenameStmt(r) => object_type_name(r.rename_type),
+        NodeEnum::DropStmt(d) => object_type_name(d.remove_type),
+        NodeEnum::DropOwnedStmt(_) => Some("OWNED"),
+        _ => None,
+    };
+    let kind = top_level_kind(node);
+    match detail {
+        Some(detail)
+            if matches!(
+                kind,
+                StatementKind::Create | StatementKind::Alter | StatementKind::Drop
+            ) =>
+        {
+            vec![named(kind, detail)]
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Whether the parse tree must be walked. Every statement kind other than SELECT, INSERT,
@@ -337,43 +635,66 @@ fn is_lexer_setting(name: &str) -> bool {
     LEXER_SETTINGS.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
-/// Functions that are not plain reads: they signal or stop backends, read or list server
-/// files, move large objects between server files and the database, reach other servers,
-/// change server state, or advance sequences. A call to one adds [`StatementKind::Function`].
-/// `set_config` is not here: it is a SET, judged by its setting name.
+/// Settings that change whose privileges the session runs with.
+fn is_role_setting(name: &str) -> bool {
+    name.eq_ignore_ascii_case("role") || name.eq_ignore_ascii_case("session_authorization")
+}
+
+/// Functions that are not plain reads, as globs over their own name (`*` any run of
+/// characters): they signal or stop backends, read or list server files, create, write or move
+/// large objects, reach other servers, run SQL text the gateway cannot see (`query_to_xml`,
+/// `ts_stat`), change server state (configuration, WAL, replication, statistics), or advance
+/// sequences. A call to one adds [`StatementKind::Function`]; a policy can add to the list or
+/// take built-in entries out (see [`crate::policy::FunctionList`]). `set_config` is not here:
+/// it is a SET (or SET ROLE), judged by its setting name.
 pub const DANGEROUS_FUNCTIONS: &[&str] = &[
     "pg_terminate_backend",
     "pg_cancel_backend",
     "pg_read_file",
     "pg_read_binary_file",
-    "pg_ls_dir",
+    "pg_ls_*",
     "pg_stat_file",
+    "pg_file_*",
     "lo_import",
     "lo_export",
     "lo_unlink",
+    "lo_create",
+    "lo_creat",
+    "lo_from_bytea",
+    "lo_put",
+    "lowrite",
+    "lo_truncate",
+    "lo_truncate64",
+    "dblink*",
+    "query_to_xml*",
+    "cursor_to_xml*",
+    "ts_stat",
     "pg_reload_conf",
     "pg_rotate_logfile",
     "pg_promote",
     "pg_switch_wal",
     "pg_create_restore_point",
+    "pg_backup_*",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_wal_replay_*",
+    "pg_log_backend_memory_contexts",
+    "pg_stat_reset*",
+    "pg_*replication_slot*",
+    "pg_replication_origin_*",
+    "pg_logical_*",
+    "pg_import_system_collations",
     "nextval",
     "setval",
 ];
 
-/// Name prefixes of dangerous function families: every dblink function opens a connection to
-/// another server.
-pub const DANGEROUS_FUNCTION_PREFIXES: &[&str] = &["dblink"];
-
 /// Whether a function's own name (without schema) is on the built-in dangerous list. Names
 /// are compared ignoring ASCII case, so a quoted `"PG_READ_FILE"` errs on the side of caution.
 pub fn is_dangerous_function(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
     DANGEROUS_FUNCTIONS
         .iter()
-        .any(|f| f.eq_ignore_ascii_case(name))
-        || DANGEROUS_FUNCTION_PREFIXES.iter().any(|prefix| {
-            name.get(..prefix.len())
-                .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
-        })
+        .any(|glob| crate::policy::glob_match(glob, &name))
 }
 
 /// `schema.name` or `name`, as a statement names a relation or function.
@@ -388,6 +709,7 @@ fn qualified(schema: &str, name: &str) -> String {
 /// What a walk of the serialized parse tree found.
 struct Walk {
     kinds: Vec<StatementKind>,
+    subkinds: Vec<String>,
     runs: Vec<NamedObject>,
     forbidden: Option<String>,
     tables: Vec<String>,
@@ -396,6 +718,41 @@ struct Walk {
 }
 
 impl Walk {
+    /// DROP names its relations as name lists, not as the range variables other statements
+    /// use, so they are listed here for `tables` rules.
+    fn dropped_relations(&mut self, drop: &pg_query::protobuf::DropStmt) {
+        use pg_query::protobuf::ObjectType;
+        let relation_types = [
+            ObjectType::ObjectTable,
+            ObjectType::ObjectView,
+            ObjectType::ObjectMatview,
+            ObjectType::ObjectForeignTable,
+            ObjectType::ObjectSequence,
+            ObjectType::ObjectIndex,
+        ];
+        if !relation_types.iter().any(|t| *t as i32 == drop.remove_type) {
+            return;
+        }
+        for object in &drop.objects {
+            let Some(NodeEnum::List(list)) = object.node.as_ref() else {
+                continue;
+            };
+            let parts: Vec<&str> = list
+                .items
+                .iter()
+                .filter_map(|item| match item.node.as_ref() {
+                    Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                    _ => None,
+                })
+                .collect();
+            // `db.schema.name` names the current database; the last two parts say the rest.
+            let start = parts.len().saturating_sub(2);
+            if !parts.is_empty() {
+                self.tables.push(parts[start..].join("."));
+            }
+        }
+    }
+
     fn forbid(&mut self, reason: String) {
         // The first reason is enough to refuse; keep it stable.
         if self.forbidden.is_none() {
@@ -442,6 +799,10 @@ impl Walk {
         };
         if is_dangerous_function(name) {
             self.kinds.push(StatementKind::Function);
+        }
+        // pg_notify is NOTIFY by another name.
+        if name.eq_ignore_ascii_case("pg_notify") {
+            self.kinds.push(StatementKind::Notify);
         }
         self.functions.push(parts.join("."));
     }
@@ -500,8 +861,17 @@ impl Walk {
         }
         match key {
             // SELECT … INTO creates a table, also under EXPLAIN ANALYZE.
-            "SelectStmt" if !node["into_clause"].is_null() => self.kinds.push(K::Create),
-            "CreateTableAsStmt" => self.kinds.push(K::Create),
+            "SelectStmt" if !node["into_clause"].is_null() => {
+                self.kinds.push(K::Create);
+                self.subkinds.push("CREATE TABLE".to_string());
+            }
+            "CreateTableAsStmt" => {
+                self.kinds.push(K::Create);
+                let objtype = node["objtype"].as_i64().and_then(|t| i32::try_from(t).ok());
+                if let Some(name) = objtype.and_then(object_type_name) {
+                    self.subkinds.push(format!("CREATE {name}"));
+                }
+            }
             "ExecuteStmt" => {
                 self.kinds.push(K::Execute);
                 let name = node["name"].as_str().unwrap_or_default();
@@ -548,6 +918,9 @@ impl Walk {
         let reset_all =
             node["kind"].as_i64() == Some(pg_query::protobuf::VariableSetKind::VarResetAll as i64);
         let name = node["name"].as_str().unwrap_or_default();
+        if is_role_setting(name) {
+            self.kinds.push(StatementKind::SetRole);
+        }
         if reset_all {
             self.forbid(
                 "RESET ALL resets client_encoding and standard_conforming_strings".to_string(),
@@ -580,7 +953,6 @@ impl Walk {
         if !last_name.eq_ignore_ascii_case("set_config") {
             return;
         }
-        self.kinds.push(StatementKind::Set);
         // Only a plain string constant proves which setting is changed; parameters,
         // expressions, casts and named arguments could all name a lexer setting.
         let setting = node["args"]
@@ -589,6 +961,10 @@ impl Walk {
             .map(|arg| &arg["node"]["AConst"])
             .filter(|constant| constant["isnull"].as_bool() != Some(true))
             .and_then(|constant| constant["val"]["Sval"]["sval"].as_str());
+        self.kinds.push(match setting {
+            Some(name) if is_role_setting(name) => StatementKind::SetRole,
+            _ => StatementKind::Set,
+        });
         match setting {
             Some(name) if !is_lexer_setting(name) => {}
             Some(name) => self.forbid(format!(
@@ -625,6 +1001,7 @@ fn top_level_kind(node: &NodeEnum) -> StatementKind {
         NodeEnum::GrantStmt(_) | NodeEnum::GrantRoleStmt(_) => K::Grant,
         NodeEnum::DoStmt(_) => K::Do,
         NodeEnum::CallStmt(_) => K::Call,
+        NodeEnum::VariableSetStmt(v) if is_role_setting(&v.name) => K::SetRole,
         NodeEnum::VariableSetStmt(_) => K::Set,
         NodeEnum::VariableShowStmt(_) => K::Show,
         NodeEnum::ExplainStmt(_) => K::Explain,
@@ -817,10 +1194,17 @@ mod tests {
             kinds("insert into t wItH x as (update t set a = 1 returning *) select * from x"),
             vec![vec![K::Insert, K::Update]]
         );
+        // EXPLAIN ANALYZE runs its statement: it is that statement.
         assert_eq!(
             kinds("explain analyze delete from t"),
-            vec![vec![K::Delete, K::Explain]]
+            vec![vec![K::Delete]]
         );
+        assert_eq!(
+            kinds("explain (analyze, format json) update t set a = 1"),
+            vec![vec![K::Update]]
+        );
+        // EXPLAIN alone runs nothing.
+        assert_eq!(kinds("explain delete from t"), vec![vec![K::Explain]]);
         assert_eq!(
             kinds("copy (delete from t returning *) to stdout"),
             vec![vec![K::Delete, K::Copy]]
@@ -906,7 +1290,8 @@ mod tests {
         assert!(s.kinds.contains(&K::Execute));
         let s = one("EXPLAIN ANALYZE EXECUTE d");
         assert_eq!(s.runs, vec![NamedObject::Statement("d".to_string())]);
-        assert_eq!(s.kinds, vec![K::Explain, K::Execute]);
+        assert_eq!(s.kinds, vec![K::Execute]);
+        assert_eq!(one("EXPLAIN EXECUTE d").runs, vec![]);
         let s = one("create table t4 as execute d(1)");
         assert_eq!(s.runs, vec![NamedObject::Statement("d".to_string())]);
         assert_eq!(s.kinds, vec![K::Create, K::Execute]);
@@ -922,11 +1307,15 @@ mod tests {
     fn nested_creates_and_upserts_are_seen() {
         assert_eq!(
             kinds("EXPLAIN ANALYZE CREATE TABLE t2 AS SELECT 1"),
-            vec![vec![K::Create, K::Explain]]
+            vec![vec![K::Create]]
+        );
+        assert_eq!(
+            one("EXPLAIN ANALYZE CREATE TABLE t2 AS SELECT 1").subkinds,
+            vec!["CREATE TABLE"]
         );
         assert_eq!(
             kinds("EXPLAIN ANALYZE SELECT 1 INTO t3"),
-            vec![vec![K::Create, K::Explain]]
+            vec![vec![K::Create]]
         );
         assert_eq!(
             kinds("insert into t values (1) on conflict (id) do update set a = 1"),
@@ -996,7 +1385,10 @@ mod tests {
 
     #[test]
     fn dangerous_functions_are_their_own_kind_wherever_they_are_called() {
-        let mut names: Vec<String> = DANGEROUS_FUNCTIONS.iter().map(|f| f.to_string()).collect();
+        let mut names: Vec<String> = DANGEROUS_FUNCTIONS
+            .iter()
+            .map(|f| f.replace('*', "x"))
+            .collect();
         names.extend(["dblink".to_string(), "dblink_exec".to_string()]);
         for name in &names {
             for sql in [
@@ -1024,7 +1416,15 @@ mod tests {
         );
         assert_eq!(
             one("explain analyze select pg_terminate_backend(1)").kinds,
-            vec![K::Explain, K::Function]
+            vec![K::Select, K::Function]
+        );
+        assert_eq!(
+            one("explain select pg_terminate_backend(1)").kinds,
+            vec![K::Explain]
+        );
+        assert_eq!(
+            one("select pg_notify('c', 'x')").kinds,
+            vec![K::Select, K::Notify]
         );
         // Reads stay reads; set_config stays a SET only.
         for sql in [
@@ -1123,6 +1523,7 @@ mod tests {
             assert!(!needs_walk(node, sql), "{sql}");
             let fresh = || Walk {
                 kinds: Vec::new(),
+                subkinds: Vec::new(),
                 runs: Vec::new(),
                 forbidden: None,
                 tables: Vec::new(),
@@ -1144,6 +1545,120 @@ mod tests {
             assert_eq!(plain.unfiltered_write, walked.unfiltered_write, "{sql}");
             assert!(!plain.tables.is_empty(), "{sql}");
         }
+    }
+
+    #[test]
+    fn finer_kinds_name_copy_direction_and_object_types() {
+        let sub = |sql: &str| one(sql).subkinds;
+        assert_eq!(sub("copy t to stdout"), vec!["COPY TO"]);
+        assert_eq!(sub("copy t from stdin"), vec!["COPY FROM"]);
+        assert_eq!(
+            sub("copy (select 1) to program 'id'"),
+            vec!["COPY PROGRAM", "COPY TO", "COPY TO PROGRAM"]
+        );
+        assert_eq!(
+            sub("copy t from '/etc/passwd'"),
+            vec!["COPY FILE", "COPY FROM", "COPY FROM FILE"]
+        );
+        for (sql, expected) in [
+            ("drop table a, s.b", "DROP TABLE"),
+            ("drop index i", "DROP INDEX"),
+            ("drop role r", "DROP ROLE"),
+            ("drop extension e", "DROP EXTENSION"),
+            ("drop function f()", "DROP FUNCTION"),
+            ("drop owned by r", "DROP OWNED"),
+            ("drop database d", "DROP DATABASE"),
+            ("create table t (a int)", "CREATE TABLE"),
+            ("create table t as select 1", "CREATE TABLE"),
+            (
+                "create materialized view m as select 1",
+                "CREATE MATERIALIZED VIEW",
+            ),
+            ("select 1 into t", "CREATE TABLE"),
+            ("create index on t (a)", "CREATE INDEX"),
+            ("create extension dblink", "CREATE EXTENSION"),
+            ("create role r", "CREATE ROLE"),
+            ("create user u", "CREATE ROLE"),
+            (
+                "create function f() returns int language sql as 'select 1'",
+                "CREATE FUNCTION",
+            ),
+            (
+                "create procedure p() language sql as 'select 1'",
+                "CREATE PROCEDURE",
+            ),
+            (
+                "create rule r as on insert to t do instead nothing",
+                "CREATE RULE",
+            ),
+            ("create view v as select 1", "CREATE VIEW"),
+            ("create schema s", "CREATE SCHEMA"),
+            ("alter table t add column b int", "ALTER TABLE"),
+            ("alter table t rename column a to b", "ALTER TABLE"),
+            ("alter table t rename to u", "ALTER TABLE"),
+            ("alter index i rename to j", "ALTER INDEX"),
+            ("alter role r superuser", "ALTER ROLE"),
+            ("alter function f() stable", "ALTER FUNCTION"),
+            ("alter system set work_mem = '1MB'", "ALTER SYSTEM"),
+            ("alter extension e update", "ALTER EXTENSION"),
+        ] {
+            assert_eq!(sub(sql), vec![expected], "{sql}");
+        }
+        assert_eq!(sub("select 1"), Vec::<String>::new());
+        assert_eq!(
+            one("drop table a, s.b, db.s.c").tables,
+            vec!["a", "s.b", "s.c"]
+        );
+        assert_eq!(one("drop index s.i").tables, vec!["s.i"]);
+        assert_eq!(one("drop function f()").tables, Vec::<String>::new());
+        assert_eq!(one("alter table s.t add column b int").tables, vec!["s.t"]);
+    }
+
+    #[test]
+    fn role_changes_are_their_own_kind() {
+        for sql in [
+            "SET ROLE postgres",
+            "set local role none",
+            "RESET ROLE",
+            "SET SESSION AUTHORIZATION postgres",
+            "reset session authorization",
+            "select set_config('role', 'postgres', false)",
+        ] {
+            let s = one(sql);
+            assert!(s.kinds.contains(&K::SetRole), "{sql}: {:?}", s.kinds);
+            assert!(!s.kinds.contains(&K::Set), "{sql}: {:?}", s.kinds);
+        }
+        assert_eq!(one("set search_path = x").kinds, vec![K::Set]);
+        assert_eq!(StatementKind::from_name("set  role"), Some(K::SetRole));
+        assert_eq!(
+            StatementKind::from_name("volatile function"),
+            Some(K::VolatileFunction)
+        );
+    }
+
+    #[test]
+    fn explain_analyze_options_are_read_like_the_server() {
+        for sql in [
+            "explain analyze delete from t",
+            "explain (analyze) delete from t",
+            "explain (analyze true) delete from t",
+            "explain (ANALYZE on, costs off) delete from t",
+            "explain (analyze 1) delete from t",
+            "explain (analyze false, analyze true) delete from t",
+            "explain (analyze 'maybe') delete from t",
+        ] {
+            assert_eq!(one(sql).kinds, vec![K::Delete], "{sql}");
+        }
+        for sql in [
+            "explain delete from t",
+            "explain (analyze false) delete from t",
+            "explain (analyze off) delete from t",
+            "explain (analyze 0) delete from t",
+            "explain (costs off) delete from t",
+        ] {
+            assert_eq!(one(sql).kinds, vec![K::Explain], "{sql}");
+        }
+        assert_eq!(one("explain select * from s.t").tables, vec!["s.t"]);
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Config {
     pub connections: Vec<ConnectionConfig>,
     #[serde(default)]
     pub policies: Vec<PolicyConfig>,
+    /// Changes to the built-in list of dangerous functions; part of the policies.
+    #[serde(default)]
+    pub dangerous_functions: DangerousFunctionsConfig,
     /// Sections of the product contract this version does not enforce yet. They are refused
     /// rather than ignored: a config that asks for masking must not run without it.
     #[serde(default)]
@@ -317,11 +320,33 @@ pub enum WhereCondition {
     Missing,
 }
 
+/// Additions to and removals from the built-in list of dangerous functions (see
+/// [`crate::classify::DANGEROUS_FUNCTIONS`]). Part of the policies: reloaded, replaced through
+/// the API and recorded with them.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DangerousFunctionsConfig {
+    /// Globs over function names (`name` or `schema.name`) that count as dangerous too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    /// Built-in entries, exactly as listed, that do not count as dangerous here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl DangerousFunctionsConfig {
+    pub fn is_default(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
 /// A document that holds only policies: the body of `PUT /api/v1/policies`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PoliciesDocument {
     policies: Vec<PolicyConfig>,
+    #[serde(default)]
+    dangerous_functions: DangerousFunctionsConfig,
 }
 
 fn yes() -> bool {
@@ -359,6 +384,7 @@ impl Default for Config {
             admin_groups: default_admin_groups(),
             connections: Vec::new(),
             policies: Vec::new(),
+            dangerous_functions: DangerousFunctionsConfig::default(),
             masking: None,
             notify: Vec::new(),
             recording: None,
@@ -607,7 +633,12 @@ impl Config {
             }
         }
 
-        let policies = check_policies(&config.policies, &names, &mut issue);
+        let policies = check_policies(
+            &config.policies,
+            &config.dangerous_functions,
+            &names,
+            &mut issue,
+        );
         if issues.is_empty() {
             Ok(LoadedConfig { config, policies })
         } else {
@@ -634,7 +665,12 @@ impl Config {
             })
         };
         let names: HashSet<String> = connections.iter().map(|c| c.name.clone()).collect();
-        let policies = check_policies(&document.policies, &names, &mut issue);
+        let policies = check_policies(
+            &document.policies,
+            &document.dangerous_functions,
+            &names,
+            &mut issue,
+        );
         if issues.is_empty() {
             Ok(policies)
         } else {
@@ -677,9 +713,33 @@ fn from_yaml<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> Result
 /// Problems go to `issue`; the set is only meaningful when there were none.
 fn check_policies(
     policies: &[PolicyConfig],
+    dangerous_functions: &DangerousFunctionsConfig,
     connection_names: &HashSet<String>,
     issue: &mut impl FnMut(String, String),
 ) -> PolicySet {
+    for (j, glob) in dangerous_functions.add.iter().enumerate() {
+        if glob.trim().is_empty() {
+            issue(
+                format!("dangerous_functions.add[{j}]"),
+                "a function glob must not be empty".into(),
+            );
+        }
+    }
+    for (j, name) in dangerous_functions.remove.iter().enumerate() {
+        let builtin = crate::classify::DANGEROUS_FUNCTIONS
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(name.trim()));
+        if !builtin {
+            issue(
+                format!("dangerous_functions.remove[{j}]"),
+                format!(
+                    "`{name}` is not on the built-in list; `remove` takes built-in entries as \
+                     written: {}",
+                    crate::classify::DANGEROUS_FUNCTIONS.join(", ")
+                ),
+            );
+        }
+    }
     let mut policy_names = HashSet::new();
     for (i, policy) in policies.iter().enumerate() {
         if !policy_names.insert(policy.name.clone()) {
@@ -698,7 +758,7 @@ fn check_policies(
         }
     }
     match PolicySet::compile(policies) {
-        Ok(policies) => policies,
+        Ok(policies) => policies.with_dangerous_functions(dangerous_functions.clone()),
         Err(errors) => {
             for (path, message) in errors {
                 issue(path, message);

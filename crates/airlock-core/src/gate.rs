@@ -17,6 +17,7 @@ use crate::store::{
 use arc_swap::ArcSwap;
 use std::future::Future;
 use std::sync::Arc;
+use tokio::sync::watch;
 
 /// A session as the core knows it.
 #[derive(Debug, Clone)]
@@ -95,14 +96,26 @@ pub struct Hold {
     session_id: i64,
     approvals: Arc<Approvals>,
     recorder: Recorder,
+    /// The policy version the hold was decided under (see [`Gate::resolve`]).
+    policy_version: u64,
 }
 
 impl Hold {
     /// Waits for the reviewers' decision; `withdraw` completing withdraws the request.
     pub async fn resolve(self, withdraw: impl Future<Output = ()>) -> Result<Permit, Denial> {
+        let withdraw = async {
+            withdraw.await;
+            "withdrawn by the requester".to_string()
+        };
+        self.settle(withdraw).await
+    }
+
+    /// Waits for the reviewers' decision; `cancel` completing cancels the request with the
+    /// reason it yields.
+    async fn settle(self, cancel: impl Future<Output = String>) -> Result<Permit, Denial> {
         let record = self
             .approvals
-            .wait(self.request_id, self.timeout, self.escalate_after, withdraw)
+            .wait_or_cancel(self.request_id, self.timeout, self.escalate_after, cancel)
             .await
             .map_err(Denial::unavailable)?;
         let decided_by: Vec<String> = record
@@ -190,6 +203,8 @@ impl PolicyAuthor {
 
 pub struct Gate {
     policies: ArcSwap<PolicySet>,
+    /// Counts policy changes, so that held statements are judged again when one happens.
+    policy_version: watch::Sender<u64>,
     /// Held while a policy change is recorded and swapped in, so that each record's "before"
     /// is exactly what its change replaced.
     policy_changes: tokio::sync::Mutex<()>,
@@ -213,6 +228,7 @@ impl Gate {
         identity.prefetch_keys().await;
         Ok(Gate {
             policies: ArcSwap::from_pointee(policies),
+            policy_version: watch::channel(0).0,
             policy_changes: tokio::sync::Mutex::new(()),
             recorder: Recorder::open(store.clone(), journal).await?,
             approvals: Arc::new(Approvals::new(store.clone(), Notifier::disabled())),
@@ -255,6 +271,105 @@ impl Gate {
     /// goes through the audited path that calls this.
     fn replace_policies(&self, policies: PolicySet) {
         self.policies.store(Arc::new(policies));
+        self.policy_version.send_modify(|version| *version += 1);
+    }
+
+    /// Waits for the outcome of a held operation, judging it again each time the policies
+    /// change: when the new policies would deny it, the request is canceled and the operation
+    /// refused at once; when they would allow it, the request is canceled and the operation
+    /// runs; while they still hold it, the same request keeps waiting for its reviewers.
+    /// `withdraw` completing withdraws the request, as with [`Hold::resolve`].
+    pub async fn resolve(
+        &self,
+        session: &Session,
+        op: &Operation,
+        hold: Hold,
+        withdraw: impl Future<Output = ()>,
+    ) -> Result<Permit, Denial> {
+        let request_id = hold.request_id;
+        let event = hold.event;
+        let mut versions = self.policy_version.subscribe();
+        if *versions.borrow() != hold.policy_version {
+            // Changed since the decision that held it: judge it again at once.
+            versions.mark_changed();
+        }
+        let rejudged = std::sync::Mutex::new(None::<Decision>);
+        let cancel = async {
+            tokio::select! {
+                _ = withdraw => "withdrawn by the requester".to_string(),
+                decision = self.rejudge_on_change(session, op, &mut versions) => {
+                    let reason = format!(
+                        "the policies changed and now {} it ({})",
+                        match decision.action { Action::Allow => "allow", _ => "deny" },
+                        decision.rule.as_deref().unwrap_or("no rule")
+                    );
+                    if let Ok(mut slot) = rejudged.lock() {
+                        *slot = Some(decision);
+                    }
+                    reason
+                }
+            }
+        };
+        let outcome = hold.settle(cancel).await;
+        let decision = rejudged.lock().ok().and_then(|mut slot| slot.take());
+        match (outcome, decision) {
+            (Err(denial), Some(decision)) if denial.kind == DenialKind::Canceled => {
+                match decision.action {
+                    Action::Allow => Ok(Permit {
+                        event: Some(event),
+                        approved_request: None,
+                        replacement: None,
+                    }),
+                    Action::Deny { reason } => Err(Denial {
+                        kind: DenialKind::Policy,
+                        message: format!(
+                            "approval request {request_id} was canceled because the policies \
+                             changed: {reason}"
+                        ),
+                    }),
+                    Action::RequireApproval(_) => Err(denial),
+                }
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// Completes with the new decision on `op` once a policy change no longer holds it.
+    async fn rejudge_on_change(
+        &self,
+        session: &Session,
+        op: &Operation,
+        versions: &mut watch::Receiver<u64>,
+    ) -> Decision {
+        loop {
+            if versions.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let policies = self.policies.load();
+            let decision = if policies.grants_connection(&session.identity, &session.connection) {
+                decide(&policies, &session.identity, op)
+            } else {
+                Decision {
+                    action: Action::Deny {
+                        reason: format!(
+                            "no policy lets {} use connection `{}` any more",
+                            session.identity.name, session.connection
+                        ),
+                    },
+                    policy: None,
+                    rule: None,
+                    record: true,
+                }
+            };
+            if !matches!(decision.action, Action::RequireApproval(_)) {
+                tracing::info!(
+                    session = session.id,
+                    action = decision.action.name(),
+                    "a held statement was judged again under changed policies"
+                );
+                return decision;
+            }
+        }
     }
 
     /// Records a policy change, then makes it live. The record comes first: a change that
@@ -345,6 +460,8 @@ impl Gate {
                 message: "your identity token has expired; reconnect with a fresh token".into(),
             });
         }
+        // Read before the policies: a change between the two is then judged again, never missed.
+        let version = *self.policy_version.borrow();
         let policies = self.policies.load();
         // Policies change while sessions live: one whose identity lost every grant of its
         // connection ends, rather than living on to be refused statement by statement.
@@ -364,11 +481,18 @@ impl Gate {
             });
         }
         let decision = decide(&policies, &session.identity, op);
-        self.apply(session, op, decision).await
+        let kinds = policies.kind_names(&op.classification);
+        self.apply(session, op, decision, kinds, version).await
     }
 
-    async fn apply(&self, session: &Session, op: &Operation, decision: Decision) -> Submission {
-        let kinds = op.classification.kind_names();
+    async fn apply(
+        &self,
+        session: &Session,
+        op: &Operation,
+        decision: Decision,
+        kinds: Vec<String>,
+        policy_version: u64,
+    ) -> Submission {
         let statement = |request_id: Option<i64>, reason: Option<String>| NewEvent {
             session_id: session.id,
             at: now_millis(),
@@ -472,6 +596,7 @@ impl Gate {
                     session_id: session.id,
                     approvals: self.approvals.clone(),
                     recorder: self.recorder.clone(),
+                    policy_version,
                 })
             }
         }
@@ -525,11 +650,12 @@ impl Gate {
                 params: Vec::new(),
                 classification: classification.clone(),
             };
-            if decide(&self.policies.load(), reviewer, &op).action == Action::Allow {
+            let policies = self.policies.load();
+            if decide(&policies, reviewer, &op).action == Action::Allow {
                 return Ok(());
             }
-            let extra: Vec<String> = classification
-                .kind_names()
+            let extra: Vec<String> = policies
+                .kind_names(&classification)
                 .into_iter()
                 .filter(|k| !request.statement_kinds.contains(k))
                 .collect();

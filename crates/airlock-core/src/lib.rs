@@ -5,6 +5,7 @@ pub mod approval;
 pub mod chain;
 pub mod classify;
 pub mod config;
+pub mod functions;
 pub mod gate;
 pub mod identity;
 pub mod notify;

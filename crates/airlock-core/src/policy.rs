@@ -2,11 +2,16 @@
 //! (policy snapshot, identity, operation). No I/O, no clock: `airlock policy explain` and the
 //! gateway call the same code.
 
-use crate::classify::{Classification, ClassifiedStatement, StatementKind};
-use crate::config::{ActionName, PolicyConfig, RuleConfig, WhereCondition};
+use crate::classify::{
+    normalize_name, Classification, ClassifiedStatement, StatementKind, DANGEROUS_FUNCTIONS,
+};
+use crate::config::{
+    ActionName, DangerousFunctionsConfig, PolicyConfig, RuleConfig, WhereCondition,
+};
 use crate::identity::Identity;
 use crate::operation::Operation;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::time::Duration;
 
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -88,7 +93,70 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 enum KindMatcher {
     Any,
-    Kinds(Vec<StatementKind>),
+    Kinds(Vec<KindTerm>),
+}
+
+/// One `|`-separated part of a rule's `match`: a kind (`DROP`), or a kind with a detail
+/// (`DROP TABLE`) that matches only statements with that finer kind.
+#[derive(Debug, Clone)]
+struct KindTerm {
+    kind: StatementKind,
+    /// The full finer kind (`DROP TABLE`), as in [`ClassifiedStatement::subkinds`].
+    subkind: Option<String>,
+}
+
+impl KindTerm {
+    fn parse(text: &str) -> Option<KindTerm> {
+        let text = normalize_name(text);
+        if let Some(kind) = StatementKind::from_name(&text) {
+            return Some(KindTerm {
+                kind,
+                subkind: None,
+            });
+        }
+        let (head, detail) = text.split_once(' ')?;
+        let kind = StatementKind::from_name(head)?;
+        kind.subkind_names().contains(&detail).then(|| KindTerm {
+            kind,
+            subkind: Some(text.clone()),
+        })
+    }
+
+    fn matches(&self, kind: StatementKind, statement: &ClassifiedStatement) -> bool {
+        self.kind == kind
+            && self
+                .subkind
+                .as_ref()
+                .is_none_or(|subkind| statement.subkinds.contains(subkind))
+    }
+}
+
+/// The functions a call to which makes a statement [`StatementKind::Function`]: the built-in
+/// globs minus `remove`, plus `add`.
+#[derive(Debug, Clone, Default)]
+struct FunctionList {
+    config: DangerousFunctionsConfig,
+}
+
+impl FunctionList {
+    /// Whether a called function (`name` or `schema.name`) is dangerous under this list.
+    fn is_dangerous(&self, called: &str) -> bool {
+        let called = called.to_ascii_lowercase();
+        let bare = called.rsplit('.').next().unwrap_or(&called);
+        let builtin = DANGEROUS_FUNCTIONS.iter().any(|glob| {
+            glob_match(glob, bare)
+                && !self
+                    .config
+                    .remove
+                    .iter()
+                    .any(|removed| removed.trim().eq_ignore_ascii_case(glob))
+        });
+        builtin
+            || self.config.add.iter().any(|glob| {
+                let glob = glob.trim().to_ascii_lowercase();
+                glob_match(&glob, &called) || glob_match(&glob, bare)
+            })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -129,22 +197,30 @@ impl CompiledRule {
     /// combined with AND, and a list matches when any one name matches any one glob.
     fn accepts(&self, statement: &ClassifiedStatement) -> bool {
         (!self.unfiltered_only || statement.unfiltered_write)
-            && (self.tables.is_empty() || any_name_matches(&self.tables, &statement.tables))
+            && (self.tables.is_empty()
+                || any_name_matches(&self.tables, &statement.tables, Some("public")))
             && (self.functions.is_empty()
-                || any_name_matches(&self.functions, &statement.functions))
+                || any_name_matches(&self.functions, &statement.functions, None))
     }
 }
 
 /// Whether a glob matches a name as written (`schema.name`) or its bare last part (`name`),
 /// ignoring ASCII case: PostgreSQL folds unquoted names to lowercase, and matching a quoted
-/// spelling too errs on the side of the rule.
-fn any_name_matches(globs: &[String], names: &[String]) -> bool {
+/// spelling too errs on the side of the rule. An unqualified name is also matched as
+/// `default_schema.name` when there is one: relations resolve against the search path, and the
+/// default one (`"$user", public`) finds them in `public`.
+fn any_name_matches(globs: &[String], names: &[String], default_schema: Option<&str>) -> bool {
     names.iter().any(|name| {
         let name = name.to_ascii_lowercase();
         let bare = name.rsplit('.').next().unwrap_or(&name);
-        globs
-            .iter()
-            .any(|glob| glob_match(glob, &name) || glob_match(glob, bare))
+        let resolved = default_schema
+            .filter(|_| !name.contains('.'))
+            .map(|schema| format!("{schema}.{name}"));
+        globs.iter().any(|glob| {
+            glob_match(glob, &name)
+                || glob_match(glob, bare)
+                || resolved.as_deref().is_some_and(|r| glob_match(glob, r))
+        })
     })
 }
 
@@ -165,6 +241,7 @@ pub struct PolicySet {
     /// The policies as written, kept with their compiled form so that what is shown and
     /// recorded is always exactly what decides.
     sources: Vec<PolicyConfig>,
+    dangerous: FunctionList,
 }
 
 impl PolicySet {
@@ -207,10 +284,69 @@ impl PolicySet {
             Ok(PolicySet {
                 policies,
                 sources: configs.to_vec(),
+                dangerous: FunctionList::default(),
             })
         } else {
             Err(errors)
         }
+    }
+
+    /// The same policies with the built-in list of dangerous functions changed.
+    pub fn with_dangerous_functions(mut self, config: DangerousFunctionsConfig) -> PolicySet {
+        self.dangerous = FunctionList { config };
+        self
+    }
+
+    /// The changes to the built-in list of dangerous functions, as written.
+    pub fn dangerous_functions(&self) -> &DangerousFunctionsConfig {
+        &self.dangerous.config
+    }
+
+    /// The kinds a statement has under these policies: the classifier marks calls to the
+    /// built-in dangerous functions as FUNCTION; a changed list decides that afresh from the
+    /// functions the statement calls.
+    pub fn kinds_of<'s>(&self, statement: &'s ClassifiedStatement) -> Cow<'s, [StatementKind]> {
+        if self.dangerous.config.is_default() {
+            return Cow::Borrowed(&statement.kinds);
+        }
+        let mut kinds: Vec<StatementKind> = statement
+            .kinds
+            .iter()
+            .copied()
+            .filter(|k| *k != StatementKind::Function)
+            .collect();
+        if statement
+            .functions
+            .iter()
+            .any(|f| self.dangerous.is_dangerous(f))
+        {
+            kinds.push(StatementKind::Function);
+            kinds.sort();
+        }
+        Cow::Owned(kinds)
+    }
+
+    /// Every kind and finer kind of a classification under these policies, sorted and unique:
+    /// what records, requests and explanations show.
+    pub fn kind_names(&self, classification: &Classification) -> Vec<String> {
+        let Classification::Parsed(statements) = classification else {
+            return Vec::new();
+        };
+        let mut kinds: Vec<StatementKind> = statements
+            .iter()
+            .flat_map(|s| self.kinds_of(s).into_owned())
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        let mut names: Vec<String> = kinds.iter().map(|k| k.name().to_string()).collect();
+        let mut subkinds: Vec<String> = statements
+            .iter()
+            .flat_map(|s| s.subkinds.iter().cloned())
+            .collect();
+        subkinds.sort();
+        subkinds.dedup();
+        names.extend(subkinds);
+        names
     }
 
     pub fn len(&self) -> usize {
@@ -231,9 +367,12 @@ impl PolicySet {
         #[derive(Serialize)]
         struct Document<'a> {
             policies: &'a [PolicyConfig],
+            #[serde(skip_serializing_if = "DangerousFunctionsConfig::is_default")]
+            dangerous_functions: &'a DangerousFunctionsConfig,
         }
         serde_yaml::to_string(&Document {
             policies: &self.sources,
+            dangerous_functions: &self.dangerous.config,
         })
         // Plain structs of strings and numbers always serialize; this is only a fallback.
         .unwrap_or_else(|e| format!("# the policies cannot be shown: {e}\n"))
@@ -259,6 +398,9 @@ impl PolicySet {
             .filter(|p| find(new, &p.name).is_none())
             .map(|p| format!("`{}`", p.name))
             .collect();
+        if self.dangerous.config != new.dangerous.config {
+            changed.push("`dangerous_functions`".to_string());
+        }
         let mut parts = Vec::new();
         for (what, list) in [("added", added), ("changed", changed), ("removed", removed)] {
             if !list.is_empty() {
@@ -329,24 +471,14 @@ fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> 
     let matcher = if r.matches.trim() == "*" {
         KindMatcher::Any
     } else {
-        let mut kinds = Vec::new();
+        let mut terms = Vec::new();
         for part in r.matches.split('|') {
-            match StatementKind::from_name(part) {
-                Some(kind) => kinds.push(kind),
-                None => {
-                    let known: Vec<&str> = StatementKind::ALL.iter().map(|k| k.name()).collect();
-                    return Err((
-                        "match",
-                        format!(
-                            "unknown statement kind `{}`; use `*` or kinds separated by `|`: {}",
-                            part.trim(),
-                            known.join(", ")
-                        ),
-                    ));
-                }
+            match KindTerm::parse(part) {
+                Some(term) => terms.push(term),
+                None => return Err(("match", unknown_kind_message(part))),
             }
         }
-        KindMatcher::Kinds(kinds)
+        KindMatcher::Kinds(terms)
     };
     let approval_fields = !r.reviewers.is_empty()
         || r.approvals.is_some()
@@ -407,6 +539,30 @@ fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> 
     })
 }
 
+/// Why a `match` part names no kind: the kinds, and the finer kinds of the kind it starts
+/// with, if any.
+fn unknown_kind_message(part: &str) -> String {
+    let text = normalize_name(part);
+    let head = text.split(' ').next().unwrap_or_default();
+    if let Some(kind) = StatementKind::from_name(head) {
+        let details = kind.subkind_names();
+        if !details.is_empty() {
+            return format!(
+                "unknown statement kind `{}`; {kind} is followed by one of: {}",
+                part.trim(),
+                details.join(", ")
+            );
+        }
+    }
+    let known: Vec<&str> = StatementKind::ALL.iter().map(|k| k.name()).collect();
+    format!(
+        "unknown statement kind `{}`; use `*` or kinds separated by `|`: {} (COPY, CREATE, \
+         ALTER and DROP may be followed by a detail, such as `COPY TO PROGRAM` or `DROP TABLE`)",
+        part.trim(),
+        known.join(", ")
+    )
+}
+
 /// `escalate_after` and `escalate_to` come together, and the escalation must come before the
 /// request expires, or it could never widen anything.
 fn check_escalation(r: &RuleConfig, timeout: Duration) -> Result<(), (&'static str, String)> {
@@ -443,9 +599,9 @@ fn compile_matchers(
     if r.where_clause == Some(WhereCondition::Missing) {
         let writes = match &rule.matcher {
             KindMatcher::Any => true,
-            KindMatcher::Kinds(kinds) => kinds
+            KindMatcher::Kinds(terms) => terms
                 .iter()
-                .any(|k| matches!(k, StatementKind::Update | StatementKind::Delete)),
+                .any(|t| matches!(t.kind, StatementKind::Update | StatementKind::Delete)),
         };
         if !writes {
             return Err((
@@ -577,16 +733,21 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
                     record,
                 };
             }
-            let kinds = statements
-                .iter()
-                .flat_map(|s| s.kinds.iter().map(move |kind| (s, *kind)));
+            let kinds = statements.iter().flat_map(|s| {
+                set.kinds_of(s)
+                    .into_owned()
+                    .into_iter()
+                    .map(move |kind| (s, kind))
+            });
             for (statement, kind) in kinds {
                 let mut for_kind: Option<Candidate> = None;
                 for policy in &applicable {
                     for rule in &policy.rules {
                         let hit = match &rule.matcher {
                             KindMatcher::Any => true,
-                            KindMatcher::Kinds(kinds) => kinds.contains(&kind),
+                            KindMatcher::Kinds(terms) => {
+                                terms.iter().any(|t| t.matches(kind, statement))
+                            }
                         };
                         if hit && rule.accepts(statement) {
                             let mut action = rule.action.clone();
@@ -673,7 +834,7 @@ pub fn explain(
         method: crate::identity::AuthMethod::AgentToken,
         expires_at: None,
     };
-    let statement_kinds = classification.kind_names();
+    let statement_kinds = set.kind_names(&classification);
     let op = Operation {
         connection: connection.to_string(),
         text: std::sync::Arc::from(sql),
@@ -1026,6 +1187,81 @@ policies:
             set.to_yaml().contains("where: missing"),
             "{}",
             set.to_yaml()
+        );
+    }
+
+    const FINER: &str = r#"
+connections:
+  - { name: prod, type: postgres, address: "db:5432", user: u }
+dangerous_functions:
+  add: ["app.purge_*"]
+  remove: [nextval]
+policies:
+  - name: finer
+    groups: [agents]
+    connections: [prod]
+    rules:
+      - match: SELECT|DROP|COPY|SET|CREATE INDEX
+        action: allow
+      - match: DROP TABLE|COPY PROGRAM
+        action: deny
+      - match: COPY FILE
+        action: require-approval
+        reviewers: [dba]
+      - match: "*"
+        tables: [public.secrets]
+        action: deny
+"#;
+
+    #[test]
+    fn finer_kinds_narrow_a_rule_and_the_kind_alone_catches_them_all() {
+        let d = |sql: &str| decide_with(FINER, sql).action.name();
+        assert_eq!(d("drop index i"), "allow");
+        assert_eq!(d("drop view v"), "allow");
+        assert_eq!(d("drop table t"), "deny");
+        assert_eq!(d("drop table if exists t, u cascade"), "deny");
+        assert_eq!(d("copy items to stdout"), "allow");
+        assert_eq!(d("copy items to program 'id'"), "deny");
+        assert_eq!(d("copy items from '/etc/passwd'"), "require-approval");
+        assert_eq!(d("create index on t (a)"), "allow");
+        assert_eq!(d("create table t (a int)"), "deny");
+        // SET does not cover a change of role.
+        assert_eq!(d("set search_path = app"), "allow");
+        assert_eq!(d("set role postgres"), "deny");
+        // Unqualified names are found in `public`.
+        assert_eq!(d("select * from secrets"), "deny");
+        assert_eq!(d("select * from public.secrets"), "deny");
+        assert_eq!(d("drop index public.secrets"), "deny");
+        assert_eq!(d("select * from other.secrets"), "allow");
+        // The policy's own function list: nextval taken out, app.purge_* added.
+        assert_eq!(d("select nextval('s')"), "allow");
+        assert_eq!(d("select setval('s', 1)"), "deny");
+        assert_eq!(d("select app.purge_all()"), "deny");
+        assert_eq!(d("select other.purge_all()"), "allow");
+        let set = Config::parse(FINER, "f.yaml", None).unwrap().policies;
+        let names = set.kind_names(&classify("select nextval('s'); drop table t"));
+        assert_eq!(names, vec!["SELECT", "DROP", "DROP TABLE"]);
+        assert!(set.to_yaml().contains("purge_*"), "{}", set.to_yaml());
+    }
+
+    #[test]
+    fn unknown_finer_kinds_and_function_entries_are_refused_with_their_line() {
+        let base = "connections:\n  - { name: prod, type: postgres, address: \"db:5432\", user: u }\npolicies:\n  - name: p\n    groups: [g]\n    connections: [prod]\n    rules:\n      - match: DROP TABL\n        action: deny\n";
+        let shown = Config::parse(base, "c.yaml", None).unwrap_err().to_string();
+        assert!(
+            shown.contains("c.yaml:8:") && shown.contains("DROP is followed by one of"),
+            "{shown}"
+        );
+        let text = format!(
+            "dangerous_functions:\n  remove: [lower]\n{}",
+            base.replace("DROP TABL", "DROP TABLE")
+        );
+        let shown = Config::parse(&text, "c.yaml", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.contains("c.yaml:2:") && shown.contains("not on the built-in list"),
+            "{shown}"
         );
     }
 

@@ -3,11 +3,13 @@
 //! the connection's own credential, and relays every message through the gate.
 //!
 //! This module owns the listener and the login. Modules: `codec` (framing and messages),
-//! `upstream` (login to the real server), `session` (the relay, with its halves `requests` and
+//! `upstream` (login to the real server), `catalog` (function volatility from the upstream's
+//! catalog), `session` (the relay, with its halves `requests` and
 //! `replies`), `names` (statement and portal names as the upstream confirmed them), `cancel`
 //! (cancel requests and held statements).
 
 pub mod cancel;
+mod catalog;
 pub mod codec;
 pub mod names;
 pub mod replies;
@@ -351,6 +353,7 @@ impl PgGateway {
             session,
             upstream,
             address: target.address.clone(),
+            target: target.clone(),
         })
     }
 
@@ -359,6 +362,7 @@ impl PgGateway {
             session,
             upstream,
             address,
+            target,
         } = ready;
         let cancel = self.cancels.register(address, upstream.key);
         let (pid, secret) = cancel.key();
@@ -380,6 +384,7 @@ impl PgGateway {
                 gate: &self.gate,
                 session: &session,
                 cancel: &cancel,
+                target: &target,
             };
             relay
                 .run(
@@ -407,6 +412,7 @@ struct Ready {
     session: airlock_core::gate::Session,
     upstream: upstream::Upstream,
     address: String,
+    target: UpstreamTarget,
 }
 
 async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LoginError> {

@@ -2,6 +2,7 @@
 //! before it is forwarded, forwards everything else untouched (in place, one write per batch),
 //! holds statements awaiting approval, and realises refusals on the upstream (see `session`).
 
+use crate::catalog::FunctionCatalog;
 use crate::codec::{self, Severity};
 use crate::names::{Lookup, Space};
 use crate::session::{
@@ -59,6 +60,7 @@ pub(crate) struct ClientSide<'r, 'a, R, W> {
     pub(crate) expectations: Expectations,
     pub(crate) described: DescribedTypes,
     pub(crate) inject: mpsc::UnboundedSender<Bytes>,
+    pub(crate) catalog: FunctionCatalog,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
@@ -270,6 +272,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
         let text: Arc<str> = Arc::from(sql);
         let classification = self.relay.gate.classifier().classify(&text);
         let classification = self.resolve_runs(classification, range.start).await?;
+        let classification = self.catalog.judge(classification).await;
         let op = Operation {
             connection: self.relay.session.connection.clone(),
             text,
@@ -371,14 +374,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
             Some(Portal {
                 statement: Some(prepared),
                 params,
-            }) => Operation {
-                connection: self.relay.session.connection.clone(),
-                text: prepared.sql,
-                params,
-                classification: self
+            }) => {
+                let classification = self
                     .resolve_runs(prepared.classification, range.start)
-                    .await?,
-            },
+                    .await?;
+                Operation {
+                    connection: self.relay.session.connection.clone(),
+                    text: prepared.sql,
+                    params,
+                    classification: self.catalog.judge(classification).await,
+                }
+            }
             _ => {
                 // Not bound through this session's Parse/Bind: nothing to judge, so refuse.
                 let message = format!("portal \"{name}\" was not prepared through the gateway");
@@ -432,7 +438,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                         _ = wait_for_eof(reader, buf) => {}
                     }
                 };
-                let verdict = hold.resolve(withdraw).await;
+                let verdict = relay.gate.resolve(relay.session, &op, hold, withdraw).await;
                 relay.cancel.release();
                 verdict
             }

@@ -10,10 +10,12 @@
 //! status the client sees is the upstream's own.
 
 use crate::cancel::CancelSlot;
+use crate::catalog::FunctionCatalog;
 use crate::codec::{self, Severity};
 use crate::names::{Names, Space};
 use crate::replies::UpstreamSide;
 use crate::requests::ClientSide;
+use crate::upstream::UpstreamTarget;
 use airlock_core::classify::Classification;
 use airlock_core::gate::{Gate, Session};
 use bytes::{Bytes, BytesMut};
@@ -84,6 +86,8 @@ pub struct Relay<'a> {
     pub gate: &'a Gate,
     pub session: &'a Session,
     pub cancel: &'a CancelSlot,
+    /// The upstream, for the side connection that looks up function volatility.
+    pub target: &'a UpstreamTarget,
 }
 
 impl Relay<'_> {
@@ -114,6 +118,7 @@ impl Relay<'_> {
             expectations: expectations.clone(),
             described: described.clone(),
             inject: inject_tx,
+            catalog: FunctionCatalog::new(self.target.clone()),
         };
         let mut to_client = UpstreamSide {
             relay: self,

@@ -127,6 +127,14 @@ pub enum PolicyCommand {
         #[arg(long, value_name = "CONFIG", required = true)]
         config: PathBuf,
     },
+    /// Print the live policies as a `policies:` YAML document (admins).
+    Get,
+    /// Replace the live policies with a `policies:` document (YAML or JSON; `-` reads standard
+    /// input). Validated first; takes effect at once on every session and is recorded (admins).
+    Put {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -162,6 +162,15 @@ impl Client {
             .await
     }
 
+    /// PUTs a text document (YAML) as the body.
+    pub async fn put_text(&self, path: &str, body: String) -> anyhow::Result<Value> {
+        let request = self
+            .request(Method::PUT, path)?
+            .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+            .body(body);
+        self.json(request).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.json(self.request(Method::DELETE, path)?).await
     }

@@ -11,6 +11,7 @@ mod exec;
 mod explain;
 mod mcp;
 mod output;
+mod policy_admin;
 mod policy_test;
 mod reload;
 mod serve;
@@ -81,6 +82,8 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Test { file, config }) => {
             return policy_test::run(file, config, cli.output)
         }
+        Command::Policy(PolicyCommand::Get) => policy_admin::get(cli).await?,
+        Command::Policy(PolicyCommand::Put { file }) => policy_admin::put(cli, file).await?,
         Command::Approvals(ApprovalsCommand::List { state }) => {
             approvals::list(cli, *state).await?
         }

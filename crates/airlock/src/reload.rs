@@ -56,7 +56,7 @@ fn document(text: &str) -> Value {
     serde_yaml::from_str(text).unwrap_or(Value::Null)
 }
 
-/// The top-level sections other than `policies` whose values differ between two documents.
+/// The top-level sections other than `policies` (and `dangerous_functions`) whose values differ between two documents.
 fn changed_sections(before: &Value, after: &Value) -> Vec<String> {
     let keys = |doc: &Value| -> BTreeSet<String> {
         doc.as_mapping()
@@ -69,7 +69,11 @@ fn changed_sections(before: &Value, after: &Value) -> Vec<String> {
     };
     keys(before)
         .union(&keys(after))
-        .filter(|key| *key != "policies" && before.get(key.as_str()) != after.get(key.as_str()))
+        // The dangerous-function list belongs to the policies and is reloaded with them.
+        .filter(|key| {
+            !matches!(key.as_str(), "policies" | "dangerous_functions")
+                && before.get(key.as_str()) != after.get(key.as_str())
+        })
         .cloned()
         .collect()
 }

@@ -1,6 +1,7 @@
 //! Rule matchers beyond statement kind, end to end: a real PostgreSQL upstream, `airlock serve`
 //! and psql. Reads run; a call to a dangerous function is denied although it is a SELECT; a
-//! DELETE without WHERE is denied outright; a filtered DELETE on `items` is held.
+//! DELETE without WHERE is denied outright; a filtered DELETE on `items` is held; user-defined
+//! functions are judged by their volatility in the upstream's catalog.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -87,4 +88,82 @@ fn functions_unfiltered_writes_and_tables_are_judged_through_psql() {
     );
     assert!(held.try_status().is_none(), "psql must block while held");
     assert_eq!(pg.item_ids(), "1,2,3", "nothing may run before approval");
+}
+
+/// User-defined functions through the gateway, looked up in the upstream's catalog: a STABLE
+/// one is a read, a VOLATILE one needs a rule that allows `VOLATILE FUNCTION`, and a function
+/// replaced by a volatile one is judged by its new definition once the short cache has passed.
+#[test]
+fn user_functions_are_judged_by_their_volatility_upstream() {
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    pg.psql_admin(
+        "SET ROLE app_owner;
+         CREATE FUNCTION reader() RETURNS int LANGUAGE sql STABLE AS $$ SELECT count(*)::int FROM items $$;
+         CREATE FUNCTION bump() RETURNS int LANGUAGE sql VOLATILE
+           AS $$ UPDATE items SET name = name || '!' WHERE id = 1 RETURNING 1 $$;
+         CREATE FUNCTION other_writer() RETURNS int LANGUAGE sql VOLATILE
+           AS $$ DELETE FROM items WHERE id = 3 RETURNING 1 $$;",
+    );
+    let config = format!(
+        "connections:\n{}\
+policies:
+  - name: functions
+    groups: [agents]
+    connections: [prod]
+    rules:
+      - match: SELECT
+        action: allow
+      - match: VOLATILE FUNCTION
+        functions: [bump]
+        action: allow
+",
+        connection_yaml("prod", pg.port(), &format!("${{env:{PASSWORD_ENV}}}"))
+    );
+    let gw = Gateway::for_pg_config(&pg, &config);
+    let agent = gw.mint("agent-1", &["agents"]);
+
+    let out = gw.psql(&agent, "prod", "select reader()");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout_of(&out).trim(), "3", "{}", describe(&out));
+
+    let out = gw.psql(&agent, "prod", "select bump()");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        pg.psql_admin("SELECT name FROM items WHERE id = 1"),
+        "alpha!"
+    );
+
+    for sql in ["select other_writer()", "select reader(), other_writer()"] {
+        let out = gw.psql(&agent, "prod", sql);
+        assert_refused(&out, sql, &["42501", "VOLATILE FUNCTION"]);
+    }
+    assert_eq!(pg.item_ids(), "1,2,3");
+
+    // Replaced behind the gateway's back by a function that writes, while a session that
+    // has just called it (and cached its answer) stays open.
+    let rt = runtime();
+    let (client, _) = rt.block_on(gw.connect(&agent, "prod")).expect("connect");
+    rt.block_on(client.simple_query("select reader()"))
+        .expect("a read while it is STABLE");
+    pg.psql_admin(
+        "SET ROLE app_owner;
+         CREATE OR REPLACE FUNCTION reader() RETURNS int LANGUAGE sql VOLATILE
+           AS $$ DELETE FROM items WHERE id = 2 RETURNING 1 $$;",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let err = rt
+        .block_on(client.simple_query("select reader()"))
+        .expect_err("refused once the cached answer is stale");
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("42501"),
+        "{}",
+        db_message(&err)
+    );
+    assert!(
+        db_message(&err).contains("VOLATILE FUNCTION"),
+        "{}",
+        db_message(&err)
+    );
+    assert_eq!(pg.item_ids(), "1,2,3");
 }

@@ -360,3 +360,123 @@ fn policy_test_passes_and_fails_with_its_exit_status() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("line 2"), "{}", describe(&out));
 }
+
+/// The template with its `DELETE|DROP|UPDATE` approval rule split: DELETE gets `delete_rule`
+/// (lines of a rule after `- match: DELETE`), DROP and UPDATE keep waiting for approval.
+fn with_delete_rule(pg: &PgServer, delete_rule: &str) -> String {
+    let held = "- match: DELETE|DROP|UPDATE\n";
+    let config = template_config(pg, "60s");
+    assert!(config.contains(held), "{config}");
+    config.replacen(
+        held,
+        &format!("- match: DELETE\n{delete_rule}      - match: DROP|UPDATE\n"),
+        1,
+    )
+}
+
+#[test]
+fn held_statements_are_judged_again_when_the_policies_change() {
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    let gw = Gateway::for_pg(&pg, "60s");
+    let agent = gw.mint("agent-1", &["agents"]);
+    // Refusals quote "the policies changed" too; count the swaps themselves.
+    const SWAPPED: &str = "every later statement is judged by the new ones";
+
+    // Held, then the new policy denies it: refused at once, the request canceled.
+    let mut held = gw.psql_spawn(&agent, "prod", "delete from items where id = 1");
+    let id = held.wait_pending(&gw);
+    gw.rewrite_config(&with_delete_rule(
+        &pg,
+        "        action: deny\n        reason: deletes are frozen\n",
+    ));
+    gw.wait_for_log(SWAPPED, 1);
+    let out = held.finish(WAIT);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let text = all_output(&out);
+    for needle in [
+        "42501",
+        "deletes are frozen",
+        &format!("approval request {id} was canceled because the policies changed"),
+    ] {
+        assert!(text.contains(needle), "{needle:?}: {}", describe(&out));
+    }
+    assert_eq!(gw.approval_state(&id), "canceled");
+    assert_eq!(pg.item_ids(), "1,2,3", "the refused DELETE must not run");
+
+    // Held under the template again, then the new policy allows it: it runs without a vote.
+    gw.rewrite_config(&template_config(&pg, "60s"));
+    gw.wait_for_log(SWAPPED, 2);
+    let mut held = gw.psql_spawn(&agent, "prod", "delete from items where id = 2");
+    let id = held.wait_pending(&gw);
+    gw.rewrite_config(&with_delete_rule(&pg, "        action: allow\n"));
+    gw.wait_for_log(SWAPPED, 3);
+    let out = held.finish(WAIT);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(gw.approval_state(&id), "canceled");
+    assert_eq!(pg.item_ids(), "1,3");
+
+    // A change that still holds it leaves the same request waiting.
+    let mut held = gw.psql_spawn(&agent, "prod", "update items set name = 'x' where id = 1");
+    let id = held.wait_pending(&gw);
+    gw.rewrite_config(&with_delete_rule(&pg, "        action: deny\n"));
+    gw.wait_for_log(SWAPPED, 4);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(held.try_status().is_none(), "still held");
+    assert_eq!(gw.approval_state(&id), "pending");
+}
+
+#[test]
+fn policy_get_and_put_round_trip_through_the_cli() {
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    let gw = Gateway::for_pg(&pg, "60s");
+
+    let out = gw.cli(&["policy", "get"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let shown = stdout_of(&out);
+    assert!(
+        shown.contains("policies:") && shown.contains("agents-on-prod"),
+        "{shown}"
+    );
+
+    // Unchanged: nothing recorded.
+    let file = gw.dir().join("policies.yaml");
+    std::fs::write(&file, &shown).unwrap();
+    let out = gw.cli(&["policy", "put", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(stdout_of(&out).contains("no change"), "{}", describe(&out));
+
+    // Edited: replaced and recorded; `get` shows the new policies.
+    let edited = shown.replace(TRUNCATE_REASON, "truncation is off for now");
+    assert_ne!(edited, shown);
+    std::fs::write(&file, &edited).unwrap();
+    let out = gw.cli(&["policy", "put", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout_of(&out).contains("policies replaced") && stdout_of(&out).contains("agents-on-prod"),
+        "{}",
+        describe(&out)
+    );
+    let out = gw.cli(&["policy", "get"]);
+    assert!(
+        stdout_of(&out).contains("truncation is off for now"),
+        "{}",
+        describe(&out)
+    );
+
+    // Invalid: exit 1 with the line of the problem, and the live policies stay.
+    std::fs::write(&file, edited.replace("match: SELECT", "match: SELEKT")).unwrap();
+    let out = gw.cli(&["policy", "put", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        all_output(&out).contains("unknown statement kind `SELEKT`")
+            && all_output(&out).contains("body:"),
+        "{}",
+        describe(&out)
+    );
+    let out = gw.cli(&["policy", "get"]);
+    assert!(
+        stdout_of(&out).contains("match: SELECT"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -479,8 +479,9 @@ impl PgServer {
             &[
                 "CREATE TABLE items (id int PRIMARY KEY, name text)",
                 "INSERT INTO items VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma')",
-                // A read that makes the upstream send a NOTICE, for pass-through tests.
-                "CREATE FUNCTION shout() RETURNS int LANGUAGE plpgsql AS \
+                // A read that makes the upstream send a NOTICE, for pass-through tests. STABLE:
+                // the gateway judges a VOLATILE user function as a possible write.
+                "CREATE FUNCTION shout() RETURNS int LANGUAGE plpgsql STABLE AS \
                  $$ BEGIN RAISE NOTICE 'upstream says hi'; RETURN 1; END $$",
             ],
         );
