@@ -8,6 +8,7 @@ use std::sync::Arc;
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Postgres,
+    Mysql,
     /// One-off statements sent through `POST /api/v1/exec` (pipelines, `airlock exec`).
     Api,
 }
@@ -16,6 +17,7 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
             Protocol::Api => "api",
         }
     }
