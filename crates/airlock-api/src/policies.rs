@@ -8,7 +8,8 @@
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::ApiState;
-use airlock_core::config::Config;
+use airlock_core::classify_mysql::classify_for;
+use airlock_core::config::{Config, ConnectionKind};
 use airlock_core::gate::PolicyAuthor;
 use airlock_core::policy::{self, Explanation};
 use airlock_core::store::PolicyChangeRecord;
@@ -70,19 +71,22 @@ pub async fn explain(
 ) -> Result<Json<Explanation>, ApiError> {
     caller.require_admin()?;
     let Json(body) = body?;
-    if state.config.connection(&body.connection).is_none() {
+    let Some(connection) = state.config.connection(&body.connection) else {
         return Err(ApiError::BadRequest(format!(
             "no connection is named `{}`",
             body.connection
         )));
-    }
+    };
     let groups: Vec<String> = body
         .groups
         .iter()
         .map(|g| g.trim().to_string())
         .filter(|g| !g.is_empty())
         .collect();
-    let classification = state.gate.classifier().classify(&body.sql);
+    let classification = match connection.kind {
+        ConnectionKind::Postgres => state.gate.classifier().classify(&body.sql),
+        kind => std::sync::Arc::new(classify_for(kind, &body.sql)),
+    };
     Ok(Json(policy::explain(
         &state.gate.policies(),
         groups,

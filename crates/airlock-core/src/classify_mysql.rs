@@ -10,6 +10,7 @@
 use crate::classify::{
     Classification, ClassifiedStatement, StatementKind as K, MAX_CLASSIFIED_LEN,
 };
+use crate::config::ConnectionKind;
 use sqlparser::ast::{
     visit_expressions, visit_relations, visit_statements, Expr, ObjectName, ObjectNamePart,
     OnInsert, Statement,
@@ -44,6 +45,14 @@ const LEXER_SETTINGS: [&str; 5] = ["names", "character", "charset", "sql_mode", 
 
 /// MySQL's parser recursion: deep enough for any real statement, shallow enough for any stack.
 const RECURSION_LIMIT: usize = 200;
+
+/// Classifies SQL text as the server of a connection of `kind` reads it.
+pub fn classify_for(kind: ConnectionKind, sql: &str) -> Classification {
+    match kind {
+        ConnectionKind::Mysql => classify_mysql(sql),
+        _ => crate::classify::classify(sql),
+    }
+}
 
 /// Classifies MySQL SQL text.
 pub fn classify_mysql(sql: &str) -> Classification {

@@ -357,3 +357,60 @@ fn the_upstream_credential_never_reaches_the_client() {
     assert!(!wrong.log().contains("Wr0ng-Upstream-Secret"));
     assert!(!s.gw.log().contains(&password));
 }
+
+#[test]
+fn schema_switches_local_files_and_explain_go_through_the_policy() {
+    let s = story(LONG);
+    // The CLI's `use` is COM_INIT_DB: a SET, which the template policy does not allow.
+    let out = mariadb(&s.gw, &s.agent, "prod", "use mysql");
+    let err = stderr_of(&out);
+    assert!(err.contains("ERROR 1142 (42000)"), "{}", describe(&out));
+    let export = s.gw.cli(&["sessions", "export", "--format", "jsonl"]);
+    let export = ok_stdout(&export, "sessions export");
+    assert!(
+        export.contains("USE `mysql`"),
+        "the switch is recorded: {export}"
+    );
+
+    // LOAD DATA LOCAL INFILE is a COPY: refused to agents, allowed to loaders.
+    let file = s.gw.dir().join("items.tsv");
+    std::fs::write(&file, "7\tseven\n8\teight\n").unwrap();
+    let load = format!(
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE items",
+        file.display()
+    );
+    let run = |token: &str| {
+        run_with_timeout(
+            mariadb_command_with(&s.gw, token, "prod", &load, &["--local-infile=1"]),
+            COMMAND_TIMEOUT,
+            "mariadb LOAD DATA",
+        )
+    };
+    let out = run(&s.agent);
+    assert!(
+        stderr_of(&out).contains("ERROR 1142 (42000)"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(s.db.item_ids(), "1,2,3");
+    let loader = s.gw.mint("loader-1", &["loaders"]);
+    let out = run(&loader);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(s.db.item_ids(), "1,2,3,7,8");
+
+    // policy explain reads a MySQL connection's SQL as MySQL: REPLACE inserts and deletes
+    // (and INSERT is no agent's to run).
+    let out = s.gw.cli(&[
+        "policy",
+        "explain",
+        "--group",
+        "agents",
+        "--connection",
+        "prod",
+        "--sql",
+        "REPLACE INTO items VALUES (1, 'x')",
+    ]);
+    let shown = ok_stdout(&out, "policy explain");
+    assert!(shown.contains("deny"), "{shown}");
+    assert!(shown.contains("INSERT, DELETE"), "{shown}");
+}

@@ -91,7 +91,7 @@ impl MariaDb {
                     "--innodb-buffer-pool-size=16M",
                     "--innodb-log-file-size=8M",
                     "--max-connections=60",
-                    "--local-infile=0",
+                    "--local-infile=1",
                 ])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("clone log handle"))
@@ -214,8 +214,20 @@ pub fn mysql_port(gw: &Gateway) -> u16 {
 
 /// `mariadb` through the gateway with the token as the password, sent in clear.
 pub fn mariadb_command(gw: &Gateway, token: &str, connection: &str, sql: &str) -> Command {
+    mariadb_command_with(gw, token, connection, sql, &[])
+}
+
+/// [`mariadb_command`] with more options.
+pub fn mariadb_command_with(
+    gw: &Gateway,
+    token: &str,
+    connection: &str,
+    sql: &str,
+    options: &[&str],
+) -> Command {
     let mut cmd = Command::new("mariadb");
     cmd.arg("--no-defaults")
+        .args(options)
         .args(["-h", "127.0.0.1", "-P", &mysql_port(gw).to_string()])
         .args(["-u", "agent", &format!("-p{token}")])
         .args([
