@@ -143,8 +143,20 @@ impl<'a> Relay<'a> {
 
     pub async fn run(mut self) -> End {
         let end = self.serve().await;
-        if let End::Fatal { payload, .. } = &end {
-            let _ = codec::write_payload(&mut self.client_out, payload, 1).await;
+        match &end {
+            End::Fatal { payload, .. } => {
+                let _ = codec::write_payload(&mut self.client_out, payload, 1).await;
+            }
+            End::UpstreamClosed => {
+                let err = codec::err_payload(
+                    1053,
+                    "08S01",
+                    "airlock: the upstream server closed the connection; reconnect to start a \
+                     new session",
+                );
+                let _ = codec::write_payload(&mut self.client_out, &err, 1).await;
+            }
+            End::ClientClosed | End::Io(_) => {}
         }
         end
     }
