@@ -414,3 +414,68 @@ fn schema_switches_local_files_and_explain_go_through_the_policy() {
     assert!(shown.contains("deny"), "{shown}");
     assert!(shown.contains("INSERT, DELETE"), "{shown}");
 }
+
+/// Reads one MySQL packet from a raw socket: (sequence id, payload).
+fn read_packet(stream: &mut std::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).ok()?;
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).ok()?;
+    Some((header[3], payload))
+}
+
+#[test]
+fn malformed_logins_get_an_error_and_the_gateway_keeps_serving() {
+    use std::io::Write;
+    let s = story(LONG);
+    let port = mysql_port(&s.gw);
+    let attacks: [&[u8]; 4] = [
+        // A handshake response too short to hold its fields.
+        &[3, 0, 0, 1, 0x85, 0xa6, 0x03],
+        // A packet announcing more than the gateway accepts (16 MiB continuations, 5 times).
+        &[0xff, 0xff, 0xff, 1],
+        // Capabilities without protocol 4.1.
+        &[
+            32, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+        // Garbage.
+        b"\x10\x00\x00\x01GET / HTTP/1.1\r\n\r\n",
+    ];
+    for attack in attacks {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (_, greeting) = read_packet(&mut stream).expect("the greeting");
+        assert_eq!(greeting[0], 10, "protocol 10 greeting");
+        let _ = stream.write_all(attack);
+        if attack == [0xff, 0xff, 0xff, 1] {
+            let chunk = vec![0u8; 0xff_ffff];
+            for _ in 0..5 {
+                let mut packet = vec![0xff, 0xff, 0xff, 1];
+                packet.extend_from_slice(&chunk);
+                if stream.write_all(&packet).is_err() {
+                    break;
+                }
+            }
+        }
+        let Some((seq, mut answer)) = read_packet(&mut stream) else {
+            continue; // closed without an answer: also fine
+        };
+        if answer[0] == 0xFE {
+            // Read as a login after all: the gateway asks for the password, which is no token.
+            let mut reply = vec![6, 0, 0, seq.wrapping_add(1)];
+            reply.extend_from_slice(b"bogus\0");
+            stream.write_all(&reply).unwrap();
+            answer = read_packet(&mut stream)
+                .expect("an answer to the password")
+                .1;
+        }
+        assert_eq!(answer[0], 0xFF, "an ERR packet: {answer:?}");
+    }
+    let out = mariadb(&s.gw, &s.agent, "prod", "select count(*) from items");
+    assert_eq!(ok_stdout(&out, "select after the attacks").trim(), "3");
+}
