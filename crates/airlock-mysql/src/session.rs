@@ -325,17 +325,21 @@ impl<'a> Relay<'a> {
     }
 
     async fn on_prepare(&mut self, message: Message) -> Result<(), End> {
-        let sql: Arc<str> = Arc::from(String::from_utf8_lossy(&message.payload[1..]).as_ref());
+        let Ok(text) = std::str::from_utf8(&message.payload[1..]) else {
+            return self
+                .refuse_with(
+                    &message,
+                    1142,
+                    "42000",
+                    "the statement is not valid UTF-8; the gateway speaks utf8mb4",
+                )
+                .await;
+        };
+        let sql: Arc<str> = Arc::from(text);
         self.forward(&message).await?;
         let outcome = self.relay(Reply::Prepare).await?;
         if let Some((id, num_params)) = outcome.prepared {
-            let classification = if std::str::from_utf8(&message.payload[1..]).is_ok() {
-                Arc::new(classify_mysql(&sql))
-            } else {
-                Arc::new(Classification::Unparseable(
-                    "the statement is not valid UTF-8".into(),
-                ))
-            };
+            let classification = Arc::new(classify_mysql(&sql));
             self.statements.insert(
                 id,
                 Prepared {
