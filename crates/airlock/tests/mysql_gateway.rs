@@ -479,3 +479,48 @@ fn malformed_logins_get_an_error_and_the_gateway_keeps_serving() {
     let out = mariadb(&s.gw, &s.agent, "prod", "select count(*) from items");
     assert_eq!(ok_stdout(&out, "select after the attacks").trim(), "3");
 }
+
+#[test]
+fn kill_query_interrupts_a_running_statement_on_the_upstream() {
+    let db = MariaDb::start();
+    let yaml = format!(
+        "connections:\n{}policies:\n  - name: sleepers\n    groups: [agents]\n    connections: [prod]\n    \
+         rules:\n      - match: SELECT|FUNCTION\n        action: allow\n",
+        mysql_connection_yaml("prod", db.port(), &format!("${{env:{PASSWORD_ENV}}}")),
+    );
+    let gw = Gateway::start_with_env(&yaml, &[(PASSWORD_ENV, db.password())]);
+    let agent = gw.mint("agent-1", &["agents"]);
+    let runtime = multi_thread();
+    runtime.block_on(async {
+        let mut running = connect(&gw, &agent).await;
+        let mut other = connect(&gw, &agent).await;
+        let target = running.id();
+        let task = tokio::spawn(async move {
+            let result: Result<Option<i64>, _> = running.query_first("SELECT SLEEP(300)").await;
+            result
+        });
+        // Wait until the upstream runs it, then interrupt it through the gateway.
+        tokio::task::block_in_place(|| {
+            wait_until(WAIT, "the sleep running upstream", || {
+                let running = db.admin(
+                    "SELECT COUNT(*) FROM information_schema.processlist \
+                     WHERE info = 'SELECT SLEEP(300)'",
+                );
+                (running == "1").then_some(())
+            })
+        });
+        other
+            .query_drop(format!("KILL QUERY {target}"))
+            .await
+            .expect("KILL QUERY of one's own session");
+        let finished = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the killed statement ends long before its sleep would")
+            .unwrap();
+        // MariaDB ends an interrupted SLEEP with 1 (or with error 1317).
+        match finished {
+            Ok(value) => assert_eq!(value, Some(1)),
+            Err(e) => assert_eq!(server_error(e).code, 1317),
+        }
+    });
+}
