@@ -47,6 +47,8 @@ command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 { command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1; } || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+{ command -v mariadbd >/dev/null 2>&1 || [[ -x /usr/sbin/mariadbd ]]; } || missing+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
 
 if ((${#missing[@]} > 0)); then
     step "installing ${missing[*]}"
@@ -70,6 +72,13 @@ if [[ "$(id -u)" == 0 ]]; then
 fi
 step "PostgreSQL server: $PG_BIN ($("$PG_BIN/postgres" --version))"
 step "psql: $(psql --version)"
+{ command -v mariadbd >/dev/null 2>&1 || [[ -x /usr/sbin/mariadbd ]]; } || fail "mariadbd not found after installation (mariadb-server)"
+command -v mariadb >/dev/null 2>&1 || fail "the mariadb client not found after installation (mariadb-client)"
+if [[ "$(id -u)" == 0 ]]; then
+    # The MySQL gateway tests run their throwaway MariaDB as `mysql`.
+    id -u mysql >/dev/null 2>&1 || fail "running as root but there is no 'mysql' user to run the test MariaDB"
+fi
+step "MariaDB: $(mariadb --version)"
 
 if ! command -v cargo >/dev/null 2>&1 && [[ -f "$HOME/.cargo/env" ]]; then
     # shellcheck disable=SC1091

@@ -10,7 +10,8 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::upstream;
 use crate::ApiState;
-use airlock_core::config::Config;
+use airlock_core::classify_mysql::classify_for;
+use airlock_core::config::{Config, ConnectionKind};
 use airlock_core::gate::PolicyAuthor;
 use airlock_core::policy::{self, Explanation};
 use airlock_core::store::PolicyChangeRecord;
@@ -77,7 +78,7 @@ pub async fn explain(
 ) -> Result<Json<Explanation>, ApiError> {
     caller.require_admin()?;
     let Json(body) = body?;
-    let Some(conn) = state.config.connection(&body.connection) else {
+    let Some(connection) = state.config.connection(&body.connection) else {
         return Err(ApiError::BadRequest(format!(
             "no connection is named `{}`",
             body.connection
@@ -89,9 +90,14 @@ pub async fn explain(
         .map(|g| g.trim().to_string())
         .filter(|g| !g.is_empty())
         .collect();
-    // Calls to user-defined functions are judged by the upstream's catalog, as when they run.
-    let classification =
-        upstream::judge_functions(conn, state.gate.classifier().classify(&body.sql)).await;
+    let classification = match connection.kind {
+        // Calls to user-defined functions are judged by the upstream's catalog, as when they run.
+        ConnectionKind::Postgres => {
+            upstream::judge_functions(connection, state.gate.classifier().classify(&body.sql))
+                .await
+        }
+        kind => std::sync::Arc::new(classify_for(kind, &body.sql)),
+    };
     Ok(Json(policy::explain(
         &state.gate.policies(),
         groups,

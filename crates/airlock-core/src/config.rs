@@ -568,11 +568,11 @@ impl Config {
                     "a connection name must be non-empty, without spaces, `/` or `*`".into(),
                 );
             }
-            if conn.kind != ConnectionKind::Postgres {
+            if !matches!(conn.kind, ConnectionKind::Postgres | ConnectionKind::Mysql) {
                 issue(
                     at("type"),
                     format!(
-                        "connection type `{:?}` is not supported by this version of Airlock yet (postgres is)",
+                        "connection type `{:?}` is not supported by this version of Airlock yet (postgres and mysql are)",
                         conn.kind
                     )
                     .to_lowercase(),
@@ -594,6 +594,20 @@ impl Config {
                 match expand(password.expose(), base_dir) {
                     Ok(expanded) => conn.password = Some(Secret::new(expanded)),
                     Err(message) => issue(at("password"), message),
+                }
+            }
+            if conn.kind == ConnectionKind::Mysql {
+                if conn.user.is_none() {
+                    issue(
+                        at("user"),
+                        "a mysql connection needs the upstream `user`".into(),
+                    );
+                }
+                if !conn.address.contains(':') {
+                    issue(
+                        at("address"),
+                        format!("`{}` needs a port (host:port)", conn.address),
+                    );
                 }
             }
             if conn.kind == ConnectionKind::Postgres {

@@ -4,6 +4,7 @@
 pub mod approval;
 pub mod chain;
 pub mod classify;
+pub mod classify_mysql;
 pub mod config;
 pub mod functions;
 pub mod gate;

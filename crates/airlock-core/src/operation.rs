@@ -8,6 +8,7 @@ use std::sync::Arc;
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Postgres,
+    Mysql,
     /// One-off statements sent through `POST /api/v1/exec` (pipelines, `airlock exec`).
     Api,
     /// Statements run by the MCP tools (`airlock mcp`, `/mcp`) on an agent's behalf.
@@ -18,6 +19,7 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
             Protocol::Api => "api",
             Protocol::Mcp => "mcp",
         }

@@ -5,7 +5,7 @@
 use crate::cli::{Cli, ExplainArgs, Output};
 use crate::client::Client;
 use crate::output;
-use airlock_core::classify::classify;
+use airlock_core::classify_mysql::classify_for;
 use airlock_core::config::Config;
 use airlock_core::policy;
 use anyhow::{anyhow, bail, Context};
@@ -47,18 +47,19 @@ pub async fn run(cli: &Cli, args: &ExplainArgs) -> anyhow::Result<()> {
 fn local(path: &Path, groups: Vec<String>, connection: &str, sql: &str) -> anyhow::Result<Value> {
     let loaded = Config::load(path)
         .map_err(|e| anyhow!("{} is not a valid config:\n{e}", path.display()))?;
-    if loaded.config.connection(connection).is_none() {
+    let Some(found) = loaded.config.connection(connection) else {
         bail!(
             "no connection is named `{connection}` in {}",
             path.display()
         );
-    }
+    };
+    let classification = classify_for(found.kind, sql);
     let explanation = policy::explain(
         &loaded.policies,
         groups,
         connection,
         sql,
-        Arc::new(classify(sql)),
+        Arc::new(classification),
     );
     serde_json::to_value(explanation).context("cannot show the decision")
 }

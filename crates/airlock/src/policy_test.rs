@@ -5,7 +5,7 @@
 
 use crate::cli::Output;
 use crate::output;
-use airlock_core::classify::classify;
+use airlock_core::classify_mysql::classify_for;
 use airlock_core::config::{ActionName, Config, LoadedConfig};
 use airlock_core::policy::{self, Decision};
 use anyhow::{anyhow, bail, Context};
@@ -72,10 +72,8 @@ fn judge<'c>(loaded: &LoadedConfig, case: &'c Case) -> Outcome<'c> {
         .collect();
     let decision = if groups.is_empty() {
         Err("the case names no `group` or `groups`".to_string())
-    } else if loaded.config.connection(&case.connection).is_none() {
-        Err(format!("no connection is named `{}`", case.connection))
-    } else {
-        let classification = Arc::new(classify(&case.sql));
+    } else if let Some(connection) = loaded.config.connection(&case.connection) {
+        let classification = Arc::new(classify_for(connection.kind, &case.sql));
         Ok(policy::explain(
             &loaded.policies,
             groups,
@@ -84,6 +82,8 @@ fn judge<'c>(loaded: &LoadedConfig, case: &'c Case) -> Outcome<'c> {
             classification,
         )
         .decision)
+    } else {
+        Err(format!("no connection is named `{}`", case.connection))
     };
     Outcome { case, decision }
 }

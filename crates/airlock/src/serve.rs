@@ -10,6 +10,7 @@ use airlock_core::gate::Gate;
 use airlock_core::notify::{redact, Notifier};
 use airlock_core::sealer::{create_private, Sealer};
 use airlock_core::store::{Store, StoredConnection};
+use airlock_mysql::MysqlGateway;
 use airlock_postgres::upstream::UpstreamTarget;
 use airlock_postgres::PgGateway;
 use airlock_store::SqliteStore;
@@ -88,7 +89,25 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         })
         .collect();
 
+    let mysql_targets: HashMap<String, airlock_mysql::upstream::UpstreamTarget> = config
+        .connections
+        .iter()
+        .filter(|c| c.kind == ConnectionKind::Mysql)
+        .map(|c| {
+            (
+                c.name.clone(),
+                airlock_mysql::upstream::UpstreamTarget {
+                    address: c.address.clone(),
+                    database: c.database.clone().unwrap_or_default(),
+                    user: c.user.clone().unwrap_or_default(),
+                    password: c.password.clone(),
+                },
+            )
+        })
+        .collect();
+
     let api_listener = bind(&config.listen.api, "api").await?;
+    let mysql_listener = bind(&config.listen.mysql, "mysql").await?;
     let pg_listener = bind(&config.listen.postgres, "postgres")
         .await?
         .into_std()
@@ -97,8 +116,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     tracing::info!(
         api = %config.listen.api,
         postgres = %config.listen.postgres,
+        mysql = %config.listen.mysql,
         connections = config.connections.len(),
-        "airlock is serving (MySQL, SSH and HTTP listeners are not part of this version)"
+        "airlock is serving (SSH and HTTP listeners are not part of this version)"
     );
 
     let api = router(ApiState {
@@ -106,7 +126,9 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         config: Arc::new(config),
     });
     let pg = PgGateway::new(gate.clone(), targets);
+    let mysql = MysqlGateway::new(gate.clone(), mysql_targets);
     tokio::select! {
+        result = mysql.serve(mysql_listener) => result.context("MySQL listener failed")?,
         result = axum::serve(api_listener, api) => result.context("API listener failed")?,
         result = pg.serve(pg_listener, pg_threads) => result.context("PostgreSQL listener failed")?,
         _ = shutdown_signal() => tracing::info!("shutting down"),
