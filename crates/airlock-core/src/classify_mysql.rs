@@ -163,6 +163,7 @@ fn from_tokens(tokens: &[TokenWithSpan]) -> Option<ClassifiedStatement> {
     let mut statement = ClassifiedStatement {
         kind: K::Other,
         kinds: Vec::new(),
+        subkinds: Vec::new(),
         runs: Vec::new(),
         forbidden: None,
         tables: Vec::new(),
@@ -244,6 +245,7 @@ fn classify_statement(top: &Statement) -> ClassifiedStatement {
     let mut statement = ClassifiedStatement {
         kind: top_level_kind(top),
         kinds: Vec::new(),
+        subkinds: Vec::new(),
         runs: Vec::new(),
         forbidden: None,
         tables: Vec::new(),

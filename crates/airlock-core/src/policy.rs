@@ -106,6 +106,13 @@ struct KindTerm {
 }
 
 impl KindTerm {
+    /// As a rule writes it: `DROP TABLE`, or the kind alone.
+    fn name(&self) -> String {
+        self.subkind
+            .clone()
+            .unwrap_or_else(|| self.kind.name().to_string())
+    }
+
     fn parse(text: &str) -> Option<KindTerm> {
         let text = normalize_name(text);
         if let Some(kind) = StatementKind::from_name(&text) {
