@@ -18,18 +18,35 @@
 //! every event must be chained, its id must follow the previous one's without a gap, its
 //! `prev_hash` must be the previous `hash`, and its `hash` must recompute. An edited, deleted,
 //! inserted or reordered event therefore breaks the chain at (or right after) that event.
-//! Removing events from the end leaves a shorter but valid chain; detecting that needs the head
-//! hash anchored elsewhere.
+//! Removing events from the end leaves a shorter but valid chain, and a chain rewritten from
+//! end to end (every hash recomputed) is valid too: signed checkpoints ([`crate::checkpoint`])
+//! catch both. Each checkpoint must carry the gateway key's signature and name an event that
+//! is in the chain with the hash it signed; the events after the newest checkpoint (the
+//! unsigned tail, written since it) may span at most [`TAIL_FACTOR`] checkpoint intervals, so
+//! a chain stripped of its checkpoints and rewritten does not pass either.
+//!
+//! After a retention prune the chain starts from its anchor: the checkpoint over the last
+//! pruned event. The first kept event must chain from that checkpoint's hash.
 
-use crate::store::{EventDetail, Store, StoreError};
+use crate::checkpoint;
+use crate::store::{CheckpointRecord, EventDetail, Store, StoreError};
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// What the first chained event chains from.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Events read per store round trip while verifying.
 const PAGE: i64 = 1000;
+
+/// How many checkpoint intervals the unsigned tail may span.
+pub const TAIL_FACTOR: u32 = 2;
+
+/// The checkpoint interval assumed while no checkpoint states one.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// An event's detail as the chain hashes it and the store keeps it: the serde encoding of the
 /// detail as a JSON value, written compactly.
@@ -71,11 +88,118 @@ pub struct ChainReport {
     /// Chained events checked (up to and including the broken one).
     pub events_checked: u64,
     pub first_break: Option<ChainBreak>,
+    /// Signed checkpoints checked (the anchor included).
+    #[serde(default)]
+    pub checkpoints_checked: u64,
+    /// The last event a valid checkpoint covers.
+    #[serde(default)]
+    pub signed_through: Option<i64>,
+    /// The last event removed by retention, where verification started.
+    #[serde(default)]
+    pub pruned_through: Option<i64>,
 }
 
-/// Walks every stored event in id order and reports the first broken link.
-pub async fn verify(store: &dyn Store) -> Result<ChainReport, StoreError> {
+/// The walk's progress over checkpoints.
+struct Signed<'a> {
+    key: Option<&'a VerifyingKey>,
+    /// The kept checkpoints by event id, removed as they are checked.
+    pending: BTreeMap<i64, Vec<&'a CheckpointRecord>>,
+    checked: u64,
+    /// The last event covered, and the interval its checkpoint states.
+    through: Option<(i64, i64)>,
+    /// The first and the newest `at` of the events after `through`.
+    tail: Option<(i64, i64, i64)>,
+}
+
+impl Signed<'_> {
+    /// Checks every checkpoint over `event_id`, whose recomputed hash is `hash`.
+    fn check(&mut self, event_id: i64, hash: &str) -> Result<(), String> {
+        for record in self.pending.remove(&event_id).unwrap_or_default() {
+            let c = &record.checkpoint;
+            let key = self.key.ok_or_else(|| {
+                format!(
+                    "checkpoint {} cannot be checked: no public key to check it with",
+                    record.id
+                )
+            })?;
+            checkpoint::check(key, c).map_err(|why| format!("checkpoint {}: {why}", record.id))?;
+            if c.hash != hash {
+                return Err(format!(
+                    "checkpoint {} signed another hash for this event: the chain was rewritten",
+                    record.id
+                ));
+            }
+            self.checked += 1;
+            self.through = Some((event_id, c.interval_ms));
+            self.tail = None;
+        }
+        Ok(())
+    }
+}
+
+/// Walks every stored event in id order and reports the first broken link. Checkpoint
+/// signatures are checked with `key`; without one, any checkpoint is a failure (fail closed).
+/// The unsigned tail may span [`TAIL_FACTOR`] times the longer of `interval` (the gateway's
+/// configured one, when known) and the interval the newest checkpoint states; without either,
+/// [`DEFAULT_CHECKPOINT_INTERVAL`].
+pub async fn verify(
+    store: &dyn Store,
+    key: Option<&VerifyingKey>,
+    interval: Option<Duration>,
+) -> Result<ChainReport, StoreError> {
+    let checkpoints = store.list_checkpoints().await?;
+    let pruned_through = store.pruned_through().await?;
+    let mut signed = Signed {
+        key,
+        pending: BTreeMap::new(),
+        checked: 0,
+        through: None,
+        tail: None,
+    };
+    for record in &checkpoints {
+        signed
+            .pending
+            .entry(record.checkpoint.event_id)
+            .or_default()
+            .push(record);
+    }
     let mut checker = Checker::default();
+    let report =
+        |checker: &Checker, signed: &Signed, first_break: Option<ChainBreak>| ChainReport {
+            ok: first_break.is_none(),
+            events_checked: checker.checked,
+            first_break,
+            checkpoints_checked: signed.checked,
+            signed_through: signed.through.map(|(id, _)| id),
+            pruned_through: (pruned_through > 0).then_some(pruned_through),
+        };
+    if pruned_through > 0 {
+        // Checkpoints before the anchor went with the events they covered.
+        signed.pending = signed.pending.split_off(&pruned_through);
+        let anchor = signed
+            .pending
+            .get(&pruned_through)
+            .and_then(|c| c.first())
+            .map(|c| c.checkpoint.hash.clone());
+        let Some(anchor) = anchor else {
+            let reason = format!(
+                "events up to {pruned_through} were pruned, but the checkpoint they were pruned at is missing"
+            );
+            let broken = ChainBreak {
+                id: pruned_through,
+                reason,
+            };
+            return Ok(report(&checker, &signed, Some(broken)));
+        };
+        if let Err(reason) = signed.check(pruned_through, &anchor) {
+            let broken = ChainBreak {
+                id: pruned_through,
+                reason,
+            };
+            return Ok(report(&checker, &signed, Some(broken)));
+        }
+        checker.last = Some((pruned_through, anchor));
+    }
     let mut after = 0;
     loop {
         let page = store.list_chain_after(after, PAGE).await?;
@@ -84,23 +208,110 @@ pub async fn verify(store: &dyn Store) -> Result<ChainReport, StoreError> {
         };
         after = last.id;
         for link in &page {
-            if let Err(reason) = checker.check(link) {
-                return Ok(ChainReport {
-                    ok: false,
-                    events_checked: checker.checked,
-                    first_break: Some(ChainBreak {
-                        id: link.id,
-                        reason,
-                    }),
+            let checked = checker.check(link).and_then(|()| match &checker.last {
+                Some((id, hash)) if *id == link.id => signed.check(link.id, hash),
+                _ => Ok(()),
+            });
+            if let Err(reason) = checked {
+                let broken = ChainBreak {
+                    id: link.id,
+                    reason,
+                };
+                return Ok(report(&checker, &signed, Some(broken)));
+            }
+            let chained = checker.last.as_ref().is_some_and(|(id, _)| *id == link.id);
+            let covered = signed.through.is_some_and(|(id, _)| id == link.id);
+            if chained && !covered {
+                signed.tail = Some(match signed.tail {
+                    Some((id, first, newest)) => (id, first, newest.max(link.at)),
+                    None => (link.id, link.at, link.at),
                 });
             }
         }
     }
-    Ok(ChainReport {
-        ok: true,
-        events_checked: checker.checked,
-        first_break: None,
-    })
+    // A checkpoint over an event past the end: the end was cut off.
+    if let Some((&event_id, records)) = signed.pending.iter().next() {
+        let id = records.first().map_or(0, |r| r.id);
+        let broken = ChainBreak {
+            id: event_id,
+            reason: format!(
+                "checkpoint {id} covers event {event_id}, which is not in the chain: events were removed"
+            ),
+        };
+        return Ok(report(&checker, &signed, Some(broken)));
+    }
+    if let Some((first_id, first_at, newest_at)) = signed.tail {
+        let stated = signed
+            .through
+            .map(|(_, ms)| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        let interval = match (interval, stated) {
+            (Some(a), Some(b)) => a.max(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => DEFAULT_CHECKPOINT_INTERVAL,
+        };
+        let allowed = interval.saturating_mul(TAIL_FACTOR);
+        let span = Duration::from_millis(u64::try_from(newest_at - first_at).unwrap_or(0));
+        if span > allowed {
+            let broken = ChainBreak {
+                id: first_id,
+                reason: format!(
+                    "the events from here on are not covered by a signed checkpoint, though they \
+                     span {} (checkpoints come every {}): the checkpoints were removed and the \
+                     chain rewritten, or the gateway could not sign them",
+                    humantime::format_duration(Duration::from_secs(span.as_secs())),
+                    humantime::format_duration(interval)
+                ),
+            };
+            return Ok(report(&checker, &signed, Some(broken)));
+        }
+    }
+    Ok(report(&checker, &signed, None))
+}
+
+/// Walks the events after `from` (an event's id and hash; `None`: the chain's start) and
+/// checks that each links to the one before; returns the last chained event, or the first
+/// break. How the checkpoint signer makes sure it only ever signs a continuation of what it
+/// signed before.
+pub async fn follow(
+    store: &dyn Store,
+    from: Option<(i64, String)>,
+) -> Result<Result<Option<(i64, String)>, ChainBreak>, StoreError> {
+    let mut after = from.as_ref().map_or(0, |(id, _)| *id);
+    // The event followed from must still be what it was (unless retention removed it).
+    if let Some((id, hash)) = &from {
+        let start = store.list_chain_after(id - 1, 1).await?;
+        if let Some(link) = start.first().filter(|link| link.id == *id) {
+            let recomputed = link
+                .prev_hash
+                .as_deref()
+                .map(|prev| event_hash(prev, link.id, link.session_id, link.at, &link.detail));
+            if link.hash.as_ref() != Some(hash) || recomputed.as_ref() != Some(hash) {
+                return Ok(Err(ChainBreak {
+                    id: *id,
+                    reason: "the event no longer has the hash it had".into(),
+                }));
+            }
+        }
+    }
+    let mut checker = Checker {
+        last: from,
+        checked: 0,
+    };
+    loop {
+        let page = store.list_chain_after(after, PAGE).await?;
+        let Some(last) = page.last() else {
+            return Ok(Ok(checker.last));
+        };
+        after = last.id;
+        for link in &page {
+            if let Err(reason) = checker.check(link) {
+                return Ok(Err(ChainBreak {
+                    id: link.id,
+                    reason,
+                }));
+            }
+        }
+    }
 }
 
 /// The walk's state: the last chained event seen.

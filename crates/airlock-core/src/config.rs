@@ -41,9 +41,37 @@ pub struct Config {
     #[serde(default)]
     pub notify: Vec<WebhookConfig>,
     #[serde(default)]
-    pub recording: Option<serde_yaml::Value>,
+    pub recording: RecordingConfig,
     #[serde(default)]
     pub mcp: Option<serde_yaml::Value>,
+}
+
+/// `recording:` — how long the record is kept and how often it is signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// History older than this is pruned in the background (`90d`); kept forever when absent.
+    #[serde(default, deserialize_with = "human_duration")]
+    pub retention: Option<Duration>,
+    /// How often the chain's head is signed (see [`crate::checkpoint`]).
+    #[serde(
+        default = "default_checkpoint_interval",
+        deserialize_with = "required_duration"
+    )]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            retention: None,
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+fn default_checkpoint_interval() -> Duration {
+    crate::chain::DEFAULT_CHECKPOINT_INTERVAL
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -339,7 +367,7 @@ impl Default for Config {
             policies: Vec::new(),
             masking: None,
             notify: Vec::new(),
-            recording: None,
+            recording: RecordingConfig::default(),
             mcp: None,
         }
     }
@@ -428,7 +456,6 @@ impl Config {
 
         for (key, present) in [
             ("masking", config.masking.is_some()),
-            ("recording", config.recording.is_some()),
             ("mcp", config.mcp.is_some()),
         ] {
             if present {
@@ -577,6 +604,21 @@ impl Config {
             }
         }
 
+        if config.recording.checkpoint_interval < Duration::from_secs(1) {
+            issue(
+                "recording.checkpoint_interval".into(),
+                "must be at least 1s".into(),
+            );
+        }
+        if let Some(retention) = config.recording.retention {
+            // Pruning needs a checkpoint older than the cutoff to anchor at.
+            if retention < config.recording.checkpoint_interval * 2 {
+                issue(
+                    "recording.retention".into(),
+                    "must be at least twice recording.checkpoint_interval".into(),
+                );
+            }
+        }
         let policies = check_policies(&config.policies, &names, &mut issue);
         if issues.is_empty() {
             Ok(LoadedConfig { config, policies })

@@ -3,6 +3,7 @@
 
 pub mod approval;
 pub mod chain;
+pub mod checkpoint;
 pub mod classify;
 pub mod config;
 pub mod gate;
@@ -15,3 +16,4 @@ pub mod recorder;
 pub mod sealer;
 pub mod secret;
 pub mod store;
+pub mod upkeep;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use airlock_core::chain::{self, ChainReport};
+use airlock_core::checkpoint::{self, CheckpointKey, Checkpointer};
 use airlock_core::recorder::Recorder;
 use airlock_core::store::{EventDetail, EventRecord, NewEvent, NewSession, OutcomeStatus, Store};
 use airlock_store::SqliteStore;
@@ -77,7 +78,9 @@ impl Fixture {
     }
 
     async fn verify(&self) -> ChainReport {
-        chain::verify(self.store.as_ref()).await.unwrap()
+        chain::verify(self.store.as_ref(), None, None)
+            .await
+            .unwrap()
     }
 
     /// Runs SQL on the database file behind the store's back, as a tamperer would.
@@ -109,7 +112,10 @@ async fn an_intact_chain_verifies_and_resumes_across_restarts() {
         ChainReport {
             ok: true,
             events_checked: 7,
-            first_break: None
+            first_break: None,
+            checkpoints_checked: 0,
+            signed_through: None,
+            pruned_through: None,
         }
     );
     let events = f.store.list_events(f.session).await.unwrap();
@@ -239,4 +245,58 @@ async fn an_inserted_event_breaks_the_chain() {
     )
     .await;
     assert_eq!(f.broken_at().await, 4);
+}
+
+#[tokio::test]
+async fn a_pruned_chain_verifies_from_its_signed_anchor() {
+    let f = Fixture::new().await;
+    let key =
+        Arc::new(CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap());
+    let public = key.public();
+    let interval = std::time::Duration::from_secs(60);
+    f.record(4).await;
+    let mut signer = Checkpointer::resume(f.store.as_ref(), key.clone(), interval)
+        .await
+        .unwrap();
+    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), Some(4));
+    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), None);
+    // Without the key, a checkpoint is not taken on trust.
+    assert!(
+        !chain::verify(f.store.as_ref(), None, None)
+            .await
+            .unwrap()
+            .ok
+    );
+
+    // Every event is older than the cutoff and the session is idle since: all of it goes.
+    let pruned = f.store.prune(5_000).await.unwrap();
+    assert_eq!((pruned.pruned_through, pruned.events), (Some(4), 4));
+    let report = chain::verify(f.store.as_ref(), Some(&public), None)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.pruned_through, Some(4));
+
+    // Recording resumes from the anchor, and a journal copied again keeps pruned events out.
+    assert_eq!(f.record(2).await, vec![5, 6]);
+    f.tamper("UPDATE journal SET offset = 0").await;
+    f.record(0).await;
+    let report = chain::verify(f.store.as_ref(), Some(&public), None)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 2);
+    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), Some(6));
+
+    // A chain that does not continue the last checkpoint is not signed, and does not verify.
+    f.tamper("UPDATE events SET detail = replace(detail, 'SELECT 1', 'SELECT 9') WHERE id = 6")
+        .await;
+    assert!(
+        !chain::verify(f.store.as_ref(), Some(&public), None)
+            .await
+            .unwrap()
+            .ok
+    );
+    f.record(1).await;
+    assert!(signer.sign_head(f.store.as_ref()).await.is_err());
 }

@@ -12,6 +12,7 @@ mod explain;
 mod output;
 mod policy_test;
 mod reload;
+mod replay;
 mod serve;
 mod sessions;
 mod tokens;
@@ -95,11 +96,24 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             sessions::list(cli, *since, *limit).await?
         }
         Command::Sessions(SessionsCommand::Show { id }) => sessions::show(cli, *id).await?,
-        Command::Sessions(SessionsCommand::Export { format, since }) => {
-            sessions::export(cli, *format, *since).await?
+        Command::Sessions(SessionsCommand::Export {
+            format,
+            since,
+            connection,
+            identity,
+        }) => {
+            sessions::export(
+                cli,
+                *format,
+                *since,
+                connection.as_deref(),
+                identity.as_deref(),
+            )
+            .await?
         }
-        Command::Audit(AuditCommand::Verify { db }) => {
-            return audit::verify(cli, db.as_deref()).await
+        Command::Sessions(SessionsCommand::Replay { id }) => replay::run(cli, *id).await?,
+        Command::Audit(AuditCommand::Verify { db, public_key }) => {
+            return audit::verify(cli, db.as_deref(), public_key.as_deref()).await
         }
         Command::Tokens(TokensCommand::Create { name, groups, ttl }) => {
             tokens::create(cli, name, groups, ttl.as_deref()).await?
