@@ -918,6 +918,25 @@ policies:
     }
 
     #[test]
+    fn recording_takes_a_retention_and_a_checkpoint_interval() {
+        let loaded = Config::parse("recording:\n  retention: 90d\n", "c.yaml", None).unwrap();
+        let recording = &loaded.config.recording;
+        assert_eq!(recording.retention, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(recording.checkpoint_interval, Duration::from_secs(60));
+        let defaults = Config::parse("", "c.yaml", None).unwrap();
+        assert_eq!(defaults.config.recording.retention, None);
+        for bad in [
+            "recording:\n  retention: soon\n",
+            "recording:\n  checkpoint_interval: 10ms\n",
+            "recording:\n  retention: 1m\n  checkpoint_interval: 1m\n",
+            "recording:\n  kept: forever\n",
+        ] {
+            let err = Config::parse(bad, "c.yaml", None).unwrap_err();
+            assert!(err.to_string().contains("recording"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_a_line() {
         let text = EXAMPLE.replace("action: allow", "action: allow\n        sneaky: true");
         let err = Config::parse(&text, "c.yaml", None).unwrap_err();

@@ -162,10 +162,10 @@ fn render_statement(detail: &EventDetail, lines: &mut Vec<String>) {
         (Some(policy), None) => line.push_str(&format!(" by policy {policy}")),
         (None, None) => {}
     }
-    if let Some(reason) = reason {
-        line.push_str(&format!(": {reason}"));
-    }
     lines.push(line);
+    if let Some(reason) = reason {
+        lines.push(format!("reason: {reason}"));
+    }
 }
 
 fn render_resolution(step_at: Millis, approval: &Approval, lines: &mut Vec<String>) {
@@ -180,7 +180,7 @@ fn render_resolution(step_at: Millis, approval: &Approval, lines: &mut Vec<Strin
     else {
         return;
     };
-    let waited = seconds(approval.at - step_at);
+    let waited = format!("{:.3}s", (approval.at - step_at) as f64 / 1000.0);
     lines.push(format!("{} after {waited}", state.as_str().to_uppercase()));
     if votes.is_empty() {
         if !decided_by.is_empty() {
@@ -266,7 +266,7 @@ fn render(session: &SessionRecord, timeline: &Timeline) -> String {
     if timeline.steps.is_empty() && timeline.unattached.is_empty() {
         out.push_str("\nno statements recorded\n");
     }
-    let indent = " ".repeat(34);
+    let indent = " ".repeat(35);
     for step in &timeline.steps {
         let mut lines = Vec::new();
         render_statement(&step.statement, &mut lines);
