@@ -107,7 +107,7 @@ struct Signed<'a> {
     checked: u64,
     /// The last event covered, and the interval its checkpoint states.
     through: Option<(i64, i64)>,
-    /// The first and the newest `at` of the events after `through`.
+    /// The events after `through`: the first one's id and time, and the newest time.
     tail: Option<(i64, i64, i64)>,
 }
 
@@ -337,6 +337,12 @@ impl Checker {
         let expected_prev = match &self.last {
             None => GENESIS,
             Some((last_id, last_hash)) => {
+                if link.id <= *last_id {
+                    // Only retention's anchor lets the walk start above an event.
+                    return Err(format!(
+                        "the event lies at or before event {last_id}, where the chain goes on from"
+                    ));
+                }
                 if link.id != last_id + 1 {
                     return Err(format!(
                         "events {} to {} are missing",

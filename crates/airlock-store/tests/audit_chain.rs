@@ -288,6 +288,18 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
     assert_eq!(report.events_checked, 2);
     assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), Some(6));
 
+    // An event slipped in below the anchor is no part of the chain.
+    f.tamper(
+        "INSERT INTO events (id, session_id, at, kind, detail, prev_hash, hash) \
+         SELECT 2, session_id, at, kind, detail, prev_hash, hash FROM events WHERE id = 5",
+    )
+    .await;
+    let report = chain::verify(f.store.as_ref(), Some(&public), None)
+        .await
+        .unwrap();
+    assert_eq!(report.first_break.as_ref().map(|b| b.id), Some(2), "{report:?}");
+    f.tamper("DELETE FROM events WHERE id = 2").await;
+
     // A chain that does not continue the last checkpoint is not signed, and does not verify.
     f.tamper("UPDATE events SET detail = replace(detail, 'SELECT 1', 'SELECT 9') WHERE id = 6")
         .await;
