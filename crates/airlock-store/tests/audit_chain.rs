@@ -297,7 +297,11 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
     let report = chain::verify(f.store.as_ref(), Some(&public), None)
         .await
         .unwrap();
-    assert_eq!(report.first_break.as_ref().map(|b| b.id), Some(2), "{report:?}");
+    assert_eq!(
+        report.first_break.as_ref().map(|b| b.id),
+        Some(2),
+        "{report:?}"
+    );
     f.tamper("DELETE FROM events WHERE id = 2").await;
 
     // A chain that does not continue the last checkpoint is not signed, and does not verify.

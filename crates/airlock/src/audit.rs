@@ -11,14 +11,22 @@ use airlock_store::SqliteStore;
 use anyhow::Context;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// What an offline check (`--db`) is told instead of asking the gateway.
+pub struct Offline<'a> {
+    /// The checkpoint public key, hex; else the key file beside the database is read.
+    pub public_key: Option<&'a str>,
+    pub checkpoint_interval: Option<Duration>,
+}
 
 pub async fn verify(
     cli: &Cli,
     db: Option<&Path>,
-    public_key: Option<&str>,
+    offline: Offline<'_>,
 ) -> anyhow::Result<ExitCode> {
     let report = match db {
-        Some(path) => verify_file(path, public_key).await?,
+        Some(path) => verify_file(path, offline).await?,
         None => {
             let value = Client::new(cli)?.get("/api/v1/audit/verify", &[]).await?;
             serde_json::from_value(value)
@@ -39,13 +47,13 @@ pub async fn verify(
 
 /// Verifies a database file directly. Opening it applies any pending migrations, as the
 /// gateway would; a missing file is an error rather than a new, empty (and valid) store.
-/// Checkpoints are checked with `public_key`, else with the signing key file beside the
-/// database (the data directory).
-async fn verify_file(path: &Path, public_key: Option<&str>) -> anyhow::Result<ChainReport> {
+/// Checkpoints are checked with the given public key, else with the signing key file beside
+/// the database (the data directory).
+async fn verify_file(path: &Path, offline: Offline<'_>) -> anyhow::Result<ChainReport> {
     if !path.is_file() {
         anyhow::bail!("{} is not a database file", path.display());
     }
-    let key = match public_key {
+    let key = match offline.public_key {
         Some(hex) => checkpoint::parse_public_key(hex)?,
         None => {
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -60,7 +68,7 @@ async fn verify_file(path: &Path, public_key: Option<&str>) -> anyhow::Result<Ch
     let store = SqliteStore::open(location)
         .await
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let report = chain::verify(&store, Some(&key), None).await;
+    let report = chain::verify(&store, Some(&key), offline.checkpoint_interval).await;
     store.close().await;
     Ok(report?)
 }

@@ -259,6 +259,10 @@ pub enum AuditCommand {
         /// by default it is read from the signing key file beside the database.
         #[arg(long, value_name = "HEX", requires = "db")]
         public_key: Option<String>,
+        /// With --db: the gateway's `recording.checkpoint_interval`, which bounds how long the
+        /// unsigned tail may span [default: the newest checkpoint's, else 1m].
+        #[arg(long, value_name = "D", requires = "db", value_parser = humantime::parse_duration)]
+        checkpoint_interval: Option<std::time::Duration>,
     },
 }
 

@@ -112,8 +112,16 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             .await?
         }
         Command::Sessions(SessionsCommand::Replay { id }) => replay::run(cli, *id).await?,
-        Command::Audit(AuditCommand::Verify { db, public_key }) => {
-            return audit::verify(cli, db.as_deref(), public_key.as_deref()).await
+        Command::Audit(AuditCommand::Verify {
+            db,
+            public_key,
+            checkpoint_interval,
+        }) => {
+            let offline = audit::Offline {
+                public_key: public_key.as_deref(),
+                checkpoint_interval: *checkpoint_interval,
+            };
+            return audit::verify(cli, db.as_deref(), offline).await;
         }
         Command::Tokens(TokensCommand::Create { name, groups, ttl }) => {
             tokens::create(cli, name, groups, ttl.as_deref()).await?

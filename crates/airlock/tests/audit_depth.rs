@@ -352,6 +352,21 @@ fn signed_checkpoints_catch_a_rewritten_chain() {
         "{}",
         describe(&out)
     );
+    // Offline, told the configured interval, the same.
+    let offline = gw.cli(&[
+        "audit",
+        "verify",
+        "--db",
+        db_arg,
+        "--checkpoint-interval",
+        "1s",
+    ]);
+    assert_eq!(offline.status.code(), Some(1), "{}", describe(&offline));
+    assert!(
+        stdout_of(&offline).contains("not covered by a signed checkpoint"),
+        "{}",
+        describe(&offline)
+    );
     // What the gateway records next does not chain onto the rewrite either.
     assert!(gw
         .psql(&agent, "prod", "SELECT 'after the rewrite'")
