@@ -437,8 +437,9 @@ pub trait Store: Send + Sync + 'static {
     /// transaction: every event up to the newest checkpoint before which every event belongs
     /// to a session whose last activity is older than `cutoff`; then the ended sessions left
     /// without events (with their approval requests, votes and deliveries), and the
-    /// checkpoints before that anchor, which is kept.
-    async fn prune(&self, cutoff: Millis) -> Result<PruneReport, StoreError>;
+    /// checkpoints before that anchor, which is kept. At most about `max_events` events go at
+    /// once (a whole segment at least): call again while it removes any.
+    async fn prune(&self, cutoff: Millis, max_events: i64) -> Result<PruneReport, StoreError>;
 
     /// Up to `limit` events with ids above `after_id` that `filter` lets through, in id order,
     /// each with its session: one page of an export.

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 /// Pruning runs at most this often, however long the retention.
 const MAX_PRUNE_PERIOD: Duration = Duration::from_secs(3600);
+/// Events removed per prune at most (a whole segment at least); a full batch runs again at the
+/// next checkpoint, so a backlog goes in steps that never hold the store's write lock for long.
+const PRUNE_BATCH: i64 = 50_000;
 
 /// Runs for the gateway's lifetime.
 pub async fn run(gate: Arc<Gate>, key: Arc<CheckpointKey>, recording: RecordingConfig) {
@@ -38,8 +41,8 @@ pub async fn run(gate: Arc<Gate>, key: Arc<CheckpointKey>, recording: RecordingC
         sign(&gate, &mut checkpointer).await;
         if let (Some(retention), Some(every)) = (recording.retention, prune_every) {
             if last_prune.is_none_or(|at| at.elapsed() >= every) {
-                last_prune = Some(Instant::now());
-                prune(&gate, retention).await;
+                let more = prune(&gate, retention).await;
+                last_prune = (!more).then(Instant::now);
             }
         }
     }
@@ -64,17 +67,27 @@ pub async fn sign_at_exit(gate: &Gate, key: Arc<CheckpointKey>, interval: Durati
     }
 }
 
-async fn prune(gate: &Gate, retention: Duration) {
+/// Prunes one batch; whether more may be due.
+async fn prune(gate: &Gate, retention: Duration) -> bool {
     let age = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     let cutoff = now_millis().saturating_sub(age);
-    match gate.store().prune(cutoff).await {
-        Ok(report) if report.events > 0 || report.sessions > 0 => tracing::info!(
-            events = report.events,
-            sessions = report.sessions,
-            pruned_through = report.pruned_through,
-            "pruned history older than the retention"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::error!(error = %e, "could not prune history older than the retention"),
+    match gate.store().prune(cutoff, PRUNE_BATCH).await {
+        Ok(report) => {
+            if report.events > 0 || report.sessions > 0 {
+                tracing::info!(
+                    events = report.events,
+                    sessions = report.sessions,
+                    pruned_through = report.pruned_through,
+                    "pruned history older than the retention"
+                );
+            }
+            // Only a full batch leaves more behind; otherwise wait the period, since finding
+            // what may go scans the history.
+            report.events >= PRUNE_BATCH.unsigned_abs()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not prune history older than the retention");
+            false
+        }
     }
 }

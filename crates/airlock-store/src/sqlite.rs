@@ -509,7 +509,7 @@ impl Store for SqliteStore {
             .map_err(db)
     }
 
-    async fn prune(&self, cutoff: Millis) -> Result<PruneReport, StoreError> {
+    async fn prune(&self, cutoff: Millis, max_events: i64) -> Result<PruneReport, StoreError> {
         let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
         // The first event of a session active at or after the cutoff (its end, or while open
         // its last event): nothing from there on may go.
@@ -523,13 +523,18 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
+        // The newest checkpoint within `max_events` of the last prune, else the first one: one
+        // write transaction never holds the store for long, and a prune always progresses.
         let anchor: Option<i64> = sqlx::query_scalar(
             "SELECT c.event_id FROM checkpoints c JOIN journal j ON j.id = 1 \
-             WHERE c.event_id > j.pruned_through AND c.event_id < ? \
+             WHERE c.event_id > j.pruned_through AND c.event_id < ?1 \
              AND EXISTS (SELECT 1 FROM events e WHERE e.id = c.event_id) \
-             ORDER BY c.event_id DESC LIMIT 1",
+             ORDER BY c.event_id <= j.pruned_through + ?2 DESC, \
+             CASE WHEN c.event_id <= j.pruned_through + ?2 THEN -c.event_id ELSE c.event_id END \
+             LIMIT 1",
         )
         .bind(keep_from.unwrap_or(i64::MAX))
+        .bind(max_events.max(1))
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;

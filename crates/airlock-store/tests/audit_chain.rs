@@ -268,9 +268,20 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
             .ok
     );
 
-    // Every event is older than the cutoff and the session is idle since: all of it goes.
-    let pruned = f.store.prune(5_000).await.unwrap();
-    assert_eq!((pruned.pruned_through, pruned.events), (Some(4), 4));
+    // Every event is older than the cutoff and the session is idle since: all of it goes, in
+    // batches of whole segments.
+    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), None);
+    checkpoint_over(&f.store, &key, 2).await;
+    let pruned = f.store.prune(5_000, 1).await.unwrap();
+    assert_eq!((pruned.pruned_through, pruned.events), (Some(2), 2));
+    let report = chain::verify(f.store.as_ref(), Some(&public), None)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    let pruned = f.store.prune(5_000, 1).await.unwrap();
+    assert_eq!((pruned.pruned_through, pruned.events), (Some(4), 2));
+    let pruned = f.store.prune(5_000, 1).await.unwrap();
+    assert_eq!(pruned.pruned_through, None);
     let report = chain::verify(f.store.as_ref(), Some(&public), None)
         .await
         .unwrap();
@@ -315,4 +326,15 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
     );
     f.record(1).await;
     assert!(signer.sign_head(f.store.as_ref()).await.is_err());
+}
+
+/// Stores `key`'s checkpoint over event `event_id`, as the gateway would have signed it then.
+async fn checkpoint_over(store: &SqliteStore, key: &CheckpointKey, event_id: i64) {
+    let link = store.list_chain_after(event_id - 1, 1).await.unwrap();
+    let hash = link[0].hash.clone().unwrap();
+    let interval = std::time::Duration::from_secs(60);
+    store
+        .record_checkpoint(&key.sign(event_id, &hash, link[0].at, interval))
+        .await
+        .unwrap();
 }
