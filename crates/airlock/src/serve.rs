@@ -127,6 +127,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         result = pg.serve(pg_listener, pg_threads) => result.context("PostgreSQL listener failed")?,
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
+    gate.sync_records().await;
     upkeep::sign_at_exit(&gate, checkpoint_key, recording.checkpoint_interval).await;
     Ok(())
 }

@@ -96,7 +96,7 @@ fn describe(event: &EventDetail) -> (String, String) {
             reason,
             decided_by,
             replaced_with,
-            ..
+            votes,
         } => {
             let mut text = format!(
                 "approval request {request_id} {} (event #{statement_event})",
@@ -107,6 +107,18 @@ fn describe(event: &EventDetail) -> (String, String) {
             }
             if let Some(reason) = reason {
                 text.push_str(&format!(": {reason}"));
+            }
+            for vote in votes {
+                let way = if vote.approve { "approved" } else { "denied" };
+                text.push_str(&format!(
+                    "\n{way} by {} at {}{}",
+                    vote.reviewer_name,
+                    output::time(vote.at),
+                    vote.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ));
             }
             if let Some(sql) = replaced_with {
                 text.push_str(&format!("\nran instead: {sql}"));

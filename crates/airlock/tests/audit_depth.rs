@@ -140,6 +140,14 @@ fn replay_and_export_tell_what_happened() {
     assert_eq!(approval["votes"][0]["reason"], "gamma is obsolete");
     assert_eq!(steps[3]["outcomes"][0]["tag"], "DELETE 1");
 
+    // `sessions show` lists the votes too.
+    let show = gw.cli(&["sessions", "show", &id.to_string()]);
+    assert!(
+        stdout_of(&show).contains("approved by dba-1 at"),
+        "{}",
+        describe(&show)
+    );
+
     // Export: by connection, by identity, both, by time; every page of the long session.
     let staging = jsonl(&gw.cli(&["sessions", "export", "--connection", "staging"]));
     assert!(staging.iter().all(|r| r["connection"] == "staging"));
