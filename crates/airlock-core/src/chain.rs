@@ -33,7 +33,7 @@ use crate::store::{CheckpointRecord, EventDetail, Store, StoreError};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// What the first chained event chains from.
@@ -99,11 +99,16 @@ pub struct ChainReport {
     pub pruned_through: Option<i64>,
 }
 
-/// The walk's progress over checkpoints.
+/// The walk's progress over checkpoints, read a page at a time in event order alongside the
+/// events, so verification runs in constant memory however many there are.
 struct Signed<'a> {
+    store: &'a dyn Store,
     key: Option<&'a VerifyingKey>,
-    /// The kept checkpoints by event id, removed as they are checked.
-    pending: BTreeMap<i64, Vec<&'a CheckpointRecord>>,
+    /// Read but not yet reached by the walk.
+    pending: VecDeque<CheckpointRecord>,
+    /// The last checkpoint read (event id, id).
+    cursor: (i64, i64),
+    exhausted: bool,
     checked: u64,
     /// The last event covered, and the interval its checkpoint states.
     through: Option<(i64, i64)>,
@@ -112,10 +117,43 @@ struct Signed<'a> {
 }
 
 impl Signed<'_> {
-    /// Checks every checkpoint over `event_id`, whose recomputed hash is `hash`.
-    fn check(&mut self, event_id: i64, hash: &str) -> Result<(), String> {
-        for record in self.pending.remove(&event_id).unwrap_or_default() {
+    /// The checkpoints over events up to `event_id` not taken yet.
+    async fn take_through(&mut self, event_id: i64) -> Result<Vec<CheckpointRecord>, StoreError> {
+        let mut taken = Vec::new();
+        loop {
+            while let Some(front) = self.pending.front() {
+                if front.checkpoint.event_id > event_id {
+                    return Ok(taken);
+                }
+                taken.extend(self.pending.pop_front());
+            }
+            if self.exhausted {
+                return Ok(taken);
+            }
+            let page = self.store.list_checkpoints_after(self.cursor, PAGE).await?;
+            self.exhausted = page.len() < PAGE as usize;
+            if let Some(last) = page.last() {
+                self.cursor = (last.checkpoint.event_id, last.id);
+            }
+            self.pending.extend(page);
+        }
+    }
+
+    /// Checks `records`, taken for event `event_id` whose recomputed hash is `hash`.
+    fn check(
+        &mut self,
+        event_id: i64,
+        hash: &str,
+        records: &[CheckpointRecord],
+    ) -> Result<(), String> {
+        for record in records {
             let c = &record.checkpoint;
+            if c.event_id != event_id {
+                return Err(format!(
+                    "checkpoint {} covers event {}, which is not in the chain: events were removed",
+                    record.id, c.event_id
+                ));
+            }
             let key = self.key.ok_or_else(|| {
                 format!(
                     "checkpoint {} cannot be checked: no public key to check it with",
@@ -147,22 +185,18 @@ pub async fn verify(
     key: Option<&VerifyingKey>,
     interval: Option<Duration>,
 ) -> Result<ChainReport, StoreError> {
-    let checkpoints = store.list_checkpoints().await?;
     let pruned_through = store.pruned_through().await?;
     let mut signed = Signed {
+        store,
         key,
-        pending: BTreeMap::new(),
+        pending: VecDeque::new(),
+        // Checkpoints before the anchor went with the events they covered.
+        cursor: (pruned_through, -1),
+        exhausted: false,
         checked: 0,
         through: None,
         tail: None,
     };
-    for record in &checkpoints {
-        signed
-            .pending
-            .entry(record.checkpoint.event_id)
-            .or_default()
-            .push(record);
-    }
     let mut checker = Checker::default();
     let report =
         |checker: &Checker, signed: &Signed, first_break: Option<ChainBreak>| ChainReport {
@@ -174,14 +208,8 @@ pub async fn verify(
             pruned_through: (pruned_through > 0).then_some(pruned_through),
         };
     if pruned_through > 0 {
-        // Checkpoints before the anchor went with the events they covered.
-        signed.pending = signed.pending.split_off(&pruned_through);
-        let anchor = signed
-            .pending
-            .get(&pruned_through)
-            .and_then(|c| c.first())
-            .map(|c| c.checkpoint.hash.clone());
-        let Some(anchor) = anchor else {
+        let anchors = signed.take_through(pruned_through).await?;
+        let Some(anchor) = anchors.first().map(|c| c.checkpoint.hash.clone()) else {
             let reason = format!(
                 "events up to {pruned_through} were pruned, but the checkpoint they were pruned at is missing"
             );
@@ -191,7 +219,7 @@ pub async fn verify(
             };
             return Ok(report(&checker, &signed, Some(broken)));
         };
-        if let Err(reason) = signed.check(pruned_through, &anchor) {
+        if let Err(reason) = signed.check(pruned_through, &anchor, &anchors) {
             let broken = ChainBreak {
                 id: pruned_through,
                 reason,
@@ -208,10 +236,13 @@ pub async fn verify(
         };
         after = last.id;
         for link in &page {
-            let checked = checker.check(link).and_then(|()| match &checker.last {
-                Some((id, hash)) if *id == link.id => signed.check(link.id, hash),
-                _ => Ok(()),
-            });
+            let mut checked = checker.check(link);
+            if let (Ok(()), Some((id, hash))) = (&checked, &checker.last) {
+                if *id == link.id {
+                    let records = signed.take_through(link.id).await?;
+                    checked = signed.check(link.id, hash, &records);
+                }
+            }
             if let Err(reason) = checked {
                 let broken = ChainBreak {
                     id: link.id,
@@ -230,12 +261,12 @@ pub async fn verify(
         }
     }
     // A checkpoint over an event past the end: the end was cut off.
-    if let Some((&event_id, records)) = signed.pending.iter().next() {
-        let id = records.first().map_or(0, |r| r.id);
+    if let Some(record) = signed.take_through(i64::MAX).await?.first() {
         let broken = ChainBreak {
-            id: event_id,
+            id: record.checkpoint.event_id,
             reason: format!(
-                "checkpoint {id} covers event {event_id}, which is not in the chain: events were removed"
+                "checkpoint {} covers event {}, which is not in the chain: events were removed",
+                record.id, record.checkpoint.event_id
             ),
         };
         return Ok(report(&checker, &signed, Some(broken)));

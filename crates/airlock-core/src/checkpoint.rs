@@ -167,7 +167,7 @@ impl Checkpointer {
         key: Arc<CheckpointKey>,
         interval: Duration,
     ) -> Result<Checkpointer, CheckpointError> {
-        let newest = store.list_checkpoints().await?.pop();
+        let newest = store.newest_checkpoint().await?;
         let last = match newest {
             Some(record) => {
                 check(&key.public(), &record.checkpoint).map_err(|why| {

@@ -429,8 +429,15 @@ pub trait Store: Send + Sync + 'static {
     async fn chain_head(&self) -> Result<Option<(i64, String)>, StoreError>;
 
     async fn record_checkpoint(&self, checkpoint: &NewCheckpoint) -> Result<i64, StoreError>;
-    /// Every kept checkpoint, by event id.
-    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError>;
+    /// Up to `limit` checkpoints after `after` (an event id and a checkpoint id), ordered by
+    /// event id, then id: one page of a walk over them.
+    async fn list_checkpoints_after(
+        &self,
+        after: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<CheckpointRecord>, StoreError>;
+    /// The checkpoint over the newest event.
+    async fn newest_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError>;
     /// The last event a retention prune removed (0 when none has).
     async fn pruned_through(&self) -> Result<i64, StoreError>;
     /// Removes whole checkpointed segments of history older than `cutoff`, in one

@@ -489,17 +489,37 @@ impl Store for SqliteStore {
         Ok(result.last_insert_rowid())
     }
 
-    async fn list_checkpoints(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
+    async fn list_checkpoints_after(
+        &self,
+        after: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<CheckpointRecord>, StoreError> {
         sqlx::query(
             "SELECT id, at, event_id, hash, interval_ms, public_key, signature FROM checkpoints \
-             ORDER BY event_id, id",
+             WHERE (event_id, id) > (?, ?) ORDER BY event_id, id LIMIT ?",
         )
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit.max(0))
         .fetch_all(&self.pool)
         .await
         .map_err(db)?
         .iter()
         .map(codec::checkpoint)
         .collect()
+    }
+
+    async fn newest_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, at, event_id, hash, interval_ms, public_key, signature FROM checkpoints \
+             ORDER BY event_id DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(codec::checkpoint)
+        .transpose()
     }
 
     async fn pruned_through(&self) -> Result<i64, StoreError> {

@@ -338,3 +338,47 @@ async fn checkpoint_over(store: &SqliteStore, key: &CheckpointKey, event_id: i64
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn checkpoints_are_walked_page_by_page_and_a_cut_off_end_shows() {
+    let f = Fixture::new().await;
+    let key = CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap();
+    f.record(1100).await;
+    // One statement, not 1100 commits.
+    let interval = std::time::Duration::from_secs(60);
+    let rows: Vec<String> = f
+        .store
+        .list_chain_after(0, 2000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|link| {
+            let c = key.sign(link.id, link.hash.as_deref().unwrap(), link.at, interval);
+            format!(
+                "({}, {}, '{}', {}, '{}', '{}')",
+                c.at, c.event_id, c.hash, c.interval_ms, c.public_key, c.signature
+            )
+        })
+        .collect();
+    f.tamper(&format!(
+        "INSERT INTO checkpoints (at, event_id, hash, interval_ms, public_key, signature) VALUES {}",
+        rows.join(", ")
+    ))
+    .await;
+    let report = chain::verify(f.store.as_ref(), Some(&key.public()), None)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.checkpoints_checked, 1100);
+    assert_eq!(report.signed_through, Some(1100));
+
+    f.tamper("DELETE FROM events WHERE id > 1090").await;
+    let report = chain::verify(f.store.as_ref(), Some(&key.public()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.first_break.as_ref().map(|b| b.id),
+        Some(1091),
+        "{report:?}"
+    );
+}
