@@ -16,5 +16,13 @@ pub async fn verify(
     caller.require_admin()?;
     // Events appended up to now are part of what is verified.
     state.gate.sync_records().await;
-    Ok(Json(chain::verify(state.gate.store().as_ref()).await?))
+    let key = state.gate.checkpoint_key().map(|k| k.public());
+    Ok(Json(
+        chain::verify(
+            state.gate.store().as_ref(),
+            key.as_ref(),
+            Some(state.config.recording.checkpoint_interval),
+        )
+        .await?,
+    ))
 }

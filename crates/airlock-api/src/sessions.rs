@@ -1,11 +1,14 @@
 //! `/api/v1/sessions`: the recorded history. Admins read every session; anyone else only the
 //! sessions of their own subject. Owns the export formats: JSON lines and CSV, one row per
-//! event carrying its session's fields, streamed session by session.
+//! event carrying its session's fields, in event order, streamed a page of events at a time so
+//! an export of any size runs in constant memory.
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::ApiState;
-use airlock_core::store::{EventRecord, Millis, SessionFilter, SessionRecord, Store, StoreError};
+use airlock_core::store::{
+    EventFilter, EventRecord, Millis, NewSession, SessionFilter, SessionRecord, Store, StoreError,
+};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -31,7 +34,14 @@ pub struct ListQuery {
 pub struct ExportQuery {
     format: Option<String>,
     since: Option<Millis>,
+    /// Only sessions on this connection.
+    connection: Option<String>,
+    /// Only sessions whose subject or display name is this.
+    identity: Option<String>,
 }
+
+/// Events read from the store per chunk of an export body.
+const EXPORT_PAGE: i64 = 500;
 
 /// Who the caller may read: `None` for everyone (admins), else only their own subject.
 fn visible_subject(caller: &Caller) -> Option<String> {
@@ -115,7 +125,7 @@ const SESSION_COLUMNS: [&str; 10] = [
 ];
 
 /// The event half: the union of every event kind's fields (a test keeps it complete).
-const DETAIL_COLUMNS: [&str; 16] = [
+const DETAIL_COLUMNS: [&str; 18] = [
     "kind",
     "operation",
     "params",
@@ -128,19 +138,17 @@ const DETAIL_COLUMNS: [&str; 16] = [
     "statement_event",
     "state",
     "decided_by",
+    "replaced_with",
+    "votes",
     "status",
     "rows",
     "tag",
     "error",
 ];
 
-fn event_row(
-    session: &SessionRecord,
-    event: &EventRecord,
-) -> Result<Map<String, Value>, StoreError> {
-    let s = &session.session;
+fn event_row(s: &NewSession, event: &EventRecord) -> Result<Map<String, Value>, StoreError> {
     let mut row = Map::new();
-    row.insert("session_id".into(), session.id.into());
+    row.insert("session_id".into(), event.session_id.into());
     row.insert("protocol".into(), s.protocol.clone().into());
     row.insert("connection".into(), s.connection.clone().into());
     row.insert("subject".into(), s.subject.clone().into());
@@ -213,16 +221,18 @@ fn render(format: Format, row: &Map<String, Value>, out: &mut String) {
 
 struct Export {
     store: Arc<dyn Store>,
-    sessions: std::vec::IntoIter<SessionRecord>,
-    since: Option<Millis>,
+    filter: EventFilter,
+    /// The last event exported.
+    after: i64,
     format: Format,
     header_pending: bool,
+    done: bool,
 }
 
 impl Export {
-    /// The next chunk of the body: the header, or every matching event of the next session
-    /// that has any. A store error ends the body early, so the client sees a broken transfer
-    /// instead of an export that silently lacks rows.
+    /// The next chunk of the body: the header, or the next page of matching events. A store
+    /// error ends the body early, so the client sees a broken transfer instead of an export
+    /// that silently lacks rows.
     async fn next_chunk(mut self) -> Option<(Result<Bytes, StoreError>, Export)> {
         if self.header_pending {
             self.header_pending = false;
@@ -230,31 +240,33 @@ impl Export {
                 return Some((Ok(Bytes::from(csv_header())), self));
             }
         }
-        loop {
-            let session = self.sessions.next()?;
-            let events = match self.store.list_events(session.id).await {
-                Ok(events) => events,
+        if self.done {
+            return None;
+        }
+        let page = match self
+            .store
+            .export_events(&self.filter, self.after, EXPORT_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => return Some((Err(self.abort(e)), self)),
+        };
+        let last = page.last()?.event.id;
+        self.after = last;
+        self.done = page.len() < EXPORT_PAGE as usize;
+        let mut chunk = String::new();
+        for row in &page {
+            match event_row(&row.session, &row.event) {
+                Ok(row) => render(self.format, &row, &mut chunk),
                 Err(e) => return Some((Err(self.abort(e)), self)),
-            };
-            let mut chunk = String::new();
-            for event in events
-                .iter()
-                .filter(|e| self.since.is_none_or(|since| e.at >= since))
-            {
-                match event_row(&session, event) {
-                    Ok(row) => render(self.format, &row, &mut chunk),
-                    Err(e) => return Some((Err(self.abort(e)), self)),
-                }
-            }
-            if !chunk.is_empty() {
-                return Some((Ok(Bytes::from(chunk)), self));
             }
         }
+        Some((Ok(Bytes::from(chunk)), self))
     }
 
     fn abort(&mut self, e: StoreError) -> StoreError {
         tracing::error!(error = %e, "session export aborted");
-        self.sessions = Vec::new().into_iter();
+        self.done = true;
         e
     }
 }
@@ -275,24 +287,18 @@ pub async fn export(
         }
     };
     state.gate.sync_records().await;
-    let filter = SessionFilter {
-        subject: visible_subject(&caller),
-        since: None,
-        limit: Some(i64::MAX),
-    };
-    let mut sessions = state.gate.store().list_sessions(&filter).await?;
-    // A session that began before `since` can still have events after it; only sessions that
-    // had ended by then are certain to have none.
-    if let Some(since) = query.since {
-        sessions.retain(|s| s.ended_at.is_none_or(|end| end >= since));
-    }
-    sessions.reverse();
     let export = Export {
         store: state.gate.store().clone(),
-        sessions: sessions.into_iter(),
-        since: query.since,
+        filter: EventFilter {
+            subject: visible_subject(&caller),
+            since: query.since,
+            connection: query.connection,
+            identity: query.identity,
+        },
+        after: 0,
         format,
         header_pending: true,
+        done: false,
     };
     let stream = futures_util::stream::unfold(export, Export::next_chunk);
     Ok((
@@ -344,7 +350,16 @@ mod tests {
                 state: ApprovalState::Approved,
                 reason: Some("ok".into()),
                 decided_by: vec!["dba".into()],
-                replaced_with: None,
+                replaced_with: Some("delete from t where id = 1".into()),
+                votes: vec![airlock_core::store::Vote {
+                    reviewer_subject: "token:dba".into(),
+                    reviewer_name: "dba".into(),
+                    reviewer_groups: vec!["dba".into()],
+                    approve: true,
+                    reason: Some("ok".into()),
+                    at: 9,
+                    replacement: None,
+                }],
             },
             EventDetail::Outcome {
                 statement_event: 1,
@@ -367,7 +382,7 @@ mod tests {
                 prev_hash: None,
                 hash: None,
             };
-            let row = event_row(&session(), &event).unwrap();
+            let row = event_row(&session().session, &event).unwrap();
             for key in row.keys() {
                 assert!(
                     SESSION_COLUMNS.contains(&key.as_str())
@@ -391,7 +406,7 @@ mod tests {
         let mut out = String::new();
         render(
             Format::Csv,
-            &event_row(&session(), &event).unwrap(),
+            &event_row(&session().session, &event).unwrap(),
             &mut out,
         );
         assert!(out.starts_with(

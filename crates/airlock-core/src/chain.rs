@@ -18,18 +18,35 @@
 //! every event must be chained, its id must follow the previous one's without a gap, its
 //! `prev_hash` must be the previous `hash`, and its `hash` must recompute. An edited, deleted,
 //! inserted or reordered event therefore breaks the chain at (or right after) that event.
-//! Removing events from the end leaves a shorter but valid chain; detecting that needs the head
-//! hash anchored elsewhere.
+//! Removing events from the end leaves a shorter but valid chain, and a chain rewritten from
+//! end to end (every hash recomputed) is valid too: signed checkpoints ([`crate::checkpoint`])
+//! catch both. Each checkpoint must carry the gateway key's signature and name an event that
+//! is in the chain with the hash it signed; the events after the newest checkpoint (the
+//! unsigned tail, written since it) may span at most [`TAIL_FACTOR`] checkpoint intervals, so
+//! a chain stripped of its checkpoints and rewritten does not pass either.
+//!
+//! After a retention prune the chain starts from its anchor: the checkpoint over the last
+//! pruned event. The first kept event must chain from that checkpoint's hash.
 
-use crate::store::{EventDetail, Store, StoreError};
+use crate::checkpoint;
+use crate::store::{CheckpointRecord, EventDetail, Store, StoreError};
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::time::Duration;
 
 /// What the first chained event chains from.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Events read per store round trip while verifying.
 const PAGE: i64 = 1000;
+
+/// How many checkpoint intervals the unsigned tail may span.
+pub const TAIL_FACTOR: u32 = 2;
+
+/// The checkpoint interval assumed while no checkpoint states one.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// An event's detail as the chain hashes it and the store keeps it: the serde encoding of the
 /// detail as a JSON value, written compactly.
@@ -71,11 +88,146 @@ pub struct ChainReport {
     /// Chained events checked (up to and including the broken one).
     pub events_checked: u64,
     pub first_break: Option<ChainBreak>,
+    /// Signed checkpoints checked (the anchor included).
+    #[serde(default)]
+    pub checkpoints_checked: u64,
+    /// The last event a valid checkpoint covers.
+    #[serde(default)]
+    pub signed_through: Option<i64>,
+    /// The last event removed by retention, where verification started.
+    #[serde(default)]
+    pub pruned_through: Option<i64>,
 }
 
-/// Walks every stored event in id order and reports the first broken link.
-pub async fn verify(store: &dyn Store) -> Result<ChainReport, StoreError> {
+/// The walk's progress over checkpoints, read a page at a time in event order alongside the
+/// events, so verification runs in constant memory however many there are.
+struct Signed<'a> {
+    store: &'a dyn Store,
+    key: Option<&'a VerifyingKey>,
+    /// Read but not yet reached by the walk.
+    pending: VecDeque<CheckpointRecord>,
+    /// The last checkpoint read (event id, id).
+    cursor: (i64, i64),
+    exhausted: bool,
+    checked: u64,
+    /// The last event covered, and the interval its checkpoint states.
+    through: Option<(i64, i64)>,
+    /// The events after `through`: the first one's id and time, and the newest time.
+    tail: Option<(i64, i64, i64)>,
+}
+
+impl Signed<'_> {
+    /// The checkpoints over events up to `event_id` not taken yet.
+    async fn take_through(&mut self, event_id: i64) -> Result<Vec<CheckpointRecord>, StoreError> {
+        let mut taken = Vec::new();
+        loop {
+            while let Some(front) = self.pending.front() {
+                if front.checkpoint.event_id > event_id {
+                    return Ok(taken);
+                }
+                taken.extend(self.pending.pop_front());
+            }
+            if self.exhausted {
+                return Ok(taken);
+            }
+            let page = self.store.list_checkpoints_after(self.cursor, PAGE).await?;
+            self.exhausted = page.len() < PAGE as usize;
+            if let Some(last) = page.last() {
+                self.cursor = (last.checkpoint.event_id, last.id);
+            }
+            self.pending.extend(page);
+        }
+    }
+
+    /// Checks `records`, taken for event `event_id` whose recomputed hash is `hash`.
+    fn check(
+        &mut self,
+        event_id: i64,
+        hash: &str,
+        records: &[CheckpointRecord],
+    ) -> Result<(), String> {
+        for record in records {
+            let c = &record.checkpoint;
+            if c.event_id != event_id {
+                return Err(format!(
+                    "checkpoint {} covers event {}, which is not in the chain: events were removed",
+                    record.id, c.event_id
+                ));
+            }
+            let key = self.key.ok_or_else(|| {
+                format!(
+                    "checkpoint {} cannot be checked: no public key to check it with",
+                    record.id
+                )
+            })?;
+            checkpoint::check(key, c).map_err(|why| format!("checkpoint {}: {why}", record.id))?;
+            if c.hash != hash {
+                return Err(format!(
+                    "checkpoint {} signed another hash for this event: the chain was rewritten",
+                    record.id
+                ));
+            }
+            self.checked += 1;
+            self.through = Some((event_id, c.interval_ms));
+            self.tail = None;
+        }
+        Ok(())
+    }
+}
+
+/// Walks every stored event in id order and reports the first broken link. Checkpoint
+/// signatures are checked with `key`; without one, any checkpoint is a failure (fail closed).
+/// The unsigned tail may span [`TAIL_FACTOR`] times the longer of `interval` (the gateway's
+/// configured one, when known) and the interval the newest checkpoint states; without either,
+/// [`DEFAULT_CHECKPOINT_INTERVAL`].
+pub async fn verify(
+    store: &dyn Store,
+    key: Option<&VerifyingKey>,
+    interval: Option<Duration>,
+) -> Result<ChainReport, StoreError> {
+    let pruned_through = store.pruned_through().await?;
+    let mut signed = Signed {
+        store,
+        key,
+        pending: VecDeque::new(),
+        // Checkpoints before the anchor went with the events they covered.
+        cursor: (pruned_through, -1),
+        exhausted: false,
+        checked: 0,
+        through: None,
+        tail: None,
+    };
     let mut checker = Checker::default();
+    let report =
+        |checker: &Checker, signed: &Signed, first_break: Option<ChainBreak>| ChainReport {
+            ok: first_break.is_none(),
+            events_checked: checker.checked,
+            first_break,
+            checkpoints_checked: signed.checked,
+            signed_through: signed.through.map(|(id, _)| id),
+            pruned_through: (pruned_through > 0).then_some(pruned_through),
+        };
+    if pruned_through > 0 {
+        let anchors = signed.take_through(pruned_through).await?;
+        let Some(anchor) = anchors.first().map(|c| c.checkpoint.hash.clone()) else {
+            let reason = format!(
+                "events up to {pruned_through} were pruned, but the checkpoint they were pruned at is missing"
+            );
+            let broken = ChainBreak {
+                id: pruned_through,
+                reason,
+            };
+            return Ok(report(&checker, &signed, Some(broken)));
+        };
+        if let Err(reason) = signed.check(pruned_through, &anchor, &anchors) {
+            let broken = ChainBreak {
+                id: pruned_through,
+                reason,
+            };
+            return Ok(report(&checker, &signed, Some(broken)));
+        }
+        checker.last = Some((pruned_through, anchor));
+    }
     let mut after = 0;
     loop {
         let page = store.list_chain_after(after, PAGE).await?;
@@ -84,23 +236,113 @@ pub async fn verify(store: &dyn Store) -> Result<ChainReport, StoreError> {
         };
         after = last.id;
         for link in &page {
-            if let Err(reason) = checker.check(link) {
-                return Ok(ChainReport {
-                    ok: false,
-                    events_checked: checker.checked,
-                    first_break: Some(ChainBreak {
-                        id: link.id,
-                        reason,
-                    }),
+            let mut checked = checker.check(link);
+            if let (Ok(()), Some((id, hash))) = (&checked, &checker.last) {
+                if *id == link.id {
+                    let records = signed.take_through(link.id).await?;
+                    checked = signed.check(link.id, hash, &records);
+                }
+            }
+            if let Err(reason) = checked {
+                let broken = ChainBreak {
+                    id: link.id,
+                    reason,
+                };
+                return Ok(report(&checker, &signed, Some(broken)));
+            }
+            let chained = checker.last.as_ref().is_some_and(|(id, _)| *id == link.id);
+            let covered = signed.through.is_some_and(|(id, _)| id == link.id);
+            if chained && !covered {
+                signed.tail = Some(match signed.tail {
+                    Some((id, first, newest)) => (id, first, newest.max(link.at)),
+                    None => (link.id, link.at, link.at),
                 });
             }
         }
     }
-    Ok(ChainReport {
-        ok: true,
-        events_checked: checker.checked,
-        first_break: None,
-    })
+    // A checkpoint over an event past the end: the end was cut off.
+    if let Some(record) = signed.take_through(i64::MAX).await?.first() {
+        let broken = ChainBreak {
+            id: record.checkpoint.event_id,
+            reason: format!(
+                "checkpoint {} covers event {}, which is not in the chain: events were removed",
+                record.id, record.checkpoint.event_id
+            ),
+        };
+        return Ok(report(&checker, &signed, Some(broken)));
+    }
+    if let Some((first_id, first_at, newest_at)) = signed.tail {
+        let stated = signed
+            .through
+            .map(|(_, ms)| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        let interval = match (interval, stated) {
+            (Some(a), Some(b)) => a.max(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => DEFAULT_CHECKPOINT_INTERVAL,
+        };
+        let allowed = interval.saturating_mul(TAIL_FACTOR);
+        let span = Duration::from_millis(u64::try_from(newest_at - first_at).unwrap_or(0));
+        if span > allowed {
+            let broken = ChainBreak {
+                id: first_id,
+                reason: format!(
+                    "the events from here on are not covered by a signed checkpoint, though they \
+                     span {} (checkpoints come every {}): the checkpoints were removed and the \
+                     chain rewritten, or the gateway could not sign them",
+                    humantime::format_duration(Duration::from_secs(span.as_secs())),
+                    humantime::format_duration(interval)
+                ),
+            };
+            return Ok(report(&checker, &signed, Some(broken)));
+        }
+    }
+    Ok(report(&checker, &signed, None))
+}
+
+/// Walks the events after `from` (an event's id and hash; `None`: the chain's start) and
+/// checks that each links to the one before; returns the last chained event, or the first
+/// break. How the checkpoint signer makes sure it only ever signs a continuation of what it
+/// signed before.
+pub async fn follow(
+    store: &dyn Store,
+    from: Option<(i64, String)>,
+) -> Result<Result<Option<(i64, String)>, ChainBreak>, StoreError> {
+    let mut after = from.as_ref().map_or(0, |(id, _)| *id);
+    // The event followed from must still be what it was (unless retention removed it).
+    if let Some((id, hash)) = &from {
+        let start = store.list_chain_after(id - 1, 1).await?;
+        if let Some(link) = start.first().filter(|link| link.id == *id) {
+            let recomputed = link
+                .prev_hash
+                .as_deref()
+                .map(|prev| event_hash(prev, link.id, link.session_id, link.at, &link.detail));
+            if link.hash.as_ref() != Some(hash) || recomputed.as_ref() != Some(hash) {
+                return Ok(Err(ChainBreak {
+                    id: *id,
+                    reason: "the event no longer has the hash it had".into(),
+                }));
+            }
+        }
+    }
+    let mut checker = Checker {
+        last: from,
+        checked: 0,
+    };
+    loop {
+        let page = store.list_chain_after(after, PAGE).await?;
+        let Some(last) = page.last() else {
+            return Ok(Ok(checker.last));
+        };
+        after = last.id;
+        for link in &page {
+            if let Err(reason) = checker.check(link) {
+                return Ok(Err(ChainBreak {
+                    id: link.id,
+                    reason,
+                }));
+            }
+        }
+    }
 }
 
 /// The walk's state: the last chained event seen.
@@ -126,6 +368,12 @@ impl Checker {
         let expected_prev = match &self.last {
             None => GENESIS,
             Some((last_id, last_hash)) => {
+                if link.id <= *last_id {
+                    // Only retention's anchor lets the walk start above an event.
+                    return Err(format!(
+                        "the event lies at or before event {last_id}, where the chain goes on from"
+                    ));
+                }
                 if link.id != last_id + 1 {
                     return Err(format!(
                         "events {} to {} are missing",

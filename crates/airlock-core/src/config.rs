@@ -44,7 +44,7 @@ pub struct Config {
     #[serde(default)]
     pub notify: Vec<WebhookConfig>,
     #[serde(default)]
-    pub recording: Option<serde_yaml::Value>,
+    pub recording: RecordingConfig,
     /// The MCP face (`airlock mcp`, `/mcp`).
     #[serde(default)]
     pub mcp: McpConfig,
@@ -66,6 +66,34 @@ impl Default for McpConfig {
             max_wait: Duration::from_secs(45),
         }
     }
+}
+
+/// `recording:` — how long the record is kept and how often it is signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// History older than this is pruned in the background (`90d`); kept forever when absent.
+    #[serde(default, deserialize_with = "human_duration")]
+    pub retention: Option<Duration>,
+    /// How often the chain's head is signed (see [`crate::checkpoint`]).
+    #[serde(
+        default = "default_checkpoint_interval",
+        deserialize_with = "required_duration"
+    )]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            retention: None,
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+fn default_checkpoint_interval() -> Duration {
+    crate::chain::DEFAULT_CHECKPOINT_INTERVAL
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -387,7 +415,7 @@ impl Default for Config {
             dangerous_functions: DangerousFunctionsConfig::default(),
             masking: None,
             notify: Vec::new(),
-            recording: None,
+            recording: RecordingConfig::default(),
             mcp: McpConfig::default(),
         }
     }
@@ -476,7 +504,6 @@ impl Config {
 
         for (key, present) in [
             ("masking", config.masking.is_some()),
-            ("recording", config.recording.is_some()),
         ] {
             if present {
                 issue(
@@ -647,6 +674,21 @@ impl Config {
             }
         }
 
+        if config.recording.checkpoint_interval < Duration::from_secs(1) {
+            issue(
+                "recording.checkpoint_interval".into(),
+                "must be at least 1s".into(),
+            );
+        }
+        if let Some(retention) = config.recording.retention {
+            // Pruning needs a checkpoint older than the cutoff to anchor at.
+            if retention < config.recording.checkpoint_interval * 2 {
+                issue(
+                    "recording.retention".into(),
+                    "must be at least twice recording.checkpoint_interval".into(),
+                );
+            }
+        }
         let policies = check_policies(
             &config.policies,
             &config.dangerous_functions,
@@ -977,6 +1019,25 @@ policies:
             "{shown}"
         );
         assert!(shown.contains("AIRLOCK_SURELY_UNSET"), "{shown}");
+    }
+
+    #[test]
+    fn recording_takes_a_retention_and_a_checkpoint_interval() {
+        let loaded = Config::parse("recording:\n  retention: 90d\n", "c.yaml", None).unwrap();
+        let recording = &loaded.config.recording;
+        assert_eq!(recording.retention, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(recording.checkpoint_interval, Duration::from_secs(60));
+        let defaults = Config::parse("", "c.yaml", None).unwrap();
+        assert_eq!(defaults.config.recording.retention, None);
+        for bad in [
+            "recording:\n  retention: soon\n",
+            "recording:\n  checkpoint_interval: 10ms\n",
+            "recording:\n  retention: 1m\n  checkpoint_interval: 1m\n",
+            "recording:\n  kept: forever\n",
+        ] {
+            let err = Config::parse(bad, "c.yaml", None).unwrap_err();
+            assert!(err.to_string().contains("recording"), "{bad}: {err}");
+        }
     }
 
     #[test]

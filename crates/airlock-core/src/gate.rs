@@ -3,6 +3,7 @@
 //! (the only thing an adapter may forward with) or a [`Denial`].
 
 use crate::approval::{Approvals, Replacement, VoteError};
+use crate::checkpoint::CheckpointKey;
 use crate::classify::{Classification, ClassifierCache};
 use crate::config::IdentityConfig;
 use crate::identity::{Identity, IdentityService};
@@ -137,6 +138,7 @@ impl Hold {
                         .replacement
                         .clone()
                         .filter(|_| record.state == ApprovalState::Approved),
+                    votes: record.votes.clone(),
                 },
             })
             .map_err(Denial::unavailable)?;
@@ -214,6 +216,8 @@ pub struct Gate {
     identity: IdentityService,
     classifier: ClassifierCache,
     notifier: Notifier,
+    /// Signs checkpoints over the audit chain; its public half verifies them.
+    checkpoint_key: Option<Arc<CheckpointKey>>,
 }
 
 impl Gate {
@@ -235,8 +239,19 @@ impl Gate {
             identity,
             classifier: ClassifierCache::new(10_000),
             notifier: Notifier::disabled(),
+            checkpoint_key: None,
             store,
         })
+    }
+
+    /// The key that signs (and verifies) checkpoints over the audit chain.
+    pub fn with_checkpoint_key(mut self, key: Arc<CheckpointKey>) -> Gate {
+        self.checkpoint_key = Some(key);
+        self
+    }
+
+    pub fn checkpoint_key(&self) -> Option<&CheckpointKey> {
+        self.checkpoint_key.as_deref()
     }
 
     /// Sends approval request notifications through `notifier` (none by default). Call it on a

@@ -3,6 +3,7 @@
 
 pub mod approval;
 pub mod chain;
+pub mod checkpoint;
 pub mod classify;
 pub mod classify_mysql;
 pub mod config;
@@ -18,3 +19,4 @@ pub mod sealer;
 pub mod shape;
 pub mod secret;
 pub mod store;
+pub mod upkeep;

@@ -105,7 +105,7 @@ impl Recorder {
         let last_hash = store
             .chain_head()
             .await?
-            .unwrap_or_else(|| chain::GENESIS.to_owned());
+            .map_or_else(|| chain::GENESIS.to_owned(), |(_, hash)| hash);
         // The head in the log is an anchor outside the store: a later rewrite of the events
         // before it cannot reproduce it.
         tracing::info!(last_event = max_id, head = %last_hash, "audit chain resumed");

@@ -94,6 +94,9 @@ pub enum EventDetail {
         /// The reviewer's statement that ran instead of the requested one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replaced_with: Option<String>,
+        /// Every vote cast: who, in which groups, when, which way and why.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        votes: Vec<Vote>,
     },
     /// What the upstream answered to a forwarded operation.
     Outcome {
@@ -333,6 +336,59 @@ pub struct PolicyChangeRecord {
     pub change: NewPolicyChange,
 }
 
+/// A signed checkpoint over the chain's head (see [`crate::checkpoint`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NewCheckpoint {
+    pub at: Millis,
+    /// The event whose hash is signed: the chain's head when the checkpoint was taken.
+    pub event_id: i64,
+    pub hash: String,
+    /// How often the gateway takes checkpoints; verification allows an unsigned tail of about
+    /// twice this.
+    pub interval_ms: i64,
+    /// The signer's Ed25519 public key, hex.
+    pub public_key: String,
+    /// The Ed25519 signature, hex.
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointRecord {
+    pub id: i64,
+    #[serde(flatten)]
+    pub checkpoint: NewCheckpoint,
+}
+
+/// Which events an export streams; every field set narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only the sessions of this subject (agents see their own).
+    pub subject: Option<String>,
+    /// Only events at or after this time.
+    pub since: Option<Millis>,
+    /// Only sessions on this connection.
+    pub connection: Option<String>,
+    /// Only sessions whose subject or display name is this.
+    pub identity: Option<String>,
+}
+
+/// An event and the session it belongs to: what one export row is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionEvent {
+    pub session: NewSession,
+    pub event: EventRecord,
+}
+
+/// What a retention prune removed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PruneReport {
+    /// The last event removed, whose checkpoint is now the chain's anchor; `None` when no
+    /// event was removed.
+    pub pruned_through: Option<i64>,
+    pub events: u64,
+    pub sessions: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for `/readyz`.
@@ -368,8 +424,38 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<crate::chain::ChainLink>, StoreError>;
-    /// The hash of the event with the largest id (`None` when there is none or it is unchained).
-    async fn chain_head(&self) -> Result<Option<String>, StoreError>;
+    /// The id and hash of the chain's head: the event with the largest id, or after a prune
+    /// removed every event, the anchor. `None` when there is none or it is unchained.
+    async fn chain_head(&self) -> Result<Option<(i64, String)>, StoreError>;
+
+    async fn record_checkpoint(&self, checkpoint: &NewCheckpoint) -> Result<i64, StoreError>;
+    /// Up to `limit` checkpoints after `after` (an event id and a checkpoint id), ordered by
+    /// event id, then id: one page of a walk over them.
+    async fn list_checkpoints_after(
+        &self,
+        after: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<CheckpointRecord>, StoreError>;
+    /// The checkpoint over the newest event.
+    async fn newest_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError>;
+    /// The last event a retention prune removed (0 when none has).
+    async fn pruned_through(&self) -> Result<i64, StoreError>;
+    /// Removes whole checkpointed segments of history older than `cutoff`, in one
+    /// transaction: every event up to the newest checkpoint before which every event belongs
+    /// to a session whose last activity is older than `cutoff`; then the ended sessions left
+    /// without events (with their approval requests, votes and deliveries), and the
+    /// checkpoints before that anchor, which is kept. At most about `max_events` events go at
+    /// once (a whole segment at least): call again while it removes any.
+    async fn prune(&self, cutoff: Millis, max_events: i64) -> Result<PruneReport, StoreError>;
+
+    /// Up to `limit` events with ids above `after_id` that `filter` lets through, in id order,
+    /// each with its session: one page of an export.
+    async fn export_events(
+        &self,
+        filter: &EventFilter,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<SessionEvent>, StoreError>;
 
     async fn create_approval(&self, request: &NewApproval) -> Result<i64, StoreError>;
     async fn get_approval(&self, id: i64) -> Result<Option<ApprovalRecord>, StoreError>;

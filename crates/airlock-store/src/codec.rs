@@ -6,9 +6,9 @@ use std::fmt::Display;
 
 use airlock_core::chain::{canonical_detail, ChainLink};
 use airlock_core::store::{
-    ApprovalRecord, ApprovalState, DeliveryRecord, EventDetail, EventRecord, NewApproval,
-    NewDelivery, NewPolicyChange, NewSession, PolicyChangeRecord, SessionRecord, StoreError,
-    StoredConnection, TokenRecord, Vote,
+    ApprovalRecord, ApprovalState, CheckpointRecord, DeliveryRecord, EventDetail, EventRecord,
+    NewApproval, NewCheckpoint, NewDelivery, NewPolicyChange, NewSession, PolicyChangeRecord,
+    SessionEvent, SessionRecord, StoreError, StoredConnection, TokenRecord, Vote,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -88,22 +88,52 @@ pub(crate) fn token(row: &SqliteRow) -> Result<TokenRecord, StoreError> {
 /// Columns: the session's, plus `event_count`.
 pub(crate) fn session(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
     let id: i64 = row.try_get("id").map_err(db)?;
-    let groups: String = row.try_get("groups").map_err(db)?;
     Ok(SessionRecord {
         id,
-        session: NewSession {
-            protocol: row.try_get("protocol").map_err(db)?,
-            connection: row.try_get("connection").map_err(db)?,
-            subject: row.try_get("subject").map_err(db)?,
-            display_name: row.try_get("display_name").map_err(db)?,
-            groups: from_json(&groups, "groups", format_args!("session {id}"))?,
-            auth_method: row.try_get("auth_method").map_err(db)?,
-            client_addr: row.try_get("client_addr").map_err(db)?,
-            started_at: row.try_get("started_at").map_err(db)?,
-        },
+        session: new_session(row, id)?,
         ended_at: row.try_get("ended_at").map_err(db)?,
         end_reason: row.try_get("end_reason").map_err(db)?,
         event_count: row.try_get("event_count").map_err(db)?,
+    })
+}
+
+/// Columns: protocol, connection, subject, display_name, groups, auth_method, client_addr,
+/// started_at (of session `id`).
+fn new_session(row: &SqliteRow, id: i64) -> Result<NewSession, StoreError> {
+    let groups: String = row.try_get("groups").map_err(db)?;
+    Ok(NewSession {
+        protocol: row.try_get("protocol").map_err(db)?,
+        connection: row.try_get("connection").map_err(db)?,
+        subject: row.try_get("subject").map_err(db)?,
+        display_name: row.try_get("display_name").map_err(db)?,
+        groups: from_json(&groups, "groups", format_args!("session {id}"))?,
+        auth_method: row.try_get("auth_method").map_err(db)?,
+        client_addr: row.try_get("client_addr").map_err(db)?,
+        started_at: row.try_get("started_at").map_err(db)?,
+    })
+}
+
+/// Columns: the event's (as [`event`] reads them) and its session's (as [`new_session`]).
+pub(crate) fn session_event(row: &SqliteRow) -> Result<SessionEvent, StoreError> {
+    let event = event(row)?;
+    Ok(SessionEvent {
+        session: new_session(row, event.session_id)?,
+        event,
+    })
+}
+
+/// Columns: id, at, event_id, hash, interval_ms, public_key, signature.
+pub(crate) fn checkpoint(row: &SqliteRow) -> Result<CheckpointRecord, StoreError> {
+    Ok(CheckpointRecord {
+        id: row.try_get("id").map_err(db)?,
+        checkpoint: NewCheckpoint {
+            at: row.try_get("at").map_err(db)?,
+            event_id: row.try_get("event_id").map_err(db)?,
+            hash: row.try_get("hash").map_err(db)?,
+            interval_ms: row.try_get("interval_ms").map_err(db)?,
+            public_key: row.try_get("public_key").map_err(db)?,
+            signature: row.try_get("signature").map_err(db)?,
+        },
     })
 }
 

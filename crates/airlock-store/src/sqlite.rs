@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use airlock_core::chain::ChainLink;
 use airlock_core::store::{
-    settle, ApprovalRecord, ApprovalState, DeliveryRecord, EventRecord, Millis, NewApproval,
-    NewDelivery, NewPolicyChange, NewSession, PolicyChangeRecord, SessionFilter, SessionRecord,
-    Store, StoreError, StoredConnection, TokenRecord, Vote,
+    settle, ApprovalRecord, ApprovalState, CheckpointRecord, DeliveryRecord, EventFilter,
+    EventRecord, Millis, NewApproval, NewCheckpoint, NewDelivery, NewPolicyChange, NewSession,
+    PolicyChangeRecord, PruneReport, SessionEvent, SessionFilter, SessionRecord, Store, StoreError,
+    StoredConnection, TokenRecord, Vote,
 };
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
@@ -368,6 +369,18 @@ impl Store for SqliteStore {
         let offset = i64::try_from(journal_offset)
             .map_err(|_| StoreError::Backend("journal offset out of range".into()))?;
         let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
+        // A journal copied again after a crash may still hold events retention has removed:
+        // they stay removed.
+        let pruned_through: i64 =
+            sqlx::query_scalar("SELECT pruned_through FROM journal WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+        let (events, encoded): (Vec<&EventRecord>, Vec<(String, String)>) = events
+            .iter()
+            .zip(encoded)
+            .filter(|(event, _)| event.id > pruned_through)
+            .unzip();
         // SQLite allows 32766 bound values per statement; 7 per event.
         for (chunk, chunk_encoded) in events.chunks(1000).zip(encoded.chunks(1000)) {
             let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -398,7 +411,8 @@ impl Store for SqliteStore {
 
     async fn journal_state(&self) -> Result<(u64, i64), StoreError> {
         let (offset, max_id): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT offset FROM journal WHERE id = 1), COALESCE((SELECT MAX(id) FROM events), 0)",
+            "SELECT offset, MAX(COALESCE((SELECT MAX(id) FROM events), 0), pruned_through) \
+             FROM journal WHERE id = 1",
         )
         .fetch_one(&self.pool)
         .await
@@ -439,13 +453,208 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    async fn chain_head(&self) -> Result<Option<String>, StoreError> {
-        let head: Option<Option<String>> =
-            sqlx::query_scalar("SELECT hash FROM events ORDER BY id DESC LIMIT 1")
+    async fn chain_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        let head: Option<(i64, Option<String>)> =
+            sqlx::query_as("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db)?;
-        Ok(head.flatten())
+        if let Some((id, hash)) = head {
+            return Ok(hash.map(|hash| (id, hash)));
+        }
+        // Every event was pruned: the chain goes on from its anchor.
+        sqlx::query_as(
+            "SELECT c.event_id, c.hash FROM checkpoints c JOIN journal j \
+             ON j.id = 1 AND c.event_id = j.pruned_through ORDER BY c.id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    async fn record_checkpoint(&self, checkpoint: &NewCheckpoint) -> Result<i64, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO checkpoints (at, event_id, hash, interval_ms, public_key, signature) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(checkpoint.at)
+        .bind(checkpoint.event_id)
+        .bind(&checkpoint.hash)
+        .bind(checkpoint.interval_ms)
+        .bind(&checkpoint.public_key)
+        .bind(&checkpoint.signature)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(result.last_insert_rowid())
+    }
+
+    async fn list_checkpoints_after(
+        &self,
+        after: (i64, i64),
+        limit: i64,
+    ) -> Result<Vec<CheckpointRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, at, event_id, hash, interval_ms, public_key, signature FROM checkpoints \
+             WHERE (event_id, id) > (?, ?) ORDER BY event_id, id LIMIT ?",
+        )
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit.max(0))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?
+        .iter()
+        .map(codec::checkpoint)
+        .collect()
+    }
+
+    async fn newest_checkpoint(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        sqlx::query(
+            "SELECT id, at, event_id, hash, interval_ms, public_key, signature FROM checkpoints \
+             ORDER BY event_id DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(codec::checkpoint)
+        .transpose()
+    }
+
+    async fn pruned_through(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT pruned_through FROM journal WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn prune(&self, cutoff: Millis, max_events: i64) -> Result<PruneReport, StoreError> {
+        let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
+        // The first event of a session active at or after the cutoff (its end, or while open
+        // its last event): nothing from there on may go.
+        let keep_from: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(first_id) FROM (SELECT MIN(e.id) AS first_id, \
+             COALESCE(s.ended_at, MAX(e.at)) AS last_active \
+             FROM events e JOIN sessions s ON s.id = e.session_id GROUP BY e.session_id) \
+             WHERE last_active >= ?",
+        )
+        .bind(cutoff)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        // The newest checkpoint within `max_events` of the last prune, else the first one: one
+        // write transaction never holds the store for long, and a prune always progresses.
+        let anchor: Option<i64> = sqlx::query_scalar(
+            "SELECT c.event_id FROM checkpoints c JOIN journal j ON j.id = 1 \
+             WHERE c.event_id > j.pruned_through AND c.event_id < ?1 \
+             AND EXISTS (SELECT 1 FROM events e WHERE e.id = c.event_id) \
+             ORDER BY c.event_id <= j.pruned_through + ?2 DESC, \
+             CASE WHEN c.event_id <= j.pruned_through + ?2 THEN -c.event_id ELSE c.event_id END \
+             LIMIT 1",
+        )
+        .bind(keep_from.unwrap_or(i64::MAX))
+        .bind(max_events.max(1))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let mut report = PruneReport::default();
+        if let Some(anchor) = anchor {
+            let deleted = sqlx::query("DELETE FROM events WHERE id <= ?")
+                .bind(anchor)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            sqlx::query("UPDATE journal SET pruned_through = ? WHERE id = 1")
+                .bind(anchor)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            sqlx::query("DELETE FROM checkpoints WHERE event_id < ?")
+                .bind(anchor)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            report.pruned_through = Some(anchor);
+            report.events = deleted.rows_affected();
+        }
+        // Ended sessions with nothing left to show, and what hangs off them.
+        const GONE: &str = "SELECT s.id FROM sessions s WHERE s.ended_at IS NOT NULL \
+             AND s.ended_at < ?1 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id)";
+        for statement in [
+            format!(
+                "DELETE FROM votes WHERE approval_id IN \
+                 (SELECT a.id FROM approvals a WHERE a.session_id IN ({GONE}))"
+            ),
+            format!(
+                "DELETE FROM notification_deliveries WHERE request_id IN \
+                 (SELECT a.id FROM approvals a WHERE a.session_id IN ({GONE}))"
+            ),
+            format!("DELETE FROM approvals WHERE session_id IN ({GONE})"),
+        ] {
+            sqlx::query(&statement)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        let sessions = sqlx::query(&format!("DELETE FROM sessions WHERE id IN ({GONE})"))
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        report.sessions = sessions.rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(report)
+    }
+
+    async fn export_events(
+        &self,
+        filter: &EventFilter,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT e.id, e.session_id, e.at, e.detail, e.prev_hash, e.hash, s.protocol, \
+             s.connection, s.subject, s.display_name, s.\"groups\", s.auth_method, \
+             s.client_addr, s.started_at FROM events e JOIN sessions s ON s.id = e.session_id \
+             WHERE e.id > ",
+        );
+        query.push_bind(after_id);
+        if let Some(since) = filter.since {
+            // Ids follow time: the scan starts at the first event of the period.
+            query
+                .push(" AND e.at >= ")
+                .push_bind(since)
+                .push(" AND e.id >= (SELECT COALESCE(MIN(x.id), 0) FROM events x WHERE x.at >= ")
+                .push_bind(since)
+                .push(")");
+        }
+        if let Some(subject) = &filter.subject {
+            query.push(" AND s.subject = ").push_bind(subject.clone());
+        }
+        if let Some(connection) = &filter.connection {
+            query
+                .push(" AND s.connection = ")
+                .push_bind(connection.clone());
+        }
+        if let Some(identity) = &filter.identity {
+            query
+                .push(" AND (s.subject = ")
+                .push_bind(identity.clone())
+                .push(" OR s.display_name = ")
+                .push_bind(identity.clone())
+                .push(")");
+        }
+        query.push(" ORDER BY e.id LIMIT ").push_bind(limit.max(0));
+        query
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(codec::session_event)
+            .collect()
     }
 
     async fn create_approval(&self, request: &NewApproval) -> Result<i64, StoreError> {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use airlock_core::chain::{self, ChainReport};
+use airlock_core::checkpoint::{self, CheckpointKey, Checkpointer};
 use airlock_core::recorder::Recorder;
 use airlock_core::store::{EventDetail, EventRecord, NewEvent, NewSession, OutcomeStatus, Store};
 use airlock_store::SqliteStore;
@@ -77,7 +78,9 @@ impl Fixture {
     }
 
     async fn verify(&self) -> ChainReport {
-        chain::verify(self.store.as_ref()).await.unwrap()
+        chain::verify(self.store.as_ref(), None, None)
+            .await
+            .unwrap()
     }
 
     /// Runs SQL on the database file behind the store's back, as a tamperer would.
@@ -109,7 +112,10 @@ async fn an_intact_chain_verifies_and_resumes_across_restarts() {
         ChainReport {
             ok: true,
             events_checked: 7,
-            first_break: None
+            first_break: None,
+            checkpoints_checked: 0,
+            signed_through: None,
+            pruned_through: None,
         }
     );
     let events = f.store.list_events(f.session).await.unwrap();
@@ -239,4 +245,140 @@ async fn an_inserted_event_breaks_the_chain() {
     )
     .await;
     assert_eq!(f.broken_at().await, 4);
+}
+
+#[tokio::test]
+async fn a_pruned_chain_verifies_from_its_signed_anchor() {
+    let f = Fixture::new().await;
+    let key =
+        Arc::new(CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap());
+    let public = key.public();
+    let interval = std::time::Duration::from_secs(60);
+    f.record(4).await;
+    let mut signer = Checkpointer::resume(f.store.as_ref(), key.clone(), interval)
+        .await
+        .unwrap();
+    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), Some(4));
+    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), None);
+    // Without the key, a checkpoint is not taken on trust.
+    assert!(
+        !chain::verify(f.store.as_ref(), None, None)
+            .await
+            .unwrap()
+            .ok
+    );
+
+    // Every event is older than the cutoff and the session is idle since: all of it goes, in
+    // batches of whole segments.
+    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), None);
+    checkpoint_over(&f.store, &key, 2).await;
+    let pruned = f.store.prune(5_000, 1).await.unwrap();
+    assert_eq!((pruned.pruned_through, pruned.events), (Some(2), 2));
+    let report = chain::verify(f.store.as_ref(), Some(&public), None)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    let pruned = f.store.prune(5_000, 1).await.unwrap();
+    assert_eq!((pruned.pruned_through, pruned.events), (Some(4), 2));
+    let pruned = f.store.prune(5_000, 1).await.unwrap();
+    assert_eq!(pruned.pruned_through, None);
+    let report = chain::verify(f.store.as_ref(), Some(&public), None)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.pruned_through, Some(4));
+
+    // Recording resumes from the anchor, and a journal copied again keeps pruned events out.
+    assert_eq!(f.record(2).await, vec![5, 6]);
+    f.tamper("UPDATE journal SET offset = 0").await;
+    f.record(0).await;
+    let report = chain::verify(f.store.as_ref(), Some(&public), None)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 2);
+    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), Some(6));
+
+    // An event slipped in below the anchor is no part of the chain.
+    f.tamper(
+        "INSERT INTO events (id, session_id, at, kind, detail, prev_hash, hash) \
+         SELECT 2, session_id, at, kind, detail, prev_hash, hash FROM events WHERE id = 5",
+    )
+    .await;
+    let report = chain::verify(f.store.as_ref(), Some(&public), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.first_break.as_ref().map(|b| b.id),
+        Some(2),
+        "{report:?}"
+    );
+    f.tamper("DELETE FROM events WHERE id = 2").await;
+
+    // A chain that does not continue the last checkpoint is not signed, and does not verify.
+    f.tamper("UPDATE events SET detail = replace(detail, 'SELECT 1', 'SELECT 9') WHERE id = 6")
+        .await;
+    assert!(
+        !chain::verify(f.store.as_ref(), Some(&public), None)
+            .await
+            .unwrap()
+            .ok
+    );
+    f.record(1).await;
+    assert!(signer.sign_head(f.store.as_ref()).await.is_err());
+}
+
+/// Stores `key`'s checkpoint over event `event_id`, as the gateway would have signed it then.
+async fn checkpoint_over(store: &SqliteStore, key: &CheckpointKey, event_id: i64) {
+    let link = store.list_chain_after(event_id - 1, 1).await.unwrap();
+    let hash = link[0].hash.clone().unwrap();
+    let interval = std::time::Duration::from_secs(60);
+    store
+        .record_checkpoint(&key.sign(event_id, &hash, link[0].at, interval))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn checkpoints_are_walked_page_by_page_and_a_cut_off_end_shows() {
+    let f = Fixture::new().await;
+    let key = CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap();
+    f.record(1100).await;
+    // One statement, not 1100 commits.
+    let interval = std::time::Duration::from_secs(60);
+    let rows: Vec<String> = f
+        .store
+        .list_chain_after(0, 2000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|link| {
+            let c = key.sign(link.id, link.hash.as_deref().unwrap(), link.at, interval);
+            format!(
+                "({}, {}, '{}', {}, '{}', '{}')",
+                c.at, c.event_id, c.hash, c.interval_ms, c.public_key, c.signature
+            )
+        })
+        .collect();
+    f.tamper(&format!(
+        "INSERT INTO checkpoints (at, event_id, hash, interval_ms, public_key, signature) VALUES {}",
+        rows.join(", ")
+    ))
+    .await;
+    let report = chain::verify(f.store.as_ref(), Some(&key.public()), None)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.checkpoints_checked, 1100);
+    assert_eq!(report.signed_through, Some(1100));
+
+    f.tamper("DELETE FROM events WHERE id > 1090").await;
+    let report = chain::verify(f.store.as_ref(), Some(&key.public()), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.first_break.as_ref().map(|b| b.id),
+        Some(1091),
+        "{report:?}"
+    );
 }

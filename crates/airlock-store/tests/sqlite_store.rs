@@ -100,6 +100,7 @@ fn all_event_details() -> Vec<EventDetail> {
             reason: Some("fine".to_owned()),
             decided_by: vec!["alice".to_owned(), "bob".to_owned()],
             replaced_with: None,
+            votes: Vec::new(),
         },
         EventDetail::Outcome {
             statement_event: 1,

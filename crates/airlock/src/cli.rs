@@ -247,7 +247,15 @@ pub enum SessionsCommand {
         /// Only events since then: a time (RFC 3339) or a duration ago (1h, 7d).
         #[arg(long, value_name = "T", value_parser = when::parse_since)]
         since: Option<i64>,
+        /// Only sessions on this connection.
+        #[arg(long, value_name = "C")]
+        connection: Option<String>,
+        /// Only sessions of this identity (its subject or display name).
+        #[arg(long, value_name = "I")]
+        identity: Option<String>,
     },
+    /// One session as a timeline to read: statements, decisions, approvals, results, errors.
+    Replay { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +266,14 @@ pub enum AuditCommand {
         /// Check this SQLite database file directly instead of asking the server.
         #[arg(long, value_name = "PATH")]
         db: Option<PathBuf>,
+        /// With --db: the gateway's checkpoint public key (hex, as `airlock serve` logs it);
+        /// by default it is read from the signing key file beside the database.
+        #[arg(long, value_name = "HEX", requires = "db")]
+        public_key: Option<String>,
+        /// With --db: the gateway's `recording.checkpoint_interval`, which bounds how long the
+        /// unsigned tail may span [default: the newest checkpoint's, else 1m].
+        #[arg(long, value_name = "D", requires = "db", value_parser = humantime::parse_duration)]
+        checkpoint_interval: Option<std::time::Duration>,
     },
 }
 

@@ -14,6 +14,7 @@ mod output;
 mod policy_admin;
 mod policy_test;
 mod reload;
+mod replay;
 mod serve;
 mod sessions;
 mod tokens;
@@ -99,11 +100,32 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             sessions::list(cli, *since, *limit).await?
         }
         Command::Sessions(SessionsCommand::Show { id }) => sessions::show(cli, *id).await?,
-        Command::Sessions(SessionsCommand::Export { format, since }) => {
-            sessions::export(cli, *format, *since).await?
+        Command::Sessions(SessionsCommand::Export {
+            format,
+            since,
+            connection,
+            identity,
+        }) => {
+            sessions::export(
+                cli,
+                *format,
+                *since,
+                connection.as_deref(),
+                identity.as_deref(),
+            )
+            .await?
         }
-        Command::Audit(AuditCommand::Verify { db }) => {
-            return audit::verify(cli, db.as_deref()).await
+        Command::Sessions(SessionsCommand::Replay { id }) => replay::run(cli, *id).await?,
+        Command::Audit(AuditCommand::Verify {
+            db,
+            public_key,
+            checkpoint_interval,
+        }) => {
+            let offline = audit::Offline {
+                public_key: public_key.as_deref(),
+                checkpoint_interval: *checkpoint_interval,
+            };
+            return audit::verify(cli, db.as_deref(), offline).await;
         }
         Command::Tokens(TokensCommand::Create { name, groups, ttl }) => {
             tokens::create(cli, name, groups, ttl.as_deref()).await?

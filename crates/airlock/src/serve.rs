@@ -5,12 +5,14 @@
 
 use crate::reload;
 use airlock_api::{router, ApiState};
+use airlock_core::checkpoint::{self, CheckpointKey};
 use airlock_core::config::{Config, ConnectionKind, LoadedConfig};
 use airlock_core::gate::Gate;
 use airlock_core::notify::{redact, Notifier};
 use airlock_core::sealer::{create_private, Sealer};
 use airlock_core::store::{Store, StoredConnection};
 use airlock_mysql::MysqlGateway;
+use airlock_core::upkeep;
 use airlock_postgres::upstream::UpstreamTarget;
 use airlock_postgres::PgGateway;
 use airlock_store::SqliteStore;
@@ -49,6 +51,13 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
 
     let journal = config.data_dir().join("events.journal");
+    let checkpoint_key = Arc::new(CheckpointKey::load_or_create(
+        &config.data_dir().join(checkpoint::KEY_FILE),
+    )?);
+    tracing::info!(
+        public_key = %checkpoint_key.public_hex(),
+        "audit checkpoints are signed with this key; keep its public half elsewhere to verify the record with"
+    );
     let gate = Arc::new(
         Gate::open(store.clone(), policies, &config.identity, &journal)
             .await
@@ -57,8 +66,15 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 &config.notify,
                 store.clone(),
                 &format!("http://{}", config.listen.api),
-            )),
+            ))
+            .with_checkpoint_key(checkpoint_key.clone()),
     );
+    let recording = config.recording.clone();
+    tokio::spawn(upkeep::run(
+        gate.clone(),
+        checkpoint_key.clone(),
+        recording.clone(),
+    ));
     for (index, hook) in config.notify.iter().enumerate() {
         tracing::info!(
             webhook = index,
@@ -134,6 +150,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     gate.sync_records().await;
+    upkeep::sign_at_exit(&gate, checkpoint_key, recording.checkpoint_interval).await;
     Ok(())
 }
 

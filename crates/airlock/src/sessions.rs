@@ -1,4 +1,5 @@
-//! `airlock sessions list|show|export`: the recorded history, over the API.
+//! `airlock sessions list|show|export`: the recorded history, over the API. The export is
+//! copied to stdout as it arrives, so its size never sits in memory.
 
 use crate::cli::{Cli, ExportFormat, Output};
 use crate::client::Client;
@@ -95,6 +96,7 @@ fn describe(event: &EventDetail) -> (String, String) {
             reason,
             decided_by,
             replaced_with,
+            votes,
         } => {
             let mut text = format!(
                 "approval request {request_id} {} (event #{statement_event})",
@@ -105,6 +107,18 @@ fn describe(event: &EventDetail) -> (String, String) {
             }
             if let Some(reason) = reason {
                 text.push_str(&format!(": {reason}"));
+            }
+            for vote in votes {
+                let way = if vote.approve { "approved" } else { "denied" };
+                text.push_str(&format!(
+                    "\n{way} by {} at {}{}",
+                    vote.reviewer_name,
+                    output::time(vote.at),
+                    vote.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ));
             }
             if let Some(sql) = replaced_with {
                 text.push_str(&format!("\nran instead: {sql}"));
@@ -209,10 +223,22 @@ pub async fn show(cli: &Cli, id: i64) -> anyhow::Result<()> {
     output::emit(&format!("Session {}\n{header}\n{events}", s.id))
 }
 
-pub async fn export(cli: &Cli, format: ExportFormat, since: Option<i64>) -> anyhow::Result<()> {
+pub async fn export(
+    cli: &Cli,
+    format: ExportFormat,
+    since: Option<i64>,
+    connection: Option<&str>,
+    identity: Option<&str>,
+) -> anyhow::Result<()> {
     let mut query = vec![("format", format.as_str().to_string())];
     if let Some(since) = since {
         query.push(("since", since.to_string()));
+    }
+    if let Some(connection) = connection {
+        query.push(("connection", connection.to_string()));
+    }
+    if let Some(identity) = identity {
+        query.push(("identity", identity.to_string()));
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
