@@ -8,7 +8,8 @@ use crate::config::IdentityConfig;
 use crate::identity::{Identity, IdentityService};
 use crate::notify::Notifier;
 use crate::operation::{Operation, Protocol};
-use crate::policy::{decide, Action, Decision, PolicySet};
+use crate::policy::{decide, decide_with_rows, Action, Decision, PolicySet};
+use crate::preview::{BlastRadius, Previewer};
 use crate::recorder::{Recorder, RecorderError};
 use crate::store::{
     now_millis, ApprovalRecord, ApprovalState, EventDetail, NewApproval, NewEvent, NewPolicyChange,
@@ -86,11 +87,17 @@ pub enum Submission {
     Held(Hold),
 }
 
+/// The longest the gate waits for a blast-radius preview before deciding without it.
+const PREVIEW_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Hold {
     pub request_id: i64,
     pub reviewers: Vec<String>,
     pub timeout: std::time::Duration,
-    escalate_after: Option<std::time::Duration>,
+    /// The preview reviewers are shown, when one was computed.
+    pub preview: Option<BlastRadius>,
+    /// Whether the request outlives its client (`approval_window`).
+    approval_window: bool,
     event: i64,
     session_id: i64,
     approvals: Arc<Approvals>,
@@ -98,13 +105,54 @@ pub struct Hold {
 }
 
 impl Hold {
+    /// Waits for the reviewers' decision, or for `gone` (the client went away). A request with
+    /// an approval window then stays pending for its reviewers and can be claimed once
+    /// approved by its requester re-sending it (`None` is returned: nothing is left to
+    /// answer); without a window, `gone` withdraws it as `withdraw` does.
+    pub async fn resolve_or_abandon(
+        self,
+        withdraw: impl Future<Output = ()>,
+        gone: impl Future<Output = ()>,
+    ) -> Option<Result<Permit, Denial>> {
+        if !self.approval_window {
+            let either = async {
+                tokio::select! {
+                    _ = withdraw => {}
+                    _ = gone => {}
+                }
+            };
+            return Some(self.resolve(either).await);
+        }
+        tokio::select! {
+            verdict = self.resolve(withdraw) => Some(verdict),
+            _ = gone => None,
+        }
+    }
+
     /// Waits for the reviewers' decision; `withdraw` completing withdraws the request.
     pub async fn resolve(self, withdraw: impl Future<Output = ()>) -> Result<Permit, Denial> {
-        let record = self
+        let mut record = self
             .approvals
-            .wait(self.request_id, self.timeout, self.escalate_after, withdraw)
+            .wait(self.request_id, withdraw)
             .await
             .map_err(Denial::unavailable)?;
+        // An approval runs once: a requester re-sending the statement from another session
+        // may have claimed it first.
+        if record.state == ApprovalState::Approved {
+            match self
+                .approvals
+                .store()
+                .claim_approval(self.request_id, self.session_id, now_millis())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    record.state = ApprovalState::Canceled;
+                    record.reason = Some("already run by another session of the requester".into());
+                }
+                Err(e) => return Err(Denial::unavailable(e)),
+            }
+        }
         let decided_by: Vec<String> = record
             .votes
             .iter()
@@ -154,7 +202,7 @@ impl Hold {
             }),
             ApprovalState::Canceled | ApprovalState::Pending => Err(Denial {
                 kind: DenialKind::Canceled,
-                message: format!("approval request {id} was withdrawn"),
+                message: format!("approval request {id} was withdrawn ({reason})"),
             }),
         }
     }
@@ -199,6 +247,7 @@ pub struct Gate {
     identity: IdentityService,
     classifier: ClassifierCache,
     notifier: Notifier,
+    previewer: Option<Arc<dyn Previewer>>,
 }
 
 impl Gate {
@@ -219,8 +268,16 @@ impl Gate {
             identity,
             classifier: ClassifierCache::new(10_000),
             notifier: Notifier::disabled(),
+            previewer: None,
             store,
         })
+    }
+
+    /// Computes blast-radius previews with `previewer` (none by default): for held operations,
+    /// and for operations a `rows_limit` rule needs a row count of.
+    pub fn with_previewer(mut self, previewer: Arc<dyn Previewer>) -> Gate {
+        self.previewer = Some(previewer);
+        self
     }
 
     /// Sends approval request notifications through `notifier` (none by default). Call it on a
@@ -345,7 +402,7 @@ impl Gate {
                 message: "your identity token has expired; reconnect with a fresh token".into(),
             });
         }
-        let policies = self.policies.load();
+        let policies = self.policies.load_full();
         // Policies change while sessions live: one whose identity lost every grant of its
         // connection ends, rather than living on to be refused statement by statement.
         if !policies.grants_connection(&session.identity, &session.connection) {
@@ -363,11 +420,108 @@ impl Gate {
                 ),
             });
         }
-        let decision = decide(&policies, &session.identity, op);
-        self.apply(session, op, decision).await
+        let mut decision = decide(&policies, &session.identity, op);
+        let mut preview = None;
+        if decision.needs_rows && !matches!(decision.action, Action::Deny { .. }) {
+            preview = self.preview(op).await;
+            let rows = preview.as_ref().and_then(BlastRadius::exact_rows);
+            decision = decide_with_rows(&policies, &session.identity, op, rows);
+        }
+        if let Action::RequireApproval(_) = decision.action {
+            if let Some(resumed) = self.resume(session, op, &decision).await {
+                return resumed;
+            }
+            if preview.is_none() {
+                preview = self.preview(op).await;
+            }
+        }
+        self.apply(session, op, decision, preview).await
     }
 
-    async fn apply(&self, session: &Session, op: &Operation, decision: Decision) -> Submission {
+    /// The blast-radius preview of `op`, if a previewer knows its connection; bounded in time,
+    /// and never a reason to refuse.
+    async fn preview(&self, op: &Operation) -> Option<BlastRadius> {
+        let previewer = self.previewer.as_ref()?;
+        match tokio::time::timeout(PREVIEW_LIMIT, previewer.preview(op)).await {
+            Ok(preview) => preview,
+            Err(_) => Some(BlastRadius::unavailable(
+                &op.classification.kind_names().join(", "),
+                format!(
+                    "the preview took longer than {}",
+                    humantime::format_duration(PREVIEW_LIMIT)
+                ),
+            )),
+        }
+    }
+
+    /// Runs a held operation under an earlier approval: the same identity re-sending the
+    /// identical operation on the same connection within the request's approval window, after
+    /// its first client went away. Claimed atomically, so it runs once.
+    async fn resume(
+        &self,
+        session: &Session,
+        op: &Operation,
+        decision: &Decision,
+    ) -> Option<Submission> {
+        let now = now_millis();
+        let candidates = match self
+            .store
+            .claimable_approvals(&session.identity.subject, &op.connection, &op.text, now)
+            .await
+        {
+            Ok(candidates) => candidates,
+            Err(e) => return Some(Submission::Denied(Denial::unavailable(e))),
+        };
+        for record in candidates
+            .into_iter()
+            .filter(|r| r.request.params == op.params)
+        {
+            match self.store.claim_approval(record.id, session.id, now).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return Some(Submission::Denied(Denial::unavailable(e))),
+            }
+            tracing::info!(
+                session = session.id,
+                request = record.id,
+                "the requester re-sent an approved operation within its approval window; it runs"
+            );
+            let event = self.recorder.append(NewEvent {
+                session_id: session.id,
+                at: now,
+                detail: EventDetail::Statement {
+                    operation: op.text.to_string(),
+                    params: op.params.clone(),
+                    statement_kinds: op.classification.kind_names(),
+                    action: decision.action.name().into(),
+                    policy: decision.policy.clone(),
+                    rule: decision.rule.clone(),
+                    reason: Some(format!(
+                        "approved earlier as request {} (session {}); run within its approval window",
+                        record.id, record.request.session_id
+                    )),
+                    request_id: Some(record.id),
+                },
+            });
+            return Some(match event {
+                Ok(event) => Submission::Permitted(Permit {
+                    event: Some(event),
+                    approved_request: Some(record.id),
+                    replacement: record.replacement,
+                }),
+                Err(e) => Submission::Denied(Denial::unavailable(e)),
+            });
+        }
+        None
+    }
+
+    async fn apply(
+        &self,
+        session: &Session,
+        op: &Operation,
+        decision: Decision,
+        preview: Option<BlastRadius>,
+    ) -> Submission {
         let kinds = op.classification.kind_names();
         let statement = |request_id: Option<i64>, reason: Option<String>| NewEvent {
             session_id: session.id,
@@ -433,6 +587,13 @@ impl Gate {
                         .escalate_after
                         .map(|after| now.saturating_add(after.as_millis() as i64)),
                     escalate_to: spec.escalate_to.clone(),
+                    preview: preview.clone(),
+                    approval_window_ms: spec
+                        .approval_window
+                        .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
+                    remind_after_ms: spec
+                        .remind_after
+                        .map(|r| i64::try_from(r.as_millis()).unwrap_or(i64::MAX)),
                 };
                 let request_id = match self.approvals.open(&request).await {
                     Ok(id) => id,
@@ -462,12 +623,15 @@ impl Gate {
                     reason: None,
                     votes: Vec::new(),
                     replacement: None,
+                    claimed_at: None,
+                    claimed_by_session: None,
                 });
                 Submission::Held(Hold {
                     request_id,
                     reviewers: spec.reviewers.clone(),
                     timeout: spec.timeout,
-                    escalate_after: spec.escalate_after,
+                    preview,
+                    approval_window: spec.approval_window.is_some(),
                     event,
                     session_id: session.id,
                     approvals: self.approvals.clone(),

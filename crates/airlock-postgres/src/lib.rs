@@ -5,11 +5,13 @@
 //! This module owns the listener and the login. Modules: `codec` (framing and messages),
 //! `upstream` (login to the real server), `session` (the relay, with its halves `requests` and
 //! `replies`), `names` (statement and portal names as the upstream confirmed them), `cancel`
-//! (cancel requests and held statements).
+//! (cancel requests and held statements), `preview` (the blast-radius preview of held
+//! statements, on a side connection).
 
 pub mod cancel;
 pub mod codec;
 pub mod names;
+pub mod preview;
 pub mod replies;
 pub mod requests;
 pub mod session;

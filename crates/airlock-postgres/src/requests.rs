@@ -402,7 +402,19 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
     ) -> Result<(), End> {
         let relay = self.relay;
         let verdict = match relay.gate.submit(relay.session, &op).await {
-            Submission::Permitted(permit) => Ok(permit),
+            Submission::Permitted(permit) => {
+                if let Some(id) = permit.approved_request {
+                    // Approved while its first client was away: say what it runs under.
+                    let _ = self.inject.send(codec::error_response(
+                        Severity::Notice,
+                        "01000",
+                        &format!("airlock: runs under approval request {id}, approved earlier"),
+                        None,
+                        None,
+                    ));
+                }
+                Ok(permit)
+            }
             Submission::Denied(denial) => Err(denial),
             Submission::Held(hold) => {
                 // Everything before the held message goes now; the held one waits.
@@ -424,17 +436,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 );
                 let _ = self.inject.send(notice);
                 let signal = relay.cancel.hold();
-                let reader = &mut self.reader;
-                let buf = &mut self.buf;
-                let withdraw = async {
-                    tokio::select! {
-                        _ = signal.notified() => {}
-                        _ = wait_for_eof(reader, buf) => {}
-                    }
-                };
-                let verdict = hold.resolve(withdraw).await;
+                let gone = wait_for_eof(&mut self.reader, &mut self.buf);
+                let verdict = hold.resolve_or_abandon(signal.notified(), gone).await;
                 relay.cancel.release();
-                verdict
+                // The client went away and the request waits on for its reviewers: it can be
+                // claimed by the requester re-sending the statement once approved.
+                verdict.ok_or(End::ClientClosed)?
             }
         };
         match verdict {

@@ -10,6 +10,7 @@ use airlock_core::gate::Gate;
 use airlock_core::notify::{redact, Notifier};
 use airlock_core::sealer::{create_private, Sealer};
 use airlock_core::store::{Store, StoredConnection};
+use airlock_postgres::preview::PgPreviewer;
 use airlock_postgres::upstream::UpstreamTarget;
 use airlock_postgres::PgGateway;
 use airlock_store::SqliteStore;
@@ -56,7 +57,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 &config.notify,
                 store.clone(),
                 &format!("http://{}", config.listen.api),
-            )),
+            ))
+            .with_previewer(Arc::new(PgPreviewer::new(pg_targets(&config)))),
     );
     for (index, hook) in config.notify.iter().enumerate() {
         tracing::info!(
@@ -71,22 +73,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tokio::spawn(watcher.watch(gate.clone()));
     }
 
-    let targets: HashMap<String, UpstreamTarget> = config
-        .connections
-        .iter()
-        .filter(|c| c.kind == ConnectionKind::Postgres)
-        .map(|c| {
-            (
-                c.name.clone(),
-                UpstreamTarget {
-                    address: c.address.clone(),
-                    database: c.database_or_default().to_string(),
-                    user: c.user.clone().unwrap_or_default(),
-                    password: c.password.clone(),
-                },
-            )
-        })
-        .collect();
+    let targets = pg_targets(&config);
 
     let api_listener = bind(&config.listen.api, "api").await?;
     let pg_listener = bind(&config.listen.postgres, "postgres")
@@ -113,6 +100,26 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     gate.sync_records().await;
     Ok(())
+}
+
+/// Where the PostgreSQL adapter (and its previewer) logs in, by connection name.
+fn pg_targets(config: &Config) -> HashMap<String, UpstreamTarget> {
+    config
+        .connections
+        .iter()
+        .filter(|c| c.kind == ConnectionKind::Postgres)
+        .map(|c| {
+            (
+                c.name.clone(),
+                UpstreamTarget {
+                    address: c.address.clone(),
+                    database: c.database_or_default().to_string(),
+                    user: c.user.clone().unwrap_or_default(),
+                    password: c.password.clone(),
+                },
+            )
+        })
+        .collect()
 }
 
 async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
