@@ -420,6 +420,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 // Everything before the held message goes now; the held one waits.
                 self.flush_until(range.start).await?;
                 let reviewers = hold.reviewers.join(", ");
+                let blast_radius = hold
+                    .preview
+                    .as_ref()
+                    .filter(|p| !p.impacts.is_empty())
+                    .map(|p| format!("Blast radius: {}", p.describe().replace('\n', "; ")));
                 let notice = codec::error_response(
                     Severity::Notice,
                     "01000",
@@ -428,7 +433,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                         hold.request_id,
                         humantime::format_duration(hold.timeout)
                     ),
-                    None,
+                    blast_radius.as_deref(),
                     Some(&format!(
                         "A reviewer decides with: airlock approve {id} / airlock deny {id} --reason TEXT. Cancel the query to withdraw it.",
                         id = hold.request_id

@@ -60,6 +60,11 @@ fn preview_counts_rows_and_sizes_tables_for_reviewers_and_webhooks() {
         "{}",
         describe(&shown)
     );
+    assert!(
+        psql.wait_stderr_contains("Blast radius: DELETE items: 2 rows (counted)", WAIT),
+        "the agent's NOTICE carries the preview: {}",
+        psql.stderr()
+    );
     let preview = &gw.approval(&id)["preview"];
     assert_eq!(preview["impacts"][0]["kind"], "rows", "{preview}");
     assert_eq!(preview["impacts"][0]["rows"], 2, "{preview}");
