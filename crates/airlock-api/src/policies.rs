@@ -61,6 +61,9 @@ pub struct ExplainBody {
     groups: Vec<String>,
     connection: String,
     sql: String,
+    /// Decide as if the gateway counted this many rows (rules with `rows_limit`).
+    #[serde(default)]
+    rows: Option<u64>,
 }
 
 pub async fn explain(
@@ -83,11 +86,12 @@ pub async fn explain(
         .filter(|g| !g.is_empty())
         .collect();
     let classification = state.gate.classifier().classify(&body.sql);
-    Ok(Json(policy::explain(
+    Ok(Json(policy::explain_with_rows(
         &state.gate.policies(),
         groups,
         &body.connection,
         &body.sql,
         classification,
+        body.rows,
     )))
 }

@@ -704,6 +704,19 @@ pub fn explain(
     sql: &str,
     classification: std::sync::Arc<crate::classify::Classification>,
 ) -> Explanation {
+    explain_with_rows(set, groups, connection, sql, classification, None)
+}
+
+/// [`explain`] as if the gateway had counted `rows` rows the operation would change (for
+/// rules with `rows_limit`).
+pub fn explain_with_rows(
+    set: &PolicySet,
+    groups: Vec<String>,
+    connection: &str,
+    sql: &str,
+    classification: std::sync::Arc<crate::classify::Classification>,
+    rows: Option<u64>,
+) -> Explanation {
     let identity = Identity {
         subject: "explain".into(),
         name: format!("a member of [{}]", groups.join(", ")),
@@ -719,7 +732,7 @@ pub fn explain(
         classification,
     };
     Explanation {
-        decision: decide(set, &identity, &op),
+        decision: decide_with_rows(set, &identity, &op, rows),
         statement_kinds,
     }
 }

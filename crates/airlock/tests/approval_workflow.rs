@@ -173,6 +173,35 @@ fn rows_limit_lets_small_counted_writes_through() {
     assert_eq!(gw.approval(&id)["preview"]["impacts"][0]["rows"], 2);
     assert_eq!(pg.item_ids(), "2,3");
     drop(psql);
+    // `policy explain` takes the count as an input, as the decision does.
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--group",
+            "agents",
+            "--connection",
+            "prod",
+            "--sql",
+            sql,
+        ];
+        args.extend_from_slice(extra);
+        let out = gw.cli(&args);
+        assert_ok(&out, "policy explain");
+        stdout_of(&out)
+    };
+    let uncounted = explain(&[]);
+    assert!(uncounted.contains("require-approval"), "{uncounted}");
+    assert!(
+        uncounted.contains("the gateway counts the rows first"),
+        "{uncounted}"
+    );
+    let counted = explain(&["--rows", "1"]);
+    assert!(
+        counted.contains("allow") && counted.contains("small-deletes"),
+        "{counted}"
+    );
+    assert!(explain(&["--rows", "2"]).contains("require-approval"));
     // The allowed delete was recorded under the rule that allowed it.
     let sessions = gw.cli_json(&["sessions", "list"]);
     assert!(sessions.to_string().contains("agent-1"));
