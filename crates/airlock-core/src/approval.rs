@@ -2,7 +2,9 @@
 //! self-approval, only the rule's reviewer groups and, once escalated, its escalation groups;
 //! settled by the store with [`crate::store::settle`]), and waiting for the
 //! outcome with a deadline, a withdrawal signal and a poll of the store (so a vote taken on
-//! another replica is seen too).
+//! another replica is seen too). While a request is pending its timed events happen here:
+//! escalation, reminders and expiry, also for a request whose client went away and that waits
+//! on for its reviewers (`approval_window`).
 
 use crate::identity::Identity;
 use crate::notify::Notifier;
@@ -380,6 +382,9 @@ impl Drop for AbandonGuard {
                 )
                 .await;
             approvals.notify(id, ApprovalState::Canceled);
+            if let Ok(mut watchers) = approvals.watchers.lock() {
+                watchers.remove(&id);
+            }
             if let (Ok(true), Ok(Some(record))) = (ended, approvals.store.get_approval(id).await) {
                 approvals.notifier.announce(&record);
             }

@@ -1,6 +1,8 @@
-//! The gate: the one path every adapter takes. It decides an operation, records the decision
-//! durably, holds it for review when the policy says so, and hands back either a [`Permit`]
-//! (the only thing an adapter may forward with) or a [`Denial`].
+//! The gate: the one path every adapter takes. It decides an operation (counting the rows it
+//! would change first when a `rows_limit` rule needs it), records the decision durably, holds
+//! it for review when the policy says so (with its blast-radius preview), or runs it under an
+//! earlier approval its requester may still claim, and hands back either a [`Permit`] (the
+//! only thing an adapter may forward with) or a [`Denial`].
 
 use crate::approval::{Approvals, Replacement, VoteError};
 use crate::classify::{Classification, ClassifierCache};
