@@ -269,6 +269,13 @@ fn approved_request_survives_its_client_and_runs_once_when_resent() {
     drop(psql);
     assert_eq!(pg.item_ids(), "1,3");
 
+    // Cancelling the query (a CancelRequest) still withdraws the request.
+    let mut psql = gw.psql_spawn(&agent, "prod", "DELETE FROM items WHERE id = 1");
+    let id = psql.wait_pending(&gw);
+    psql.interrupt();
+    assert!(!psql.finish(WAIT).status.success());
+    gw.wait_for_state(&id, "canceled");
+
     // An abandoned request nobody decides still expires on time.
     let mut psql = gw.psql_spawn(&agent, "prod", "UPDATE items SET name = 'x' WHERE id = 1");
     let id = psql.wait_pending(&gw);
