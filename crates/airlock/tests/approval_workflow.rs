@@ -151,6 +151,18 @@ fn preview_counts_rows_and_sizes_tables_for_reviewers_and_webhooks() {
     assert_ok(&gw.cli_as(&dba, &["deny", &id, "--reason", "no"]), "deny");
     assert!(!psql.finish(WAIT).status.success());
     assert_eq!(pg.item_ids(), "1,2,3");
+
+    // A pipeline's `airlock exec` is shown the same preview.
+    let out = gw.cli_as(&agent, &["exec", "prod", "--sql", sql]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    assert!(
+        stdout_of(&out).contains("blast radius: DELETE items: 2 rows (counted)"),
+        "{}",
+        describe(&out)
+    );
+    let id = gw.wait_for_pending(sql);
+    assert_ok(&gw.cli_as(&dba, &["deny", &id, "--reason", "no"]), "deny");
+    assert_eq!(pg.item_ids(), "1,2,3");
 }
 
 #[test]
