@@ -11,7 +11,7 @@ use crate::notify::Notifier;
 use crate::store::{
     now_millis, ApprovalRecord, ApprovalState, Millis, NewApproval, Store, StoreError, Vote,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +52,9 @@ pub struct Replacement<'a> {
 pub struct Approvals {
     store: Arc<dyn Store>,
     watchers: Mutex<HashMap<i64, watch::Sender<ApprovalState>>>,
+    /// Requests whose client went away, watched by a task of their own (which then owns their
+    /// escalation and reminders, so a requester re-attaching does not repeat them).
+    unattended: Mutex<HashSet<i64>>,
     /// Told of every request that leaves `pending`, by whoever moved it, so each end is
     /// announced exactly once (the vote, the waiter's timer or withdrawal, the dead session).
     notifier: Notifier,
@@ -62,6 +65,7 @@ impl Approvals {
         Approvals {
             store,
             watchers: Mutex::new(HashMap::new()),
+            unattended: Mutex::new(HashSet::new()),
             notifier,
         }
     }
@@ -188,14 +192,42 @@ impl Approvals {
             keep_pending: record.request.approval_window_ms.is_some(),
             id,
         };
-        let result = self.watch_request(id, &record.request, withdraw).await;
+        let timers = !self.is_unattended(id);
+        let result = self
+            .watch_request(id, &record.request, withdraw, timers)
+            .await;
         abandoned.approvals = None;
         result
     }
 
+    /// Whether the request's client went away and a task of its own watches it.
+    pub fn is_unattended(&self, id: i64) -> bool {
+        self.unattended
+            .lock()
+            .map(|set| set.contains(&id))
+            .unwrap_or(false)
+    }
+
+    /// Watches an abandoned request, once: a requester that re-attached and went away again
+    /// does not start a second watcher.
+    async fn watch_unattended(&self, id: i64) {
+        let first = self
+            .unattended
+            .lock()
+            .map(|mut set| set.insert(id))
+            .unwrap_or(false);
+        if !first {
+            return;
+        }
+        self.watch_until_settled(id).await;
+        if let Ok(mut set) = self.unattended.lock() {
+            set.remove(&id);
+        }
+    }
+
     /// Watches a pending request with no one waiting for it (its client went away) until it
     /// settles: its escalation, reminders and expiry still happen.
-    async fn watch_unattended(&self, id: i64) {
+    async fn watch_until_settled(&self, id: i64) {
         let request = match self.store.get_approval(id).await {
             Ok(Some(record)) if record.state == ApprovalState::Pending => record.request,
             Ok(_) => return,
@@ -209,7 +241,7 @@ impl Approvals {
             "the requester went away; the request stays pending for its reviewers"
         );
         if let Err(e) = self
-            .watch_request(id, &request, std::future::pending())
+            .watch_request(id, &request, std::future::pending(), true)
             .await
         {
             tracing::error!(request = id, error = %e, "lost track of an abandoned request");
@@ -221,6 +253,7 @@ impl Approvals {
         id: i64,
         request: &NewApproval,
         withdraw: impl Future<Output = ()>,
+        timers: bool,
     ) -> Result<ApprovalRecord, StoreError> {
         let mut changes = self
             .watchers
@@ -230,6 +263,10 @@ impl Approvals {
             .or_insert_with(|| watch::channel(ApprovalState::Pending).0)
             .subscribe();
         let mut schedule = Schedule::of(request, now_millis());
+        if !timers {
+            schedule.escalate_at = None;
+            schedule.next_reminder = None;
+        }
         tokio::pin!(withdraw);
         let mut withdrawn = false;
         let mut watching = true;
@@ -361,13 +398,20 @@ struct AbandonGuard {
 
 impl Drop for AbandonGuard {
     fn drop(&mut self) {
-        let Some(approvals) = self.approvals.take() else {
-            return;
-        };
-        let (id, keep_pending) = (self.id, self.keep_pending);
+        if let Some(approvals) = self.approvals.take() {
+            approvals.abandon(self.id, self.keep_pending);
+        }
+    }
+}
+
+impl Approvals {
+    /// A request no one waits for any more (its session died): withdrawn, or with
+    /// `keep_pending` (an approval window) left pending and watched until it settles.
+    pub fn abandon(self: Arc<Self>, id: i64, keep_pending: bool) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let approvals = self;
         runtime.spawn(async move {
             if keep_pending {
                 return approvals.watch_unattended(id).await;

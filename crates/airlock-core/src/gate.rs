@@ -100,6 +100,9 @@ pub struct Hold {
     pub preview: Option<BlastRadius>,
     /// Whether the request outlives its client (`approval_window`).
     approval_window: bool,
+    /// Set once someone waits for the decision; a hold dropped before that (its client went
+    /// away first) is abandoned as a dropped wait is.
+    waited: bool,
     event: i64,
     session_id: i64,
     approvals: Arc<Approvals>,
@@ -132,7 +135,8 @@ impl Hold {
     }
 
     /// Waits for the reviewers' decision; `withdraw` completing withdraws the request.
-    pub async fn resolve(self, withdraw: impl Future<Output = ()>) -> Result<Permit, Denial> {
+    pub async fn resolve(mut self, withdraw: impl Future<Output = ()>) -> Result<Permit, Denial> {
+        self.waited = true;
         let mut record = self
             .approvals
             .wait(self.request_id, withdraw)
@@ -206,6 +210,16 @@ impl Hold {
                 kind: DenialKind::Canceled,
                 message: format!("approval request {id} was withdrawn ({reason})"),
             }),
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.waited {
+            self.approvals
+                .clone()
+                .abandon(self.request_id, self.approval_window);
         }
     }
 }
@@ -456,9 +470,10 @@ impl Gate {
         }
     }
 
-    /// Runs a held operation under an earlier approval: the same identity re-sending the
-    /// identical operation on the same connection within the request's approval window, after
-    /// its first client went away. Claimed atomically, so it runs once.
+    /// Resumes an earlier request of the same identity for the identical operation on the same
+    /// connection, whose first client went away: approved and within its approval window, the
+    /// operation runs (claimed atomically, so once); still pending, the re-send waits on that
+    /// request instead of opening another one.
     async fn resume(
         &self,
         session: &Session,
@@ -468,7 +483,7 @@ impl Gate {
         let now = now_millis();
         let candidates = match self
             .store
-            .claimable_approvals(&session.identity.subject, &op.connection, &op.text, now)
+            .resumable_approvals(&session.identity.subject, &op.connection, &op.text, now)
             .await
         {
             Ok(candidates) => candidates,
@@ -478,6 +493,13 @@ impl Gate {
             .into_iter()
             .filter(|r| r.request.params == op.params)
         {
+            if record.state == ApprovalState::Pending {
+                if !self.approvals.is_unattended(record.id) {
+                    // Its own client still waits for it.
+                    continue;
+                }
+                return Some(self.reattach(session, op, decision, record));
+            }
             match self.store.claim_approval(record.id, session.id, now).await {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -515,6 +537,56 @@ impl Gate {
             });
         }
         None
+    }
+
+    /// Holds a re-sent operation on its earlier pending request.
+    fn reattach(
+        &self,
+        session: &Session,
+        op: &Operation,
+        decision: &Decision,
+        record: ApprovalRecord,
+    ) -> Submission {
+        let now = now_millis();
+        tracing::info!(
+            session = session.id,
+            request = record.id,
+            "the requester re-sent a pending operation; it waits on its earlier request"
+        );
+        let event = self.recorder.append(NewEvent {
+            session_id: session.id,
+            at: now,
+            detail: EventDetail::Statement {
+                operation: op.text.to_string(),
+                params: op.params.clone(),
+                statement_kinds: op.classification.kind_names(),
+                action: decision.action.name().into(),
+                policy: decision.policy.clone(),
+                rule: decision.rule.clone(),
+                reason: Some(format!(
+                    "waits on request {}, opened earlier by session {}",
+                    record.id, record.request.session_id
+                )),
+                request_id: Some(record.id),
+            },
+        });
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => return Submission::Denied(Denial::unavailable(e)),
+        };
+        let left = record.request.expires_at.saturating_sub(now).max(0);
+        Submission::Held(Hold {
+            request_id: record.id,
+            reviewers: record.request.reviewers,
+            timeout: std::time::Duration::from_millis(left as u64),
+            preview: record.request.preview,
+            approval_window: true,
+            waited: false,
+            event,
+            session_id: session.id,
+            approvals: self.approvals.clone(),
+            recorder: self.recorder.clone(),
+        })
     }
 
     async fn apply(
@@ -634,6 +706,7 @@ impl Gate {
                     timeout: spec.timeout,
                     preview,
                     approval_window: spec.approval_window.is_some(),
+                    waited: false,
                     event,
                     session_id: session.id,
                     approvals: self.approvals.clone(),

@@ -422,9 +422,10 @@ pub trait Store: Send + Sync + 'static {
         session_id: i64,
         at: Millis,
     ) -> Result<bool, StoreError>;
-    /// The approved, not yet run requests of `subject` for exactly `operation` on `connection`
-    /// whose approval window is still open at `at`, oldest first.
-    async fn claimable_approvals(
+    /// The requests of `subject` for exactly `operation` on `connection` that a re-send may
+    /// resume, oldest first: those with an approval window that are still pending, or approved,
+    /// not yet run and with their window still open at `at`.
+    async fn resumable_approvals(
         &self,
         subject: &str,
         connection: &str,

@@ -665,7 +665,7 @@ impl Store for SqliteStore {
         Ok(result.rows_affected() > 0)
     }
 
-    async fn claimable_approvals(
+    async fn resumable_approvals(
         &self,
         subject: &str,
         connection: &str,
@@ -675,14 +675,15 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let rows = sqlx::query(concat!(
             approval_select!(),
-            " WHERE a.requester_subject = ? AND a.connection = ? AND a.state = 'approved' \
-             AND a.claimed_at IS NULL AND a.approval_window_ms IS NOT NULL \
-             AND a.decided_at + a.approval_window_ms > ? AND a.operation = ? ORDER BY a.id"
+            " WHERE a.requester_subject = ? AND a.connection = ? \
+             AND a.approval_window_ms IS NOT NULL AND a.operation = ? \
+             AND (a.state = 'pending' OR (a.state = 'approved' AND a.claimed_at IS NULL \
+             AND a.decided_at + a.approval_window_ms > ?)) ORDER BY a.id"
         ))
         .bind(subject)
         .bind(connection)
-        .bind(at)
         .bind(operation)
+        .bind(at)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;

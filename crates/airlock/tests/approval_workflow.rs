@@ -257,6 +257,10 @@ fn approved_request_survives_its_client_and_runs_once_when_resent() {
     let other_id = psql.wait_pending(&gw);
     assert_ne!(other_id, id);
     drop(psql);
+    assert_ok(
+        &gw.cli_as(&dba, &["deny", &other_id, "--reason", "no"]),
+        "deny",
+    );
 
     // The requester reconnects and re-sends the identical statement: it runs, once.
     let out = gw.psql(&agent, "prod", sql);
@@ -276,10 +280,34 @@ fn approved_request_survives_its_client_and_runs_once_when_resent() {
     drop(psql);
 
     // A different statement does not match the approval either.
-    let mut psql = gw.psql_spawn(&agent, "prod", "DELETE FROM items WHERE id = 3");
-    psql.wait_pending(&gw);
+    let third = "DELETE FROM items WHERE id = 3";
+    let mut psql = gw.psql_spawn(&agent, "prod", third);
+    let third_id = psql.wait_pending(&gw);
     drop(psql);
     assert_eq!(pg.item_ids(), "1,3");
+
+    // Re-sent while its request is still pending, a statement waits on that request rather
+    // than opening another one, and runs once it is approved.
+    gw.wait_for_log("the requester went away", 4);
+    let mut psql = gw.psql_spawn(&agent, "prod", third);
+    assert!(
+        psql.wait_stderr_contains(
+            &format!("approval request {third_id} is waiting for review"),
+            WAIT
+        ),
+        "{}",
+        psql.stderr()
+    );
+    gw.wait_for_log("it waits on its earlier request", 1);
+    assert_ok(&gw.cli_as(&dba, &["approve", &third_id]), "approve");
+    let out = psql.finish(WAIT);
+    assert_ok(&out, "the re-attached statement");
+    assert_eq!(pg.item_ids(), "1");
+    let pending = gw.cli_json(&["approvals", "list", "--state", "pending"]);
+    assert!(
+        !pending.to_string().contains(third),
+        "no second request was opened: {pending}"
+    );
 
     // Cancelling the query (a CancelRequest) still withdraws the request.
     let mut psql = gw.psql_spawn(&agent, "prod", "DELETE FROM items WHERE id = 1");
