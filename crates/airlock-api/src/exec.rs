@@ -13,6 +13,7 @@ use airlock_core::classify::{Classification, StatementKind};
 use airlock_core::config::{Config, ConnectionConfig, ConnectionKind};
 use airlock_core::gate::{Denial, DenialKind, Gate, Permit, Session, Submission};
 use airlock_core::operation::{Operation, Protocol};
+use airlock_core::preview::BlastRadius;
 use airlock_core::store::OutcomeStatus;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -139,6 +140,9 @@ pub enum ExecAnswer {
         reviewers: Vec<String>,
         /// Seconds until the request expires without a decision.
         timeout_secs: u64,
+        /// The blast-radius preview reviewers see.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        preview: Option<BlastRadius>,
     },
 }
 
@@ -402,6 +406,7 @@ pub async fn submit(
         request_id,
         reviewers: hold.reviewers.clone(),
         timeout_secs: hold.timeout.as_secs(),
+        preview: hold.preview.clone(),
     });
     let withdraw = Arc::new(Notify::new());
     jobs.insert(

@@ -69,6 +69,9 @@ pub struct ExplainBody {
     groups: Vec<String>,
     connection: String,
     sql: String,
+    /// Decide as if the gateway counted this many rows (rules with `rows_limit`).
+    #[serde(default)]
+    rows: Option<u64>,
 }
 
 pub async fn explain(
@@ -98,11 +101,12 @@ pub async fn explain(
         }
         kind => std::sync::Arc::new(classify_for(kind, &body.sql)),
     };
-    Ok(Json(policy::explain(
+    Ok(Json(policy::explain_with_rows(
         &state.gate.policies(),
         groups,
         &body.connection,
         &body.sql,
         classification,
+        body.rows,
     )))
 }

@@ -194,6 +194,9 @@ impl Harness {
                 all_groups_must_approve: false,
                 escalate_at: None,
                 escalate_to: Vec::new(),
+                preview: None,
+                approval_window_ms: None,
+                remind_after_ms: None,
             })
             .await
             .unwrap();

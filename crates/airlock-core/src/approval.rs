@@ -2,15 +2,17 @@
 //! self-approval, only the rule's reviewer groups and, once escalated, its escalation groups;
 //! settled by the store with [`crate::store::settle`]), and waiting for the
 //! outcome with a deadline, a withdrawal signal and a poll of the store (so a vote taken on
-//! another replica is seen too).
+//! another replica is seen too). While a request is pending its timed events happen here:
+//! escalation, reminders and expiry, also for a request whose client went away and that waits
+//! on for its reviewers (`approval_window`).
 
 use crate::identity::Identity;
 use crate::notify::Notifier;
 use crate::store::{
-    now_millis, ApprovalRecord, ApprovalState, NewApproval, Store, StoreError, Vote,
+    now_millis, ApprovalRecord, ApprovalState, Millis, NewApproval, Store, StoreError, Vote,
 };
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,6 +53,9 @@ pub struct Replacement<'a> {
 pub struct Approvals {
     store: Arc<dyn Store>,
     watchers: Mutex<HashMap<i64, watch::Sender<ApprovalState>>>,
+    /// Requests whose client went away, watched by a task of their own (which then owns their
+    /// escalation and reminders, so a requester re-attaching does not repeat them).
+    unattended: Mutex<HashSet<i64>>,
     /// Told of every request that leaves `pending`, by whoever moved it, so each end is
     /// announced exactly once (the vote, the waiter's timer or withdrawal, the dead session).
     notifier: Notifier,
@@ -61,8 +66,13 @@ impl Approvals {
         Approvals {
             store,
             watchers: Mutex::new(HashMap::new()),
+            unattended: Mutex::new(HashSet::new()),
             notifier,
         }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub async fn open(&self, request: &NewApproval) -> Result<i64, StoreError> {
@@ -162,34 +172,90 @@ impl Approvals {
         Ok(updated)
     }
 
-    /// Waits for the request to leave `pending`: decided by reviewers, expired at `deadline`,
-    /// or withdrawn when `withdraw` completes. Returns the final record.
-    /// After `escalate_after` a still pending request is announced as escalated, once.
+    /// Waits for the request to leave `pending`: decided by reviewers, expired at its
+    /// `expires_at`, or canceled, with the reason it yields, when `cancel` completes. Returns the final record. While
+    /// it waits, a pending request is announced as escalated (once, at its `escalate_at`) and
+    /// reminded (every `remind_after`). A wait dropped before the request settles (its session
+    /// died) withdraws the request, unless it has an approval window: then it stays pending
+    /// for its reviewers, watched by a task of its own, and can be claimed once approved.
     pub async fn wait(
-        &self,
+        self: &Arc<Self>,
         id: i64,
-        timeout: Duration,
-        escalate_after: Option<Duration>,
-        withdraw: impl Future<Output = ()>,
-    ) -> Result<ApprovalRecord, StoreError> {
-        let withdraw = async {
-            withdraw.await;
-            "withdrawn by the requester".to_string()
-        };
-        self.wait_or_cancel(id, timeout, escalate_after, withdraw)
-            .await
-    }
-
-    /// [`Approvals::wait`], where the request is canceled, with the reason it yields, when
-    /// `cancel` completes.
-    pub async fn wait_or_cancel(
-        &self,
-        id: i64,
-        timeout: Duration,
-        escalate_after: Option<Duration>,
         cancel: impl Future<Output = String>,
     ) -> Result<ApprovalRecord, StoreError> {
-        let withdraw = cancel;
+        let record = self
+            .store
+            .get_approval(id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut abandoned = AbandonGuard {
+            approvals: Some(self.clone()),
+            keep_pending: record.request.approval_window_ms.is_some(),
+            id,
+        };
+        let timers = !self.is_unattended(id);
+        let result = self
+            .watch_request(id, &record.request, cancel, timers)
+            .await;
+        abandoned.approvals = None;
+        result
+    }
+
+    /// Whether the request's client went away and a task of its own watches it.
+    pub fn is_unattended(&self, id: i64) -> bool {
+        self.unattended
+            .lock()
+            .map(|set| set.contains(&id))
+            .unwrap_or(false)
+    }
+
+    /// Watches an abandoned request, once: a requester that re-attached and went away again
+    /// does not start a second watcher.
+    async fn watch_unattended(&self, id: i64) {
+        let first = self
+            .unattended
+            .lock()
+            .map(|mut set| set.insert(id))
+            .unwrap_or(false);
+        if !first {
+            return;
+        }
+        self.watch_until_settled(id).await;
+        if let Ok(mut set) = self.unattended.lock() {
+            set.remove(&id);
+        }
+    }
+
+    /// Watches a pending request with no one waiting for it (its client went away) until it
+    /// settles: its escalation, reminders and expiry still happen.
+    async fn watch_until_settled(&self, id: i64) {
+        let request = match self.store.get_approval(id).await {
+            Ok(Some(record)) if record.state == ApprovalState::Pending => record.request,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(request = id, error = %e, "cannot watch an abandoned request");
+                return;
+            }
+        };
+        tracing::info!(
+            request = id,
+            "the requester went away; the request stays pending for its reviewers"
+        );
+        if let Err(e) = self
+            .watch_request(id, &request, std::future::pending(), true)
+            .await
+        {
+            tracing::error!(request = id, error = %e, "lost track of an abandoned request");
+        }
+    }
+
+    async fn watch_request(
+        &self,
+        id: i64,
+        request: &NewApproval,
+        withdraw: impl Future<Output = String>,
+        timers: bool,
+    ) -> Result<ApprovalRecord, StoreError> {
         let mut changes = self
             .watchers
             .lock()
@@ -197,30 +263,36 @@ impl Approvals {
             .entry(id)
             .or_insert_with(|| watch::channel(ApprovalState::Pending).0)
             .subscribe();
-        let started = tokio::time::Instant::now();
-        let deadline = started + timeout;
-        let escalation = escalate_after.map(|after| started + after);
-        let mut escalated = false;
-        let mut abandoned = AbandonGuard {
-            store: Some(self.store.clone()),
-            notifier: self.notifier.clone(),
-            id,
-        };
+        let mut schedule = Schedule::of(request, now_millis());
+        if !timers {
+            schedule.escalate_at = None;
+            schedule.next_reminder = None;
+        }
         tokio::pin!(withdraw);
         let mut withdrawn = false;
         let mut watching = true;
         let mut ended_here = false;
         let result = loop {
+            let (at, tick) = schedule.next();
             let finish = tokio::select! {
                 changed = changes.changed(), if watching => { watching = changed.is_ok(); None },
                 _ = tokio::time::sleep(POLL) => None,
-                _ = tokio::time::sleep_until(deadline) => Some((ApprovalState::Expired, Cow::Borrowed("no decision before the timeout"))),
-                _ = sleep_until_some(escalation), if !escalated => {
-                    escalated = true;
-                    if let Some(record) = self.store.get_approval(id).await?.filter(|r| r.state == ApprovalState::Pending) {
-                        self.notifier.announce_escalation(&record);
+                _ = sleep_until_millis(at) => {
+                    schedule.passed(tick);
+                    match tick {
+                        Tick::Expire => Some((ApprovalState::Expired, Cow::Borrowed("no decision before the timeout"))),
+                        Tick::Escalate | Tick::Remind => {
+                            let pending = self.store.get_approval(id).await?
+                                .filter(|r| r.state == ApprovalState::Pending);
+                            if let Some(record) = pending {
+                                match tick {
+                                    Tick::Escalate => self.notifier.announce_escalation(&record),
+                                    _ => self.notifier.announce_reminder(&record),
+                                }
+                            }
+                            None
+                        }
                     }
-                    None
                 }
                 reason = &mut withdraw, if !withdrawn => { withdrawn = true; Some((ApprovalState::Canceled, Cow::Owned(reason))) }
             };
@@ -236,7 +308,6 @@ impl Approvals {
                 None => return Err(StoreError::NotFound),
             }
         };
-        abandoned.store = None;
         if let Ok(mut watchers) = self.watchers.lock() {
             watchers.remove(&id);
         }
@@ -247,43 +318,122 @@ impl Approvals {
     }
 }
 
-/// Sleeps until `at`, or forever when there is none.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// The timed events of a pending request, from the times stored with it.
+struct Schedule {
+    expires_at: Millis,
+    escalate_at: Option<Millis>,
+    next_reminder: Option<Millis>,
+    remind_every: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tick {
+    Expire,
+    Escalate,
+    Remind,
+}
+
+impl Schedule {
+    /// The events still to come after `now` (an escalation already past was announced by
+    /// whoever watched the request then).
+    fn of(request: &NewApproval, now: Millis) -> Schedule {
+        let remind_every = request.remind_after_ms.filter(|every| *every > 0);
+        let next_reminder = remind_every.map(|every| {
+            let elapsed = now.saturating_sub(request.created_at).max(0);
+            request
+                .created_at
+                .saturating_add((elapsed / every + 1).saturating_mul(every))
+        });
+        Schedule {
+            expires_at: request.expires_at,
+            escalate_at: request.escalate_at.filter(|at| *at > now),
+            next_reminder: next_reminder.filter(|at| *at < request.expires_at),
+            remind_every,
+        }
+    }
+
+    /// The next event and when it is due; the expiry wins a tie.
+    fn next(&self) -> (Millis, Tick) {
+        let mut next = (self.expires_at, Tick::Expire);
+        for (at, tick) in [
+            (self.escalate_at, Tick::Escalate),
+            (self.next_reminder, Tick::Remind),
+        ] {
+            if let Some(at) = at.filter(|at| *at < next.0) {
+                next = (at, tick);
+            }
+        }
+        next
+    }
+
+    fn passed(&mut self, tick: Tick) {
+        match tick {
+            Tick::Expire => {}
+            Tick::Escalate => self.escalate_at = None,
+            Tick::Remind => {
+                self.next_reminder = match (self.next_reminder, self.remind_every) {
+                    (Some(at), Some(every)) => {
+                        Some(at.saturating_add(every)).filter(|at| *at < self.expires_at)
+                    }
+                    _ => None,
+                }
+            }
+        }
     }
 }
 
-/// A wait that is dropped before the request settles (its session died) withdraws the
-/// request, so it can never be approved with no one left to run it.
+/// Sleeps until the wall-clock time `at` (at once when it has passed).
+async fn sleep_until_millis(at: Millis) {
+    let wait = at.saturating_sub(now_millis()).max(0);
+    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+}
+
+/// A wait that is dropped before the request settles (its session died). Without an approval
+/// window it withdraws the request, so it can never be approved with no one left to run it;
+/// with one, the request stays pending and is watched until it settles.
 struct AbandonGuard {
-    store: Option<Arc<dyn Store>>,
-    notifier: Notifier,
+    approvals: Option<Arc<Approvals>>,
+    keep_pending: bool,
     id: i64,
 }
 
 impl Drop for AbandonGuard {
     fn drop(&mut self) {
-        if let Some(store) = self.store.take() {
-            let id = self.id;
-            let notifier = self.notifier.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let ended = store
-                        .finish_approval(
-                            id,
-                            ApprovalState::Canceled,
-                            "the session ended",
-                            now_millis(),
-                        )
-                        .await;
-                    if let (Ok(true), Ok(Some(record))) = (ended, store.get_approval(id).await) {
-                        notifier.announce(&record);
-                    }
-                });
-            }
+        if let Some(approvals) = self.approvals.take() {
+            approvals.abandon(self.id, self.keep_pending);
         }
+    }
+}
+
+impl Approvals {
+    /// A request no one waits for any more (its session died): withdrawn, or with
+    /// `keep_pending` (an approval window) left pending and watched until it settles.
+    pub fn abandon(self: Arc<Self>, id: i64, keep_pending: bool) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let approvals = self;
+        runtime.spawn(async move {
+            if keep_pending {
+                return approvals.watch_unattended(id).await;
+            }
+            let ended = approvals
+                .store
+                .finish_approval(
+                    id,
+                    ApprovalState::Canceled,
+                    "the session ended",
+                    now_millis(),
+                )
+                .await;
+            approvals.notify(id, ApprovalState::Canceled);
+            if let Ok(mut watchers) = approvals.watchers.lock() {
+                watchers.remove(&id);
+            }
+            if let (Ok(true), Ok(Some(record))) = (ended, approvals.store.get_approval(id).await) {
+                approvals.notifier.announce(&record);
+            }
+        });
     }
 }
 

@@ -288,6 +288,14 @@ pub struct PolicyConfig {
     /// What happens to statements no rule matches, and to unparseable SQL. Deny when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<ActionName>,
+    /// The `approval_window` of the policy's require-approval rules that set none.
+    #[serde(
+        default,
+        deserialize_with = "human_duration",
+        serialize_with = "write_human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub approval_window: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -338,6 +346,28 @@ pub struct RuleConfig {
     /// The groups that may also decide once `escalate_after` has passed (and are notified).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub escalate_to: Vec<String>,
+    /// How long an approved request whose client went away may still be run by its requester
+    /// re-sending the identical statement on the same connection (once).
+    #[serde(
+        default,
+        deserialize_with = "human_duration",
+        serialize_with = "write_human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub approval_window: Option<Duration>,
+    /// Reviewers are reminded of a request still pending after this long (and every such
+    /// period until it settles).
+    #[serde(
+        default,
+        deserialize_with = "human_duration",
+        serialize_with = "write_human_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remind_after: Option<Duration>,
+    /// The rule matches an UPDATE or DELETE only when the gateway counted, just before
+    /// deciding, that the operation changes at most this many rows (see the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_limit: Option<u64>,
 }
 
 /// The condition of a rule's `where`.
@@ -1126,8 +1156,8 @@ policies:
         let loaded = Config::parse(text, "c.yaml", None).unwrap();
         let hook = &loaded.config.notify[0];
         assert_eq!(hook.format, crate::notify::WebhookFormat::Slack);
-        // requested, decided, expired, canceled, escalated
-        assert_eq!(hook.events.len(), 5);
+        // requested, decided, expired, canceled, escalated, reminder
+        assert_eq!(hook.events.len(), 6);
         assert!(!format!("{:?}", loaded.config).contains("hooks.slack.com"));
 
         std::env::set_var("AIRLOCK_TEST_HOOK", "http://127.0.0.1:9/secret-path");

@@ -1,6 +1,8 @@
-//! The gate: the one path every adapter takes. It decides an operation, records the decision
-//! durably, holds it for review when the policy says so, and hands back either a [`Permit`]
-//! (the only thing an adapter may forward with) or a [`Denial`].
+//! The gate: the one path every adapter takes. It decides an operation (counting the rows it
+//! would change first when a `rows_limit` rule needs it), records the decision durably, holds
+//! it for review when the policy says so (with its blast-radius preview), or runs it under an
+//! earlier approval its requester may still claim, and hands back either a [`Permit`] (the
+//! only thing an adapter may forward with) or a [`Denial`].
 
 use crate::approval::{Approvals, Replacement, VoteError};
 use crate::checkpoint::CheckpointKey;
@@ -9,7 +11,8 @@ use crate::config::IdentityConfig;
 use crate::identity::{Identity, IdentityService};
 use crate::notify::Notifier;
 use crate::operation::{Operation, Protocol};
-use crate::policy::{decide, Action, Decision, PolicySet};
+use crate::policy::{decide, decide_with_rows, Action, Decision, PolicySet};
+use crate::preview::{BlastRadius, Previewer};
 use crate::recorder::{Recorder, RecorderError};
 use crate::store::{
     now_millis, ApprovalRecord, ApprovalState, EventDetail, NewApproval, NewEvent, NewPolicyChange,
@@ -88,11 +91,20 @@ pub enum Submission {
     Held(Hold),
 }
 
+/// The longest the gate waits for a blast-radius preview before deciding without it.
+const PREVIEW_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Hold {
     pub request_id: i64,
     pub reviewers: Vec<String>,
     pub timeout: std::time::Duration,
-    escalate_after: Option<std::time::Duration>,
+    /// The preview reviewers are shown, when one was computed.
+    pub preview: Option<BlastRadius>,
+    /// Whether the request outlives its client (`approval_window`).
+    approval_window: bool,
+    /// Set once someone waits for the decision; a hold dropped before that (its client went
+    /// away first) is abandoned as a dropped wait is.
+    waited: bool,
     event: i64,
     session_id: i64,
     approvals: Arc<Approvals>,
@@ -113,12 +125,30 @@ impl Hold {
 
     /// Waits for the reviewers' decision; `cancel` completing cancels the request with the
     /// reason it yields.
-    async fn settle(self, cancel: impl Future<Output = String>) -> Result<Permit, Denial> {
-        let record = self
+    async fn settle(mut self, cancel: impl Future<Output = String>) -> Result<Permit, Denial> {
+        self.waited = true;
+        let mut record = self
             .approvals
-            .wait_or_cancel(self.request_id, self.timeout, self.escalate_after, cancel)
+            .wait(self.request_id, cancel)
             .await
             .map_err(Denial::unavailable)?;
+        // An approval runs once: a requester re-sending the statement from another session
+        // may have claimed it first.
+        if record.state == ApprovalState::Approved {
+            match self
+                .approvals
+                .store()
+                .claim_approval(self.request_id, self.session_id, now_millis())
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    record.state = ApprovalState::Canceled;
+                    record.reason = Some("already run by another session of the requester".into());
+                }
+                Err(e) => return Err(Denial::unavailable(e)),
+            }
+        }
         let decided_by: Vec<String> = record
             .votes
             .iter()
@@ -169,8 +199,18 @@ impl Hold {
             }),
             ApprovalState::Canceled | ApprovalState::Pending => Err(Denial {
                 kind: DenialKind::Canceled,
-                message: format!("approval request {id} was withdrawn"),
+                message: format!("approval request {id} was withdrawn ({reason})"),
             }),
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.waited {
+            self.approvals
+                .clone()
+                .abandon(self.request_id, self.approval_window);
         }
     }
 }
@@ -218,6 +258,7 @@ pub struct Gate {
     notifier: Notifier,
     /// Signs checkpoints over the audit chain; its public half verifies them.
     checkpoint_key: Option<Arc<CheckpointKey>>,
+    previewer: Option<Arc<dyn Previewer>>,
 }
 
 impl Gate {
@@ -240,6 +281,7 @@ impl Gate {
             classifier: ClassifierCache::new(10_000),
             notifier: Notifier::disabled(),
             checkpoint_key: None,
+            previewer: None,
             store,
         })
     }
@@ -252,6 +294,13 @@ impl Gate {
 
     pub fn checkpoint_key(&self) -> Option<&CheckpointKey> {
         self.checkpoint_key.as_deref()
+    }
+
+    /// Computes blast-radius previews with `previewer` (none by default): for held operations,
+    /// and for operations a `rows_limit` rule needs a row count of.
+    pub fn with_previewer(mut self, previewer: Arc<dyn Previewer>) -> Gate {
+        self.previewer = Some(previewer);
+        self
     }
 
     /// Sends approval request notifications through `notifier` (none by default). Call it on a
@@ -287,6 +336,33 @@ impl Gate {
     fn replace_policies(&self, policies: PolicySet) {
         self.policies.store(Arc::new(policies));
         self.policy_version.send_modify(|version| *version += 1);
+    }
+
+    /// [`Gate::resolve`], or until `gone` (the client went away). A request with an approval
+    /// window then stays pending for its reviewers and can be claimed once approved by its
+    /// requester re-sending it (`None` is returned: nothing is left to answer); without a
+    /// window, `gone` withdraws it as `withdraw` does.
+    pub async fn resolve_or_abandon(
+        &self,
+        session: &Session,
+        op: &Operation,
+        hold: Hold,
+        withdraw: impl Future<Output = ()>,
+        gone: impl Future<Output = ()>,
+    ) -> Option<Result<Permit, Denial>> {
+        if !hold.approval_window {
+            let either = async {
+                tokio::select! {
+                    _ = withdraw => {}
+                    _ = gone => {}
+                }
+            };
+            return Some(self.resolve(session, op, hold, either).await);
+        }
+        tokio::select! {
+            verdict = self.resolve(session, op, hold, withdraw) => Some(verdict),
+            _ = gone => None,
+        }
     }
 
     /// Waits for the outcome of a held operation, judging it again each time the policies
@@ -374,6 +450,7 @@ impl Gate {
                     policy: None,
                     rule: None,
                     record: true,
+                    needs_rows: false,
                 }
             };
             if !matches!(decision.action, Action::RequireApproval(_)) {
@@ -477,7 +554,7 @@ impl Gate {
         }
         // Read before the policies: a change between the two is then judged again, never missed.
         let version = *self.policy_version.borrow();
-        let policies = self.policies.load();
+        let policies = self.policies.load_full();
         // Policies change while sessions live: one whose identity lost every grant of its
         // connection ends, rather than living on to be refused statement by statement.
         if !policies.grants_connection(&session.identity, &session.connection) {
@@ -495,9 +572,159 @@ impl Gate {
                 ),
             });
         }
-        let decision = decide(&policies, &session.identity, op);
+        let mut decision = decide(&policies, &session.identity, op);
+        let mut preview = None;
+        if decision.needs_rows && !matches!(decision.action, Action::Deny { .. }) {
+            preview = self.preview(op).await;
+            let rows = preview.as_ref().and_then(BlastRadius::exact_rows);
+            decision = decide_with_rows(&policies, &session.identity, op, rows);
+        }
+        if let Action::RequireApproval(_) = decision.action {
+            if let Some(resumed) = self.resume(session, op, &decision).await {
+                return resumed;
+            }
+            if preview.is_none() {
+                preview = self.preview(op).await;
+            }
+        }
         let kinds = policies.kind_names(&op.classification);
-        self.apply(session, op, decision, kinds, version).await
+        self.apply(session, op, decision, kinds, version, preview).await
+    }
+
+    /// The blast-radius preview of `op`, if a previewer knows its connection; bounded in time,
+    /// and never a reason to refuse.
+    async fn preview(&self, op: &Operation) -> Option<BlastRadius> {
+        let previewer = self.previewer.as_ref()?;
+        match tokio::time::timeout(PREVIEW_LIMIT, previewer.preview(op)).await {
+            Ok(preview) => preview,
+            Err(_) => Some(BlastRadius::unavailable(
+                &op.classification.kind_names().join(", "),
+                format!(
+                    "the preview took longer than {}",
+                    humantime::format_duration(PREVIEW_LIMIT)
+                ),
+            )),
+        }
+    }
+
+    /// Resumes an earlier request of the same identity for the identical operation on the same
+    /// connection, whose first client went away: approved and within its approval window, the
+    /// operation runs (claimed atomically, so once); still pending, the re-send waits on that
+    /// request instead of opening another one.
+    async fn resume(
+        &self,
+        session: &Session,
+        op: &Operation,
+        decision: &Decision,
+    ) -> Option<Submission> {
+        let now = now_millis();
+        let candidates = match self
+            .store
+            .resumable_approvals(&session.identity.subject, &op.connection, &op.text, now)
+            .await
+        {
+            Ok(candidates) => candidates,
+            Err(e) => return Some(Submission::Denied(Denial::unavailable(e))),
+        };
+        for record in candidates
+            .into_iter()
+            .filter(|r| r.request.params == op.params)
+        {
+            if record.state == ApprovalState::Pending {
+                if !self.approvals.is_unattended(record.id) {
+                    // Its own client still waits for it.
+                    continue;
+                }
+                return Some(self.reattach(session, op, decision, record));
+            }
+            match self.store.claim_approval(record.id, session.id, now).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return Some(Submission::Denied(Denial::unavailable(e))),
+            }
+            tracing::info!(
+                session = session.id,
+                request = record.id,
+                "the requester re-sent an approved operation within its approval window; it runs"
+            );
+            let event = self.recorder.append(NewEvent {
+                session_id: session.id,
+                at: now,
+                detail: EventDetail::Statement {
+                    operation: op.text.to_string(),
+                    params: op.params.clone(),
+                    statement_kinds: op.classification.kind_names(),
+                    action: decision.action.name().into(),
+                    policy: decision.policy.clone(),
+                    rule: decision.rule.clone(),
+                    reason: Some(format!(
+                        "approved earlier as request {} (session {}); run within its approval window",
+                        record.id, record.request.session_id
+                    )),
+                    request_id: Some(record.id),
+                },
+            });
+            return Some(match event {
+                Ok(event) => Submission::Permitted(Permit {
+                    event: Some(event),
+                    approved_request: Some(record.id),
+                    replacement: record.replacement,
+                }),
+                Err(e) => Submission::Denied(Denial::unavailable(e)),
+            });
+        }
+        None
+    }
+
+    /// Holds a re-sent operation on its earlier pending request.
+    fn reattach(
+        &self,
+        session: &Session,
+        op: &Operation,
+        decision: &Decision,
+        record: ApprovalRecord,
+    ) -> Submission {
+        let now = now_millis();
+        tracing::info!(
+            session = session.id,
+            request = record.id,
+            "the requester re-sent a pending operation; it waits on its earlier request"
+        );
+        let event = self.recorder.append(NewEvent {
+            session_id: session.id,
+            at: now,
+            detail: EventDetail::Statement {
+                operation: op.text.to_string(),
+                params: op.params.clone(),
+                statement_kinds: op.classification.kind_names(),
+                action: decision.action.name().into(),
+                policy: decision.policy.clone(),
+                rule: decision.rule.clone(),
+                reason: Some(format!(
+                    "waits on request {}, opened earlier by session {}",
+                    record.id, record.request.session_id
+                )),
+                request_id: Some(record.id),
+            },
+        });
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => return Submission::Denied(Denial::unavailable(e)),
+        };
+        let left = record.request.expires_at.saturating_sub(now).max(0);
+        Submission::Held(Hold {
+            request_id: record.id,
+            reviewers: record.request.reviewers,
+            timeout: std::time::Duration::from_millis(left as u64),
+            preview: record.request.preview,
+            approval_window: true,
+            waited: false,
+            event,
+            session_id: session.id,
+            approvals: self.approvals.clone(),
+            recorder: self.recorder.clone(),
+            policy_version: *self.policy_version.borrow(),
+        })
     }
 
     async fn apply(
@@ -507,6 +734,7 @@ impl Gate {
         decision: Decision,
         kinds: Vec<String>,
         policy_version: u64,
+        preview: Option<BlastRadius>,
     ) -> Submission {
         let statement = |request_id: Option<i64>, reason: Option<String>| NewEvent {
             session_id: session.id,
@@ -572,6 +800,13 @@ impl Gate {
                         .escalate_after
                         .map(|after| now.saturating_add(after.as_millis() as i64)),
                     escalate_to: spec.escalate_to.clone(),
+                    preview: preview.clone(),
+                    approval_window_ms: spec
+                        .approval_window
+                        .map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX)),
+                    remind_after_ms: spec
+                        .remind_after
+                        .map(|r| i64::try_from(r.as_millis()).unwrap_or(i64::MAX)),
                 };
                 let request_id = match self.approvals.open(&request).await {
                     Ok(id) => id,
@@ -601,12 +836,16 @@ impl Gate {
                     reason: None,
                     votes: Vec::new(),
                     replacement: None,
+                    claimed_at: None,
+                    claimed_by_session: None,
                 });
                 Submission::Held(Hold {
                     request_id,
                     reviewers: spec.reviewers.clone(),
                     timeout: spec.timeout,
-                    escalate_after: spec.escalate_after,
+                    preview,
+                    approval_window: spec.approval_window.is_some(),
+                    waited: false,
                     event,
                     session_id: session.id,
                     approvals: self.approvals.clone(),

@@ -14,6 +14,7 @@ pub mod notify;
 pub mod oidc;
 pub mod operation;
 pub mod policy;
+pub mod preview;
 pub mod recorder;
 pub mod sealer;
 pub mod shape;

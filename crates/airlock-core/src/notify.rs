@@ -69,6 +69,8 @@ pub enum NotifyEvent {
     Canceled,
     /// A pending request reached its `escalate_after`: its escalation groups may now decide.
     Escalated,
+    /// A request is still pending after its rule's `remind_after` (and every such period).
+    Reminder,
 }
 
 impl NotifyEvent {
@@ -89,6 +91,7 @@ impl NotifyEvent {
             NotifyEvent::Expired => "expired",
             NotifyEvent::Canceled => "canceled",
             NotifyEvent::Escalated => "escalated",
+            NotifyEvent::Reminder => "reminder",
         }
     }
 }
@@ -100,6 +103,7 @@ fn all_events() -> Vec<NotifyEvent> {
         NotifyEvent::Expired,
         NotifyEvent::Canceled,
         NotifyEvent::Escalated,
+        NotifyEvent::Reminder,
     ]
 }
 
@@ -169,12 +173,15 @@ pub fn json_payload(event: NotifyEvent, record: &ApprovalRecord, server: &str) -
             "all_groups_must_approve": q.all_groups_must_approve,
             "escalate_at": q.escalate_at,
             "escalate_to": q.escalate_to,
+            "preview": q.preview,
+            "approval_window_ms": q.approval_window_ms,
             "created_at": q.created_at,
             "expires_at": q.expires_at,
             "state": record.state.as_str(),
             "decided_at": record.decided_at,
             "reason": record.reason,
             "replacement": record.replacement,
+            "claimed_at": record.claimed_at,
             "votes": record.votes.iter().map(|v| json!({
                 "reviewer_subject": v.reviewer_subject,
                 "reviewer_name": v.reviewer_name,
@@ -209,6 +216,9 @@ fn headline(event: NotifyEvent, record: &ApprovalRecord) -> String {
             "Approval request {id} was escalated to {}",
             record.request.escalate_to.join(", ")
         ),
+        NotifyEvent::Reminder => {
+            format!("Reminder: approval request {id} is still waiting for review")
+        }
     }
 }
 
@@ -224,7 +234,7 @@ fn chat_statement(record: &ApprovalRecord) -> String {
 /// The "what now" line: how to act on a pending request, or why it ended.
 fn next_step(event: NotifyEvent, record: &ApprovalRecord, approve_cli: &str) -> String {
     match event {
-        NotifyEvent::Requested => format!(
+        NotifyEvent::Requested | NotifyEvent::Reminder => format!(
             "Approve: {approve_cli} · Deny: airlock deny {} --reason TEXT (reviewers: {})",
             record.id,
             record.request.reviewers.join(", ")
@@ -245,6 +255,14 @@ fn next_step(event: NotifyEvent, record: &ApprovalRecord, approve_cli: &str) -> 
             "Reason: {}",
             record.reason.as_deref().unwrap_or("no reason given")
         ),
+    }
+}
+
+/// The blast-radius preview as chat messages show it.
+fn chat_preview(record: &ApprovalRecord) -> String {
+    match &record.request.preview {
+        Some(preview) if !preview.impacts.is_empty() => preview.describe(),
+        _ => "not computed for this operation".into(),
     }
 }
 
@@ -273,6 +291,8 @@ pub fn slack_payload(event: NotifyEvent, record: &ApprovalRecord, server: &str) 
             ] },
             { "type": "section", "text": { "type": "mrkdwn",
                 "text": format!("```{}```", mrkdwn(&chat_statement(record))) } },
+            { "type": "section", "text": { "type": "mrkdwn",
+                "text": format!("*Blast radius*\n{}", mrkdwn(&chat_preview(record))) } },
             { "type": "section", "text": { "type": "mrkdwn",
                 "text": mrkdwn(&next_step(event, record, &approve_cli)) } },
             { "type": "context", "elements": [ { "type": "mrkdwn", "text": mrkdwn(&format!("API: {api}")) } ] },
@@ -305,6 +325,7 @@ pub fn teams_payload(event: NotifyEvent, record: &ApprovalRecord, server: &str) 
                     ] },
                     { "type": "TextBlock", "fontType": "Monospace", "wrap": true,
                       "text": chat_statement(record) },
+                    { "type": "FactSet", "facts": [ fact("Blast radius", chat_preview(record)) ] },
                     { "type": "TextBlock", "wrap": true, "text": next_step(event, record, &approve_cli) },
                 ],
                 "actions": [ { "type": "Action.OpenUrl", "title": "Open the request (API)", "url": api } ],
@@ -383,6 +404,11 @@ impl Notifier {
     /// wants that event. Never waits: a full queue drops the notification with a warning.
     pub fn announce(&self, record: &ApprovalRecord) {
         self.send(NotifyEvent::of(record.state), record);
+    }
+
+    /// Reminds reviewers of a request still pending.
+    pub fn announce_reminder(&self, record: &ApprovalRecord) {
+        self.send(NotifyEvent::Reminder, record);
     }
 
     /// Announces that a pending request escalated to its `escalate_to` groups.
@@ -566,6 +592,9 @@ mod tests {
                 all_groups_must_approve: false,
                 escalate_at: None,
                 escalate_to: Vec::new(),
+                preview: None,
+                approval_window_ms: None,
+                remind_after_ms: None,
             },
             state,
             decided_at: (state != ApprovalState::Pending).then_some(1500),
@@ -584,6 +613,8 @@ mod tests {
                 Vec::new()
             },
             replacement: None,
+            claimed_at: None,
+            claimed_by_session: None,
         }
     }
 
@@ -635,7 +666,11 @@ mod tests {
             blocks[2]["text"]["text"],
             "```DELETE FROM items WHERE id &lt; 3```"
         );
-        assert!(blocks[3]["text"]["text"]
+        assert_eq!(
+            blocks[3]["text"]["text"],
+            "*Blast radius*\nnot computed for this operation"
+        );
+        assert!(blocks[4]["text"]["text"]
             .as_str()
             .unwrap()
             .contains("airlock approve 7"));

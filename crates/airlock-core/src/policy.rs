@@ -30,6 +30,13 @@ pub struct ApprovalSpec {
     pub escalate_after: Option<Duration>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub escalate_to: Vec<String>,
+    /// How long an approved request stays runnable by its requester re-sending it after its
+    /// client went away (rule, else policy `approval_window`).
+    #[serde(with = "opt_duration_secs", skip_serializing_if = "Option::is_none")]
+    pub approval_window: Option<Duration>,
+    /// Reviewers are reminded of a still pending request every `remind_after`.
+    #[serde(with = "opt_duration_secs", skip_serializing_if = "Option::is_none")]
+    pub remind_after: Option<Duration>,
 }
 
 mod duration_secs {
@@ -88,6 +95,10 @@ pub struct Decision {
     pub rule: Option<String>,
     /// Whether the session's operations are recorded (`record:` of the policies that apply).
     pub record: bool,
+    /// A `rows_limit` rule applies to the operation but no exact row count was given: decide
+    /// again with the count (see [`decide_with_rows`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub needs_rows: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +187,8 @@ struct CompiledRule {
     functions: Vec<String>,
     /// Only statements with an UPDATE or DELETE without WHERE.
     unfiltered_only: bool,
+    /// Only operations counted to change at most this many rows.
+    rows_limit: Option<u64>,
     action: Action,
 }
 
@@ -271,7 +284,8 @@ impl PolicySet {
             }
             let mut rules = Vec::new();
             for (j, r) in p.rules.iter().enumerate() {
-                match compile_rule(r).and_then(|rule| compile_matchers(r, rule)) {
+                match compile_rule(r, p.approval_window).and_then(|rule| compile_matchers(r, rule))
+                {
                     Ok(rule) => rules.push(rule),
                     Err((field, message)) => {
                         errors.push((format!("policies[{i}].rules[{j}].{field}"), message))
@@ -474,7 +488,10 @@ impl PolicySet {
     }
 }
 
-fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> {
+fn compile_rule(
+    r: &RuleConfig,
+    policy_window: Option<Duration>,
+) -> Result<CompiledRule, (&'static str, String)> {
     let matcher = if r.matches.trim() == "*" {
         KindMatcher::Any
     } else {
@@ -492,13 +509,16 @@ fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> 
         || r.timeout.is_some()
         || r.all_groups_must_approve
         || r.escalate_after.is_some()
-        || !r.escalate_to.is_empty();
+        || !r.escalate_to.is_empty()
+        || r.approval_window.is_some()
+        || r.remind_after.is_some();
     let action = match r.action {
         ActionName::Allow | ActionName::Deny if approval_fields => {
             return Err((
                 "action",
-                "`reviewers`, `approvals`, `timeout`, `all_groups_must_approve` and \
-                 `escalate_*` belong to `action: require-approval`"
+                "`reviewers`, `approvals`, `timeout`, `all_groups_must_approve`, \
+                 `escalate_*`, `approval_window` and `remind_after` belong to \
+                 `action: require-approval`"
                     .into(),
             ))
         }
@@ -523,7 +543,26 @@ fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> 
                 return Err(("timeout", "`timeout` must be longer than zero".into()));
             }
             check_escalation(r, timeout)?;
+            let approval_window = r.approval_window.or(policy_window);
+            if approval_window.is_some_and(|w| w.is_zero()) {
+                return Err((
+                    "approval_window",
+                    "`approval_window` must be longer than zero".into(),
+                ));
+            }
+            if r.remind_after
+                .is_some_and(|after| after.is_zero() || after >= timeout)
+            {
+                return Err((
+                    "remind_after",
+                    "`remind_after` must be longer than zero and shorter than `timeout` (the \
+                     request would expire before any reminder)"
+                        .into(),
+                ));
+            }
             Action::RequireApproval(ApprovalSpec {
+                approval_window,
+                remind_after: r.remind_after,
                 reviewers: r.reviewers.clone(),
                 approvals,
                 timeout,
@@ -542,6 +581,7 @@ fn compile_rule(r: &RuleConfig) -> Result<CompiledRule, (&'static str, String)> 
         tables: Vec::new(),
         functions: Vec::new(),
         unfiltered_only: false,
+        rows_limit: None,
         action,
     })
 }
@@ -603,13 +643,20 @@ fn compile_matchers(
             return Err((field, format!("`{field}` globs must not be empty")));
         }
     }
+    let writes = match &rule.matcher {
+        KindMatcher::Any => true,
+        KindMatcher::Kinds(terms) => terms
+            .iter()
+            .any(|t| matches!(t.kind, StatementKind::Update | StatementKind::Delete)),
+    };
+    if r.rows_limit.is_some() && !writes {
+        return Err((
+            "rows_limit",
+            "`rows_limit` applies to UPDATE and DELETE; `match` names neither".into(),
+        ));
+    }
+    rule.rows_limit = r.rows_limit;
     if r.where_clause == Some(WhereCondition::Missing) {
-        let writes = match &rule.matcher {
-            KindMatcher::Any => true,
-            KindMatcher::Kinds(terms) => terms
-                .iter()
-                .any(|t| matches!(t.kind, StatementKind::Update | StatementKind::Delete)),
-        };
         if !writes {
             return Err((
                 "where",
@@ -635,6 +682,9 @@ fn compile_matchers(
         }
         if rule.unfiltered_only {
             rule.label += ", where: missing";
+        }
+        if let Some(limit) = rule.rows_limit {
+            rule.label += &format!(", rows_limit: {limit}");
         }
     }
     Ok(rule)
@@ -684,11 +734,29 @@ fn stricter<'a>(current: Option<Candidate<'a>>, next: Candidate<'a>) -> Option<C
     }
 }
 
+/// Decides an operation with no row count: rules with `rows_limit` do not allow anything
+/// (see [`decide_with_rows`]).
+pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision {
+    decide_with_rows(set, identity, op, None)
+}
+
 /// Decides an operation. Most restrictive wins across statements, kinds and rules:
 /// deny over require-approval over allow. Transaction control no rule names is allowed. Other
 /// unmatched kinds and unparseable SQL take the applicable
 /// policies' `default` (deny unless every applicable policy says allow).
-pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision {
+///
+/// `rows` is the exact number of rows the operation would change, counted by the caller just
+/// before (the blast-radius preview); it is an input, so the decision stays a pure function.
+/// A rule with `rows_limit` matches only when `rows` is at most its limit, and within its
+/// policy it then takes the place of the rules without `rows_limit` (a small write escapes the
+/// policy's require-approval rules), except that a deny still wins. Without a count, such a
+/// rule does not match, unless it denies: a missing count never makes a decision milder.
+pub fn decide_with_rows(
+    set: &PolicySet,
+    identity: &Identity,
+    op: &Operation,
+    rows: Option<u64>,
+) -> Decision {
     let applicable: Vec<&CompiledPolicy> = set
         .policies
         .iter()
@@ -705,6 +773,7 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
             policy: None,
             rule: None,
             record: true,
+            needs_rows: false,
         };
     }
     let record = applicable.iter().any(|p| p.record);
@@ -724,6 +793,7 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
     };
 
     let mut verdict: Option<Candidate> = None;
+    let mut needs_rows = false;
     match op.classification.as_ref() {
         Classification::Unparseable(error) => {
             verdict = stricter(
@@ -738,6 +808,7 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
                     policy: None,
                     rule: Some("built-in: the server must read SQL as the gateway does".into()),
                     record,
+                    needs_rows: false,
                 };
             }
             let kinds = statements.iter().flat_map(|s| {
@@ -749,6 +820,9 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
             for (statement, kind) in kinds {
                 let mut for_kind: Option<Candidate> = None;
                 for policy in &applicable {
+                    // The strictest matching rule without `rows_limit`, and with one.
+                    let mut general: Option<Candidate> = None;
+                    let mut small: Option<Candidate> = None;
                     for rule in &policy.rules {
                         let hit = match &rule.matcher {
                             KindMatcher::Any => true,
@@ -756,31 +830,37 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
                                 terms.iter().any(|t| t.matches(kind, statement))
                             }
                         };
-                        if hit && rule.accepts(statement) {
-                            let mut action = rule.action.clone();
-                            if let Action::Deny { reason } = &mut action {
-                                if reason.is_empty() {
-                                    *reason = format!(
-                                        "{kind}{} is denied on connection `{}` by policy `{}`",
-                                        if rule.unfiltered_only {
-                                            " without WHERE"
-                                        } else {
-                                            ""
-                                        },
-                                        op.connection,
-                                        policy.name
-                                    );
-                                }
-                            }
-                            for_kind = stricter(
-                                for_kind,
-                                Candidate {
-                                    action,
-                                    policy: Some(&policy.name),
-                                    rule: Some(rule.label.clone()),
-                                },
-                            );
+                        if !hit || !rule.accepts(statement) {
+                            continue;
                         }
+                        let candidate = Candidate {
+                            action: rule_action(rule, kind, &op.connection, &policy.name),
+                            policy: Some(&policy.name),
+                            rule: Some(rule.label.clone()),
+                        };
+                        match (rule.rows_limit, rows) {
+                            (None, _) => general = stricter(general, candidate),
+                            (Some(limit), Some(rows)) if rows <= limit => {
+                                small = stricter(small, candidate)
+                            }
+                            (Some(_), Some(_)) => {}
+                            (Some(_), None) if matches!(candidate.action, Action::Deny { .. }) => {
+                                small = stricter(small, candidate)
+                            }
+                            (Some(_), None) => needs_rows = true,
+                        }
+                    }
+                    let pick = match (small, general) {
+                        (Some(small), Some(general))
+                            if matches!(general.action, Action::Deny { .. }) =>
+                        {
+                            stricter(Some(small), general)
+                        }
+                        (Some(small), _) => Some(small),
+                        (None, general) => general,
+                    };
+                    if let Some(pick) = pick {
+                        for_kind = stricter(for_kind, pick);
                     }
                 }
                 let for_kind = for_kind.unwrap_or_else(|| {
@@ -808,6 +888,7 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
             policy: c.policy.map(str::to_string),
             rule: c.rule,
             record,
+            needs_rows,
         },
         // An empty query (only whitespace or `;`) runs nothing.
         None => Decision {
@@ -815,8 +896,27 @@ pub fn decide(set: &PolicySet, identity: &Identity, op: &Operation) -> Decision 
             policy: None,
             rule: None,
             record,
+            needs_rows,
         },
     }
+}
+
+/// A matching rule's action, with a deny's default reason filled in.
+fn rule_action(rule: &CompiledRule, kind: StatementKind, connection: &str, policy: &str) -> Action {
+    let mut action = rule.action.clone();
+    if let Action::Deny { reason } = &mut action {
+        if reason.is_empty() {
+            *reason = format!(
+                "{kind}{} is denied on connection `{connection}` by policy `{policy}`",
+                if rule.unfiltered_only {
+                    " without WHERE"
+                } else {
+                    ""
+                },
+            );
+        }
+    }
+    action
 }
 
 /// What the policy would decide for a member of `groups` running `sql` on `connection`, for
@@ -834,6 +934,19 @@ pub fn explain(
     sql: &str,
     classification: std::sync::Arc<crate::classify::Classification>,
 ) -> Explanation {
+    explain_with_rows(set, groups, connection, sql, classification, None)
+}
+
+/// [`explain`] as if the gateway had counted `rows` rows the operation would change (for
+/// rules with `rows_limit`).
+pub fn explain_with_rows(
+    set: &PolicySet,
+    groups: Vec<String>,
+    connection: &str,
+    sql: &str,
+    classification: std::sync::Arc<crate::classify::Classification>,
+    rows: Option<u64>,
+) -> Explanation {
     let identity = Identity {
         subject: "explain".into(),
         name: format!("a member of [{}]", groups.join(", ")),
@@ -849,7 +962,7 @@ pub fn explain(
         classification,
     };
     Explanation {
-        decision: decide(set, &identity, &op),
+        decision: decide_with_rows(set, &identity, &op, rows),
         statement_kinds,
     }
 }
@@ -1347,6 +1460,126 @@ policies:
         let shown = Config::parse(&denied, "c.yaml", None)
             .unwrap_err()
             .to_string();
+        assert!(
+            shown.contains("belong to `action: require-approval`"),
+            "{shown}"
+        );
+    }
+
+    const ROWS: &str = r#"
+connections:
+  - { name: prod, type: postgres, address: "db:5432", user: u }
+policies:
+  - name: p
+    groups: [agents]
+    connections: [prod]
+    approval_window: 10m
+    rules:
+      - match: SELECT
+        action: allow
+      - match: DELETE|UPDATE
+        rows_limit: 100
+        action: allow
+      - match: DELETE|UPDATE
+        action: require-approval
+        reviewers: [dba]
+        remind_after: 5m
+      - match: DELETE
+        tables: [audit*]
+        action: deny
+"#;
+
+    fn decide_rows(sql: &str, rows: Option<u64>) -> Decision {
+        let set = Config::parse(ROWS, "r.yaml", None).unwrap().policies;
+        let op = Operation {
+            connection: "prod".into(),
+            text: Arc::from(sql),
+            params: vec![],
+            classification: Arc::new(classify(sql)),
+        };
+        decide_with_rows(&set, &who(&["agents"]), &op, rows)
+    }
+
+    #[test]
+    fn rows_limit_lets_counted_small_writes_through_and_never_overrides_a_deny() {
+        let unknown = decide_rows("delete from items where id = 1", None);
+        assert_eq!(unknown.action.name(), "require-approval");
+        assert!(unknown.needs_rows, "the gate must count and decide again");
+        let small = decide_rows("delete from items where id = 1", Some(100));
+        assert_eq!(small.action, Action::Allow);
+        assert_eq!(
+            small.rule.as_deref(),
+            Some("match: DELETE|UPDATE, rows_limit: 100")
+        );
+        assert!(!small.needs_rows);
+        let large = decide_rows("delete from items where id > 1", Some(101));
+        assert_eq!(large.action.name(), "require-approval");
+        // A deny stays a deny, however few rows.
+        let audit = decide_rows("delete from audit_log where id = 1", Some(1));
+        assert_eq!(audit.action.name(), "deny");
+        // Every statement of the operation must qualify (the count is their total).
+        let mixed = decide_rows("delete from items where id = 1; drop table items", Some(1));
+        assert_eq!(
+            mixed.action.name(),
+            "deny",
+            "DROP has no rule: default deny"
+        );
+        // Reads are not held back waiting for a count.
+        assert!(!decide_rows("select 1", None).needs_rows);
+    }
+
+    #[test]
+    fn rows_limit_without_a_count_never_makes_a_decision_milder() {
+        let text = ROWS.replace(
+            "      - match: DELETE|UPDATE\n        rows_limit: 100\n        action: allow\n",
+            "      - match: DELETE\n        rows_limit: 5\n        action: deny\n        reason: small deletes go through the app\n",
+        );
+        let set = Config::parse(&text, "r.yaml", None).unwrap().policies;
+        let decide_it = |rows| {
+            let sql = "delete from items where id = 1";
+            let op = Operation {
+                connection: "prod".into(),
+                text: Arc::from(sql),
+                params: vec![],
+                classification: Arc::new(classify(sql)),
+            };
+            decide_with_rows(&set, &who(&["agents"]), &op, rows).action
+        };
+        assert_eq!(decide_it(None).name(), "deny");
+        assert_eq!(decide_it(Some(3)).name(), "deny");
+        assert_eq!(decide_it(Some(6)).name(), "require-approval");
+    }
+
+    #[test]
+    fn approval_window_and_reminders_compile_into_the_spec_and_are_checked() {
+        let Action::RequireApproval(spec) = decide_rows("update items set a = 1", None).action
+        else {
+            panic!("held");
+        };
+        assert_eq!(spec.approval_window, Some(Duration::from_secs(600)));
+        assert_eq!(spec.remind_after, Some(Duration::from_secs(300)));
+        let set = Config::parse(ROWS, "r.yaml", None).unwrap().policies;
+        assert!(set.to_yaml().contains("approval_window: 10m"));
+        assert!(set.to_yaml().contains("rows_limit: 100"));
+
+        let err = |from: &str, to: &str| {
+            Config::parse(&ROWS.replace(from, to), "r.yaml", None)
+                .unwrap_err()
+                .to_string()
+        };
+        let shown = err("remind_after: 5m", "remind_after: 15m");
+        assert!(shown.contains("rules[2].remind_after"), "{shown}");
+        let shown = err("approval_window: 10m", "approval_window: 0s");
+        assert!(shown.contains("approval_window"), "{shown}");
+        let shown = err(
+            "      - match: SELECT\n        action: allow\n",
+            "      - match: SELECT\n        rows_limit: 3\n        action: allow\n",
+        );
+        assert!(shown.contains("rules[0].rows_limit"), "{shown}");
+        let shown = err(
+            "      - match: SELECT\n        action: allow\n",
+            "      - match: SELECT\n        action: allow\n        remind_after: 1m\n",
+        );
         assert!(
             shown.contains("belong to `action: require-approval`"),
             "{shown}"

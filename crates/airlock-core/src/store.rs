@@ -1,6 +1,7 @@
 //! The persistence contract: what the core needs from a store, as a trait, plus the records it
 //! reads and writes. Backends (embedded SQLite, later PostgreSQL) live in `airlock-store`.
 
+use crate::preview::BlastRadius;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -197,6 +198,17 @@ pub struct NewApproval {
     pub escalate_at: Option<Millis>,
     #[serde(default)]
     pub escalate_to: Vec<String>,
+    /// The blast-radius preview, computed before reviewers were told of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<BlastRadius>,
+    /// How long after its approval the request may still be run by its requester re-sending
+    /// the identical operation on the same connection (`approval_window`), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_window_ms: Option<i64>,
+    /// How often reviewers are reminded of the request while it is pending
+    /// (`remind_after`), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind_after_ms: Option<i64>,
 }
 
 impl NewApproval {
@@ -271,6 +283,25 @@ pub struct ApprovalRecord {
     /// The statement a reviewer approved in place of `operation` (which is kept as requested).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replacement: Option<String>,
+    /// When an approved request was run, and by which session: an approval runs once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by_session: Option<i64>,
+}
+
+impl ApprovalRecord {
+    /// Until when an approved request not yet run may be claimed by its requester re-sending
+    /// it (`None`: it has no window, is not approved or already ran).
+    pub fn claimable_until(&self) -> Option<Millis> {
+        if self.state != ApprovalState::Approved || self.claimed_at.is_some() {
+            return None;
+        }
+        Some(
+            self.decided_at?
+                .saturating_add(self.request.approval_window_ms?),
+        )
+    }
 }
 
 /// One attempt to deliver a webhook notification about an approval request.
@@ -469,6 +500,24 @@ pub trait Store: Send + Sync + 'static {
     /// pending, this reviewer already voted or a replacement comes too late; `NotFound` when
     /// there is no such request.
     async fn cast_vote(&self, id: i64, vote: &Vote) -> Result<ApprovalRecord, StoreError>;
+    /// Marks an approved request as run by `session_id`: an approval runs once. `false` when
+    /// it is not approved or has already been claimed.
+    async fn claim_approval(
+        &self,
+        id: i64,
+        session_id: i64,
+        at: Millis,
+    ) -> Result<bool, StoreError>;
+    /// The requests of `subject` for exactly `operation` on `connection` that a re-send may
+    /// resume, oldest first: those with an approval window that are still pending, or approved,
+    /// not yet run and with their window still open at `at`.
+    async fn resumable_approvals(
+        &self,
+        subject: &str,
+        connection: &str,
+        operation: &str,
+        at: Millis,
+    ) -> Result<Vec<ApprovalRecord>, StoreError>;
     /// Ends a pending request (expired, canceled); `false` when it was no longer pending.
     async fn finish_approval(
         &self,
@@ -515,6 +564,9 @@ mod tests {
             all_groups_must_approve: all_groups,
             escalate_at: Some(10_000),
             escalate_to: vec!["oncall".into()],
+            preview: None,
+            approval_window_ms: None,
+            remind_after_ms: None,
         }
     }
 

@@ -6,12 +6,14 @@
 //! `upstream` (login to the real server), `catalog` (function volatility from the upstream's
 //! catalog), `session` (the relay, with its halves `requests` and
 //! `replies`), `names` (statement and portal names as the upstream confirmed them), `cancel`
-//! (cancel requests and held statements).
+//! (cancel requests and held statements), `preview` (the blast-radius preview of held
+//! statements, on a side connection).
 
 pub mod cancel;
 mod catalog;
 pub mod codec;
 pub mod names;
+pub mod preview;
 pub mod replies;
 pub mod requests;
 pub mod session;

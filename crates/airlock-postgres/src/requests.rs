@@ -408,12 +408,29 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
     ) -> Result<(), End> {
         let relay = self.relay;
         let verdict = match relay.gate.submit(relay.session, &op).await {
-            Submission::Permitted(permit) => Ok(permit),
+            Submission::Permitted(permit) => {
+                if let Some(id) = permit.approved_request {
+                    // Approved while its first client was away: say what it runs under.
+                    let _ = self.inject.send(codec::error_response(
+                        Severity::Notice,
+                        "01000",
+                        &format!("airlock: runs under approval request {id}, approved earlier"),
+                        None,
+                        None,
+                    ));
+                }
+                Ok(permit)
+            }
             Submission::Denied(denial) => Err(denial),
             Submission::Held(hold) => {
                 // Everything before the held message goes now; the held one waits.
                 self.flush_until(range.start).await?;
                 let reviewers = hold.reviewers.join(", ");
+                let blast_radius = hold
+                    .preview
+                    .as_ref()
+                    .filter(|p| !p.impacts.is_empty())
+                    .map(|p| format!("Blast radius: {}", p.describe().replace('\n', "; ")));
                 let notice = codec::error_response(
                     Severity::Notice,
                     "01000",
@@ -422,7 +439,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                         hold.request_id,
                         humantime::format_duration(hold.timeout)
                     ),
-                    None,
+                    blast_radius.as_deref(),
                     Some(&format!(
                         "A reviewer decides with: airlock approve {id} / airlock deny {id} --reason TEXT. Cancel the query to withdraw it.",
                         id = hold.request_id
@@ -430,17 +447,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 );
                 let _ = self.inject.send(notice);
                 let signal = relay.cancel.hold();
-                let reader = &mut self.reader;
-                let buf = &mut self.buf;
-                let withdraw = async {
-                    tokio::select! {
-                        _ = signal.notified() => {}
-                        _ = wait_for_eof(reader, buf) => {}
-                    }
-                };
-                let verdict = relay.gate.resolve(relay.session, &op, hold, withdraw).await;
+                let gone = wait_for_eof(&mut self.reader, &mut self.buf);
+                let verdict = relay
+                    .gate
+                    .resolve_or_abandon(relay.session, &op, hold, signal.notified(), gone)
+                    .await;
                 relay.cancel.release();
-                verdict
+                // The client went away and the request waits on for its reviewers: it can be
+                // claimed by the requester re-sending the statement once approved.
+                verdict.ok_or(End::ClientClosed)?
             }
         };
         match verdict {

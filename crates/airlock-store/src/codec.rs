@@ -198,12 +198,21 @@ pub(crate) fn approval(row: &SqliteRow, votes: Vec<Vote>) -> Result<ApprovalReco
             all_groups_must_approve: row.try_get("all_groups_must_approve").map_err(db)?,
             escalate_at: row.try_get("escalate_at").map_err(db)?,
             escalate_to: from_json(&json_list("escalate_to")?, "escalate_to", &place)?,
+            preview: row
+                .try_get::<Option<String>, _>("preview")
+                .map_err(db)?
+                .map(|text| from_json(&text, "preview", &place))
+                .transpose()?,
+            approval_window_ms: row.try_get("approval_window_ms").map_err(db)?,
+            remind_after_ms: row.try_get("remind_after_ms").map_err(db)?,
         },
         state: parse_state(&state, id)?,
         decided_at: row.try_get("decided_at").map_err(db)?,
         reason: row.try_get("reason").map_err(db)?,
         votes,
         replacement: row.try_get("replacement").map_err(db)?,
+        claimed_at: row.try_get("claimed_at").map_err(db)?,
+        claimed_by_session: row.try_get("claimed_by_session").map_err(db)?,
     })
 }
 

@@ -53,7 +53,8 @@ macro_rules! approval_select {
         "SELECT a.id, a.session_id, a.requester_subject, a.requester_name, a.requester_groups, \
          a.connection, a.protocol, a.operation, a.params, a.statement_kinds, a.policy, a.rule, \
          a.reviewers, a.approvals_needed, a.created_at, a.expires_at, a.state, a.decided_at, \
-         a.reason, a.all_groups_must_approve, a.escalate_at, a.escalate_to, a.replacement \
+         a.reason, a.all_groups_must_approve, a.escalate_at, a.escalate_to, a.replacement, \
+         a.preview, a.approval_window_ms, a.remind_after_ms, a.claimed_at, a.claimed_by_session \
          FROM approvals a"
     };
 }
@@ -662,8 +663,8 @@ impl Store for SqliteStore {
             "INSERT INTO approvals (session_id, requester_subject, requester_name, \
              requester_groups, connection, protocol, operation, params, statement_kinds, policy, \
              rule, reviewers, approvals_needed, created_at, expires_at, all_groups_must_approve, \
-             escalate_at, escalate_to, state) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+             escalate_at, escalate_to, preview, approval_window_ms, remind_after_ms, state) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
         )
         .bind(request.session_id)
         .bind(&request.requester_subject)
@@ -683,6 +684,15 @@ impl Store for SqliteStore {
         .bind(request.all_groups_must_approve)
         .bind(request.escalate_at)
         .bind(to_json(&request.escalate_to, "escalation groups")?)
+        .bind(
+            request
+                .preview
+                .as_ref()
+                .map(|p| to_json(p, "preview"))
+                .transpose()?,
+        )
+        .bind(request.approval_window_ms)
+        .bind(request.remind_after_ms)
         .execute(&self.pool)
         .await
         .map_err(db)?;
@@ -843,6 +853,67 @@ impl Store for SqliteStore {
             .ok_or(StoreError::NotFound)?;
         tx.commit().await.map_err(db)?;
         Ok(record)
+    }
+
+    async fn claim_approval(
+        &self,
+        id: i64,
+        session_id: i64,
+        at: Millis,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE approvals SET claimed_at = ?, claimed_by_session = ? \
+             WHERE id = ? AND state = 'approved' AND claimed_at IS NULL",
+        )
+        .bind(at)
+        .bind(session_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn resumable_approvals(
+        &self,
+        subject: &str,
+        connection: &str,
+        operation: &str,
+        at: Millis,
+    ) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let rows = sqlx::query(concat!(
+            approval_select!(),
+            " WHERE a.requester_subject = ? AND a.connection = ? \
+             AND a.approval_window_ms IS NOT NULL AND a.operation = ? \
+             AND (a.state = 'pending' OR (a.state = 'approved' AND a.claimed_at IS NULL \
+             AND a.decided_at + a.approval_window_ms > ?)) ORDER BY a.id"
+        ))
+        .bind(subject)
+        .bind(connection)
+        .bind(operation)
+        .bind(at)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = sqlx::Row::try_get(row, "id").map_err(db)?;
+            let votes = sqlx::query(concat!(
+                vote_select!(),
+                " WHERE v.approval_id = ? ORDER BY v.at, v.rowid"
+            ))
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|row| codec::vote(row).map(|(_, vote)| vote))
+            .collect::<Result<Vec<_>, _>>()?;
+            records.push(codec::approval(row, votes)?);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(records)
     }
 
     async fn finish_approval(

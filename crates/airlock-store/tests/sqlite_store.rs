@@ -66,6 +66,9 @@ fn approval(session_id: i64, needed: u32, created_at: i64) -> NewApproval {
         all_groups_must_approve: false,
         escalate_at: None,
         escalate_to: Vec::new(),
+        preview: None,
+        approval_window_ms: None,
+        remind_after_ms: None,
     }
 }
 

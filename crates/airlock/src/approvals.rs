@@ -107,6 +107,13 @@ pub async fn show(cli: &Cli, id: i64) -> anyhow::Result<()> {
         ),
         ("parameters", params),
         ("statement kinds", output::list(&q.statement_kinds)),
+        (
+            "blast radius",
+            match &q.preview {
+                Some(preview) if !preview.impacts.is_empty() => preview.describe(),
+                _ => "not computed for this operation".to_string(),
+            },
+        ),
         ("policy", q.policy.clone()),
         ("rule", q.rule.clone()),
         (
@@ -140,6 +147,9 @@ pub async fn show(cli: &Cli, id: i64) -> anyhow::Result<()> {
         rows.push(("decided", output::opt_time(r.decided_at)));
         rows.push(("reason", output::opt(r.reason.as_deref()).to_string()));
     }
+    if let Some(window) = q.approval_window_ms {
+        rows.push(("approval window", run_state(&r, window)));
+    }
     let votes = if r.votes.is_empty() {
         "none yet".to_string()
     } else {
@@ -171,6 +181,25 @@ pub async fn show(cli: &Cli, id: i64) -> anyhow::Result<()> {
         r.state.as_str(),
         output::fields(&rows)
     ))
+}
+
+/// Whether an approved request ran, and until when its requester may still run it.
+fn run_state(r: &ApprovalRecord, window: i64) -> String {
+    let window = humantime::format_duration(std::time::Duration::from_millis(
+        u64::try_from(window).unwrap_or(0),
+    ));
+    match (r.claimed_at, r.claimable_until()) {
+        (Some(at), _) => format!(
+            "{window}; ran at {} (session {})",
+            output::time(at),
+            output::opt(r.claimed_by_session.map(|s| s.to_string()).as_deref())
+        ),
+        (None, Some(until)) => format!(
+            "{window}; not run yet: its requester may run it by re-sending it until {}",
+            output::time(until)
+        ),
+        (None, None) => format!("{window} after approval"),
+    }
 }
 
 /// One line per webhook delivery attempt: when, which event to which webhook, and how it went.

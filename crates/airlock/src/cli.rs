@@ -163,6 +163,9 @@ pub struct ExplainArgs {
     /// Decide locally with this config instead of asking the server.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Decide as if the gateway counted this many rows changed (rules with `rows_limit`).
+    #[arg(long, value_name = "N")]
+    pub rows: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 use crate::cli::{Cli, ExecArgs, Output};
 use crate::client::Client;
 use crate::output;
+use airlock_core::preview::BlastRadius;
 use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -87,6 +88,9 @@ pub async fn run(cli: &Cli, args: &ExecArgs) -> anyhow::Result<ExitCode> {
         .await?;
     let mut gave_up = false;
     if args.wait && text(&answer, "status") == "pending" {
+        if let Some(radius) = blast_radius(&answer) {
+            eprintln!("blast radius: {radius}");
+        }
         let id = text(&answer, "request_id");
         let path = format!("/api/v1/exec/{id}");
         let mut line = WaitingLine {
@@ -157,6 +161,9 @@ fn print(cli: &Cli, answer: &Value, gave_up: bool, args: &ExecArgs) -> anyhow::R
                     text(answer, "request_id"),
                     reviewers(answer)
                 ))?;
+                if let Some(radius) = blast_radius(answer) {
+                    output::emit(&format!("blast radius: {radius}\n"))?;
+                }
             }
             eprintln!(
                 "the statement runs once approved; follow it with `airlock approvals show {}`",
@@ -167,6 +174,12 @@ fn print(cli: &Cli, answer: &Value, gave_up: bool, args: &ExecArgs) -> anyhow::R
         other => bail!("the server sent an exec answer this CLI cannot read (status `{other}`)"),
     };
     Ok(ExitCode::from(code))
+}
+
+/// The preview of a pending answer, one line per statement joined with `; `.
+fn blast_radius(answer: &Value) -> Option<String> {
+    let preview: BlastRadius = serde_json::from_value(answer.get("preview")?.clone()).ok()?;
+    (!preview.impacts.is_empty()).then(|| preview.describe().replace('\n', "; "))
 }
 
 /// Each statement's rows as a table (when it returns rows) and its tag.

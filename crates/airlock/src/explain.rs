@@ -30,9 +30,11 @@ pub async fn run(cli: &Cli, args: &ExplainArgs) -> anyhow::Result<()> {
         .filter(|g| !g.is_empty())
         .collect();
     let explanation = match &args.config {
-        Some(path) => local(path, groups, &args.connection, sql)?,
+        Some(path) => local(path, groups, &args.connection, sql, args.rows)?,
         None => {
-            let body = json!({ "groups": groups, "connection": args.connection, "sql": sql });
+            let body = json!({
+                "groups": groups, "connection": args.connection, "sql": sql, "rows": args.rows
+            });
             Client::new(cli)?
                 .post("/api/v1/policies/explain", &body)
                 .await?
@@ -44,7 +46,13 @@ pub async fn run(cli: &Cli, args: &ExplainArgs) -> anyhow::Result<()> {
     })
 }
 
-fn local(path: &Path, groups: Vec<String>, connection: &str, sql: &str) -> anyhow::Result<Value> {
+fn local(
+    path: &Path,
+    groups: Vec<String>,
+    connection: &str,
+    sql: &str,
+    rows: Option<u64>,
+) -> anyhow::Result<Value> {
     let loaded = Config::load(path)
         .map_err(|e| anyhow!("{} is not a valid config:\n{e}", path.display()))?;
     let Some(found) = loaded.config.connection(connection) else {
@@ -54,12 +62,13 @@ fn local(path: &Path, groups: Vec<String>, connection: &str, sql: &str) -> anyho
         );
     };
     let classification = classify_for(found.kind, sql);
-    let explanation = policy::explain(
+    let explanation = policy::explain_with_rows(
         &loaded.policies,
         groups,
         connection,
         sql,
         Arc::new(classification),
+        rows,
     );
     serde_json::to_value(explanation).context("cannot show the decision")
 }
@@ -106,5 +115,12 @@ fn render(explanation: &Value) -> String {
         "statement kinds",
         output::list(&strings(&explanation["statement_kinds"])),
     ));
+    if decision["needs_rows"].as_bool() == Some(true) {
+        rows.push((
+            "row count",
+            "a rows_limit rule applies; the gateway counts the rows first (try --rows N)"
+                .to_string(),
+        ));
+    }
     output::fields(&rows)
 }

@@ -13,6 +13,7 @@ use airlock_core::sealer::{create_private, Sealer};
 use airlock_core::store::{Store, StoredConnection};
 use airlock_mysql::MysqlGateway;
 use airlock_core::upkeep;
+use airlock_postgres::preview::PgPreviewer;
 use airlock_postgres::upstream::UpstreamTarget;
 use airlock_postgres::PgGateway;
 use airlock_store::SqliteStore;
@@ -67,7 +68,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 store.clone(),
                 &format!("http://{}", config.listen.api),
             ))
-            .with_checkpoint_key(checkpoint_key.clone()),
+            .with_checkpoint_key(checkpoint_key.clone())
+            .with_previewer(Arc::new(PgPreviewer::new(pg_targets(&config)))),
     );
     let recording = config.recording.clone();
     tokio::spawn(upkeep::run(
@@ -88,22 +90,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tokio::spawn(watcher.watch(gate.clone()));
     }
 
-    let targets: HashMap<String, UpstreamTarget> = config
-        .connections
-        .iter()
-        .filter(|c| c.kind == ConnectionKind::Postgres)
-        .map(|c| {
-            (
-                c.name.clone(),
-                UpstreamTarget {
-                    address: c.address.clone(),
-                    database: c.database_or_default().to_string(),
-                    user: c.user.clone().unwrap_or_default(),
-                    password: c.password.clone(),
-                },
-            )
-        })
-        .collect();
+    let targets = pg_targets(&config);
 
     let mysql_targets: HashMap<String, airlock_mysql::upstream::UpstreamTarget> = config
         .connections
@@ -152,6 +139,26 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     gate.sync_records().await;
     upkeep::sign_at_exit(&gate, checkpoint_key, recording.checkpoint_interval).await;
     Ok(())
+}
+
+/// Where the PostgreSQL adapter (and its previewer) logs in, by connection name.
+fn pg_targets(config: &Config) -> HashMap<String, UpstreamTarget> {
+    config
+        .connections
+        .iter()
+        .filter(|c| c.kind == ConnectionKind::Postgres)
+        .map(|c| {
+            (
+                c.name.clone(),
+                UpstreamTarget {
+                    address: c.address.clone(),
+                    database: c.database_or_default().to_string(),
+                    user: c.user.clone().unwrap_or_default(),
+                    password: c.password.clone(),
+                },
+            )
+        })
+        .collect()
 }
 
 async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
