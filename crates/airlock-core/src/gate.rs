@@ -4,12 +4,14 @@
 
 use crate::approval::{Approvals, Replacement, VoteError};
 use crate::classify::{Classification, ClassifierCache};
-use crate::config::IdentityConfig;
+use crate::config::{IdentityConfig, ResultsLimit};
 use crate::identity::{Identity, IdentityService};
+use crate::mask::{MaskPolicy, SessionMasker};
 use crate::notify::Notifier;
 use crate::operation::{Operation, Protocol};
 use crate::policy::{decide, Action, Decision, PolicySet};
 use crate::recorder::{Recorder, RecorderError};
+use crate::response::ResponseCapture;
 use crate::store::{
     now_millis, ApprovalRecord, ApprovalState, EventDetail, NewApproval, NewEvent, NewPolicyChange,
     NewSession, OutcomeStatus, PolicyChangeRecord, Store, StoreError,
@@ -199,6 +201,8 @@ pub struct Gate {
     identity: IdentityService,
     classifier: ClassifierCache,
     notifier: Notifier,
+    masking: MaskPolicy,
+    results: ResultsLimit,
 }
 
 impl Gate {
@@ -220,7 +224,34 @@ impl Gate {
             classifier: ClassifierCache::new(10_000),
             notifier: Notifier::disabled(),
             store,
+            masking: MaskPolicy::default(),
+            results: ResultsLimit::default(),
         })
+    }
+
+    /// Masks responses by `masking` and records them within `results` (neither by default).
+    pub fn with_masking(mut self, masking: MaskPolicy, results: ResultsLimit) -> Gate {
+        self.masking = masking;
+        self.results = results;
+        self
+    }
+
+    /// The masking of a session's responses; `Ok(None)` when no rule applies to it. An error
+    /// means the session cannot be masked, so it must not be served.
+    pub fn masker(&self, session: &Session) -> Result<Option<Arc<SessionMasker>>, String> {
+        self.masking
+            .for_session(&session.connection, &session.identity.groups)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A fresh capture of one statement's response, within the configured limits.
+    pub fn response_capture(&self) -> ResponseCapture {
+        ResponseCapture::new(self.results)
+    }
+
+    /// Whether responses are kept in records at all (rows, not only counts).
+    pub fn keeps_responses(&self) -> bool {
+        self.results.keeps_rows()
     }
 
     /// Sends approval request notifications through `notifier` (none by default). Call it on a
@@ -558,6 +589,18 @@ impl Gate {
     /// Waits until every record so far is in the store, where the API reads it.
     pub async fn sync_records(&self) {
         self.recorder.sync().await;
+    }
+
+    /// Records the (masked) response the agent received for statement `event`, when there is
+    /// anything to keep; a failure is only logged, since the agent has the rows already.
+    pub fn record_response(&self, session: &Session, event: i64, capture: ResponseCapture) {
+        if let Some(detail) = capture.into_event(event) {
+            self.recorder.append_or_log(NewEvent {
+                session_id: session.id,
+                at: now_millis(),
+                detail,
+            });
+        }
     }
 
     /// Records what the upstream answered to a permitted operation; a failure is only logged,

@@ -5,10 +5,13 @@
 //! This module owns the listener and the login. Modules: `codec` (framing and messages),
 //! `upstream` (login to the real server), `session` (the relay, with its halves `requests` and
 //! `replies`), `names` (statement and portal names as the upstream confirmed them), `cancel`
-//! (cancel requests and held statements).
+//! (cancel requests and held statements), `masking` (masking and recording of replies) and
+//! `catalog` (where result columns come from).
 
 pub mod cancel;
+pub mod catalog;
 pub mod codec;
+pub mod masking;
 pub mod names;
 pub mod replies;
 pub mod requests;
@@ -16,6 +19,7 @@ pub mod session;
 pub mod upstream;
 
 use crate::cancel::{CancelAction, CancelRegistry};
+use crate::catalog::Catalog;
 use crate::codec::Severity;
 use crate::session::{End, Relay};
 use crate::upstream::UpstreamTarget;
@@ -60,6 +64,7 @@ pub const READING_SETTINGS: [(&str, &str); 2] = [
 pub struct PgGateway {
     gate: Arc<Gate>,
     targets: HashMap<String, UpstreamTarget>,
+    catalogs: HashMap<String, Arc<Catalog>>,
     cancels: Arc<CancelRegistry>,
     sessions: Arc<Semaphore>,
 }
@@ -106,9 +111,14 @@ enum Opening {
 
 impl PgGateway {
     pub fn new(gate: Arc<Gate>, targets: HashMap<String, UpstreamTarget>) -> Arc<PgGateway> {
+        let catalogs = targets
+            .iter()
+            .map(|(name, target)| (name.clone(), Arc::new(Catalog::new(target.clone()))))
+            .collect();
         Arc::new(PgGateway {
             gate,
             targets,
+            catalogs,
             cancels: Arc::new(CancelRegistry::default()),
             sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
         })
@@ -347,10 +357,16 @@ impl PgGateway {
                     "the gateway could not record the session, so it was refused",
                 )
             })?;
+        let catalog = self
+            .catalogs
+            .get(&connection)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Catalog::new(target.clone())));
         Ok(Ready {
             session,
             upstream,
             address: target.address.clone(),
+            catalog,
         })
     }
 
@@ -359,6 +375,7 @@ impl PgGateway {
             session,
             upstream,
             address,
+            catalog,
         } = ready;
         let cancel = self.cancels.register(address, upstream.key);
         let (pid, secret) = cancel.key();
@@ -380,6 +397,7 @@ impl PgGateway {
                 gate: &self.gate,
                 session: &session,
                 cancel: &cancel,
+                catalog: &catalog,
             };
             relay
                 .run(
@@ -407,6 +425,7 @@ struct Ready {
     session: airlock_core::gate::Session,
     upstream: upstream::Upstream,
     address: String,
+    catalog: Arc<Catalog>,
 }
 
 async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LoginError> {

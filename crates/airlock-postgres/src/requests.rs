@@ -59,6 +59,8 @@ pub(crate) struct ClientSide<'r, 'a, R, W> {
     pub(crate) expectations: Expectations,
     pub(crate) described: DescribedTypes,
     pub(crate) inject: mpsc::UnboundedSender<Bytes>,
+    /// Replies are masked or recorded: every result's row shape must be known (see `masking`).
+    pub(crate) shaping: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
@@ -308,6 +310,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
             let statement = name.to_string();
             self.expect([Expect::Describe { statement }]);
         }
+        if self.shaping {
+            self.expect([Expect::RowShape { ours: false }]);
+        }
         Ok(())
     }
 
@@ -443,6 +448,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                     return self.forward_replacement(range, &permit, sql, simple).await;
                 }
                 self.forget_names_changed_by(&op.classification);
+                if self.shaping && !simple {
+                    // The rows of an Execute are shaped by the portal's description, which
+                    // the gateway asks for right before it (and keeps from the client).
+                    let name = codec::decode_execute_portal(&self.buf[range.clone()])
+                        .map_err(|e| violation(&e.to_string()))?
+                        .to_string();
+                    self.flush_until(range.start).await?;
+                    self.expect([Expect::RowShape { ours: true }]);
+                    self.upstream
+                        .write_all(&codec::describe_portal(&name))
+                        .await?;
+                }
                 self.expect(
                     [Expect::Outcome {
                         event: permit.event(),

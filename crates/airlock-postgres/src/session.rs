@@ -10,7 +10,9 @@
 //! status the client sees is the upstream's own.
 
 use crate::cancel::CancelSlot;
+use crate::catalog::Catalog;
 use crate::codec::{self, Severity};
+use crate::masking::Shaper;
 use crate::names::{Names, Space};
 use crate::replies::UpstreamSide;
 use crate::requests::ClientSide;
@@ -34,6 +36,10 @@ pub(crate) enum Expect {
     /// A Describe of a prepared statement: its ParameterDescription tells the parameter types
     /// (for showing reviewers binary parameters as values).
     Describe { statement: String },
+    /// A Describe whose RowDescription or NoData shapes the rows that follow (only while
+    /// replies are masked or recorded): the gateway's own (`ours`), sent before an Execute and
+    /// not forwarded, or the client's.
+    RowShape { ours: bool },
     /// A Sync or Query: the upstream answers with ReadyForQuery.
     SyncPoint,
 }
@@ -84,6 +90,8 @@ pub struct Relay<'a> {
     pub gate: &'a Gate,
     pub session: &'a Session,
     pub cancel: &'a CancelSlot,
+    /// Where result columns come from, for masking rules on tables.
+    pub catalog: &'a Arc<Catalog>,
 }
 
 impl Relay<'_> {
@@ -95,6 +103,21 @@ impl Relay<'_> {
         client_buf: BytesMut,
         upstream_buf: BytesMut,
     ) -> End {
+        // Replies are shaped (masked, recorded) only in sessions that need it; the others relay
+        // rows without looking at them.
+        let masker = match self.gate.masker(self.session) {
+            Ok(masker) => masker,
+            Err(reason) => {
+                tracing::error!(%reason, "masking cannot be set up; refusing the session");
+                return fatal(
+                    "58000",
+                    "masking cannot be set up for this session",
+                    "masking unavailable",
+                );
+            }
+        };
+        let shaper = (masker.is_some() || self.gate.keeps_responses())
+            .then(|| Shaper::new(masker, self.catalog.clone(), self.gate.response_capture()));
         let expectations: Expectations = Arc::new(Mutex::new(VecDeque::new()));
         let described: DescribedTypes = Arc::new(Mutex::new(HashMap::new()));
         let names: SessionNames = Names::new();
@@ -114,6 +137,7 @@ impl Relay<'_> {
             expectations: expectations.clone(),
             described: described.clone(),
             inject: inject_tx,
+            shaping: shaper.is_some(),
         };
         let mut to_client = UpstreamSide {
             relay: self,
@@ -124,6 +148,7 @@ impl Relay<'_> {
             names,
             local: VecDeque::new(),
             simple: None,
+            shaper,
         };
         let end = tokio::select! {
             end = to_upstream.run() => end,

@@ -7,6 +7,7 @@ use crate::reload;
 use airlock_api::{router, ApiState};
 use airlock_core::config::{Config, ConnectionKind, LoadedConfig};
 use airlock_core::gate::Gate;
+use airlock_core::mask::MaskPolicy;
 use airlock_core::notify::{redact, Notifier};
 use airlock_core::sealer::{create_private, Sealer};
 use airlock_core::store::{Store, StoredConnection};
@@ -56,7 +57,11 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 &config.notify,
                 store.clone(),
                 &format!("http://{}", config.listen.api),
-            )),
+            ))
+            .with_masking(
+                MaskPolicy::new(config.masking.clone(), sealer.masking_key()),
+                config.recording.results,
+            ),
     );
     for (index, hook) in config.notify.iter().enumerate() {
         tracing::info!(
