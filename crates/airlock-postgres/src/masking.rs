@@ -7,19 +7,49 @@
 
 use crate::catalog::Catalog;
 use crate::codec::{self, RowField};
-use airlock_core::mask::{ColumnAction, ColumnSource, Masked, SessionMasker};
+use airlock_core::mask::{ColumnAction, ColumnSource, MaskStyle, Masked, SessionMasker};
 use airlock_core::response::ResponseCapture;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 /// Types whose binary form is their text (UTF-8 bytes), so they are masked like text.
-const TEXT_LIKE_TYPES: [u32; 5] = [
+const TEXT_LIKE_TYPES: [u32; 6] = [
     25,   // text
     1043, // varchar
     1042, // bpchar
     19,   // name
     705,  // unknown
+    114,  // json
 ];
+const INT8: u32 = 20;
+/// jsonb's binary form: a version byte (1), then the text.
+const JSONB: u32 = 3802;
+
+/// How a column's values are encoded, as far as masking is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    /// Text format, or a binary type whose bytes are its text.
+    Text,
+    /// Binary jsonb: a version byte, then the text.
+    Jsonb,
+    /// Binary int8, scanned as its decimal text; a finding cannot be masked in binary, so it
+    /// refuses the result.
+    Int8,
+}
+
+/// How a column in `format` of `type_oid` can be masked by `action`, if it can.
+fn coding(format: i16, type_oid: u32, action: ColumnAction) -> Option<Coding> {
+    if format == 0 || TEXT_LIKE_TYPES.contains(&type_oid) {
+        return Some(Coding::Text);
+    }
+    match (type_oid, action) {
+        // NULL is NULL in every format.
+        (_, ColumnAction::Pass) | (_, ColumnAction::Mask(MaskStyle::Null)) => Some(Coding::Text),
+        (JSONB, _) => Some(Coding::Jsonb),
+        (INT8, ColumnAction::Scan) => Some(Coding::Int8),
+        _ => None,
+    }
+}
 
 /// What becomes of one reply message.
 pub(crate) enum Shaped {
@@ -40,6 +70,7 @@ pub(crate) enum Described {
 
 struct Shape {
     actions: Vec<ColumnAction>,
+    codings: Vec<Coding>,
     /// No column needs work: rows pass untouched unless they are recorded.
     untouched: bool,
 }
@@ -114,6 +145,7 @@ impl Shaper {
         let Some(masker) = &self.masker else {
             return Ok(Shape {
                 actions: vec![ColumnAction::Pass; fields.len()],
+                codings: vec![Coding::Text; fields.len()],
                 untouched: true,
             });
         };
@@ -136,20 +168,25 @@ impl Shaper {
             })
             .collect();
         let actions = masker.plan(&sources);
+        let mut codings = Vec::with_capacity(fields.len());
         for (field, action) in fields.iter().zip(&actions) {
-            if *action != ColumnAction::Pass
-                && field.format != 0
-                && !TEXT_LIKE_TYPES.contains(&field.type_oid)
-            {
-                return Err(format!(
-                    "column \"{}\" must be masked, and the gateway masks only text-format values; \
-                     request the result in text format",
-                    field.name
-                ));
+            match coding(field.format, field.type_oid, *action) {
+                Some(coding) => codings.push(coding),
+                None => {
+                    return Err(format!(
+                        "column \"{}\" must be masked, and the gateway cannot mask its binary \
+                         format; request the result in text format",
+                        field.name
+                    ))
+                }
             }
         }
         let untouched = actions.iter().all(|a| *a == ColumnAction::Pass);
-        Ok(Shape { actions, untouched })
+        Ok(Shape {
+            actions,
+            codings,
+            untouched,
+        })
     }
 
     /// The NoData that answers a Describe: the gateway's own is not forwarded.
@@ -189,14 +226,38 @@ impl Shaper {
             Ok(ranges) if ranges.len() == shape.actions.len() => ranges,
             _ => return self.refuse("a data row does not match its row description"),
         };
-        let masked: Vec<Masked> = ranges
-            .iter()
-            .zip(&shape.actions)
-            .map(|(range, action)| match range {
-                Some(range) => masker.apply(*action, &msg[range.clone()], &mut self.capture.masked),
-                None => Masked::Unchanged,
-            })
-            .collect();
+        let mut masked: Vec<Masked> = Vec::with_capacity(ranges.len());
+        for ((range, action), coding) in ranges.iter().zip(&shape.actions).zip(&shape.codings) {
+            let Some(range) = range else {
+                masked.push(Masked::Unchanged);
+                continue;
+            };
+            let value = &msg[range.clone()];
+            let counts = &mut self.capture.masked;
+            masked.push(match coding {
+                Coding::Text => masker.apply(*action, value, counts),
+                Coding::Jsonb => match value.split_first() {
+                    Some((1, text)) => match masker.apply(*action, text, counts) {
+                        Masked::Text(t) => Masked::Text(format!("\u{1}{t}")),
+                        other => other,
+                    },
+                    _ => Masked::Null,
+                },
+                Coding::Int8 => {
+                    let number = <[u8; 8]>::try_from(value).map(i64::from_be_bytes);
+                    let text = number.map(|n| n.to_string()).unwrap_or_default();
+                    match masker.apply(*action, text.as_bytes(), counts) {
+                        Masked::Unchanged => Masked::Unchanged,
+                        _ => {
+                            return self.refuse(
+                                "a bigint value must be masked, and the gateway cannot mask \
+                                 binary bigint values; request the result in text format",
+                            )
+                        }
+                    }
+                }
+            });
+        }
         let values = ranges.iter().zip(&masked).map(|(range, m)| match m {
             Masked::Unchanged => range.clone().map(|r| &msg[r]),
             Masked::Null => None,
