@@ -363,3 +363,36 @@ fn recordings_keep_only_masked_values_with_counts() {
         assert_no_secret(&shown, "sessions show");
     }
 }
+
+#[test]
+fn exec_results_are_masked_with_the_same_rules() {
+    let s = setup();
+    let sql = "SELECT email, ssn AS x, card_number, notes FROM users WHERE id = 1";
+    let out = s.gw.cli_as(
+        &s.agent,
+        &["--output", "json", "exec", "prod", "--sql", sql],
+    );
+    let text = ok(&out, "airlock exec");
+    assert_no_secret(&text, "airlock exec");
+    for masked in ["h:", "\"****\"", "****1111", "[ipv4]"] {
+        assert!(text.contains(masked), "{masked:?} missing: {text}");
+    }
+    // Column origins come from preparing the statement; several statements cannot be
+    // prepared, so under column rules they are refused before anything runs.
+    let out = s.gw.cli_as(
+        &s.agent,
+        &[
+            "exec",
+            "prod",
+            "--sql",
+            "SELECT 1; SELECT ssn AS x FROM users",
+        ],
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        all_output(&out).contains("one statement at a time"),
+        "{}",
+        describe(&out)
+    );
+    assert_no_secret(&all_output(&out), "a refused exec");
+}
