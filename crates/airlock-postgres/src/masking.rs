@@ -284,7 +284,7 @@ impl Shaper {
                      read the rows with SELECT instead",
                 );
             }
-            if codec::decode_copy_format(msg).map_or(true, |f| f != 0) {
+            if codec::decode_copy_format(msg) != Ok(0) {
                 return self.refuse("binary COPY cannot be masked; use the text or CSV format");
             }
         }

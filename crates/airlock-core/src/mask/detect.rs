@@ -121,7 +121,7 @@ pub fn luhn(text: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Numbers the Social Security Administration never issues are not SSNs.
