@@ -312,10 +312,6 @@ fn recordings_keep_only_masked_values_with_counts() {
             .expect("extended SELECT");
     });
 
-    // The recorded responses: masked rows and counts per detector.
-    let sessions = s.gw.cli_json(&["sessions", "list"]);
-    let text = sessions.to_string();
-    assert!(text.contains("agent-1"), "{text}");
     let data = s.gw.dir().join("data");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let everything = loop {
@@ -351,16 +347,17 @@ fn recordings_keep_only_masked_values_with_counts() {
             "{masked:?} is not in the recordings"
         );
     }
-    // `sessions show` reads the masked response back.
-    let listed = s.gw.cli(&["sessions", "list"]);
-    let first_id = stdout_of(&listed)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .find(|w| w.chars().all(|c| c.is_ascii_digit()))
-        .map(str::to_string);
-    if let Some(id) = first_id {
+    // `sessions show` reads the masked responses back.
+    let sessions = s.gw.cli_json(&["sessions", "list"]);
+    let ids: Vec<String> = json_objects(&sessions)
+        .into_iter()
+        .filter_map(|o| o.get("id").and_then(id_text))
+        .collect();
+    assert_eq!(ids.len(), 3, "{sessions}");
+    for id in ids {
         let shown = ok(&s.gw.cli(&["sessions", "show", &id]), "sessions show");
         assert_no_secret(&shown, "sessions show");
+        assert!(shown.contains("masked:"), "session {id}: {shown}");
     }
 }
 
