@@ -99,7 +99,7 @@ impl Detector {
 }
 
 /// Luhn's checksum over the digits of `text` (13 to 19 of them).
-pub fn luhn(text: &str) -> bool {
+fn luhn(text: &str) -> bool {
     let digits: Vec<u32> = text.chars().filter_map(|c| c.to_digit(10)).collect();
     if !(13..=19).contains(&digits.len()) {
         return false;
@@ -134,7 +134,7 @@ fn ssn_valid(text: &str) -> bool {
 }
 
 /// The IBAN check: move the first four characters to the end, letters to numbers, mod 97 = 1.
-pub fn iban_valid(text: &str) -> bool {
+fn iban_valid(text: &str) -> bool {
     let compact: Vec<char> = text.chars().filter(|c| !c.is_whitespace()).collect();
     if !(15..=34).contains(&compact.len()) {
         return false;

@@ -120,12 +120,6 @@ impl MaskCounts {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    pub fn merge(&mut self, other: &MaskCounts) {
-        for (what, n) in &other.0 {
-            self.add(what, *n);
-        }
-    }
 }
 
 /// What masking made of a value.
@@ -259,10 +253,6 @@ impl SessionMasker {
     /// Whether column rules need to know where columns come from (a catalog lookup).
     pub fn needs_origins(&self) -> bool {
         !self.columns.is_empty()
-    }
-
-    pub fn has_detectors(&self) -> bool {
-        !self.detectors.is_empty()
     }
 
     /// The action for each column of a row shape.
