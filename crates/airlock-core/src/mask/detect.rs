@@ -50,33 +50,34 @@ impl Detector {
     }
 
     /// The patterns of the detector. A pattern with a group named `v` masks only that group
-    /// (the value of a `password=` pair, not its key).
+    /// (the value of a `password=` pair, not its key). Word boundaries are ASCII ones, which
+    /// keeps every pattern within the regex crate's fast DFA engines.
     fn patterns(self) -> &'static [&'static str] {
         match self {
             Detector::Email => {
                 &[r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"]
             }
-            Detector::CreditCard => &[r"\b\d(?:[ \-]?\d){12,18}\b"],
-            Detector::UsSsn => &[r"\b\d{3}-\d{2}-\d{4}\b"],
+            Detector::CreditCard => &[r"(?-u:\b)\d(?:[ \-]?\d){12,18}(?-u:\b)"],
+            Detector::UsSsn => &[r"(?-u:\b)\d{3}-\d{2}-\d{4}(?-u:\b)"],
             Detector::Phone => &[
-                r"\+[1-9]\d{0,2}(?:[ .\-]?\(?\d{1,4}\)?){1,5}\b",
-                r"(?:\(\d{3}\)\s?|\b\d{3}[ .\-])\d{3}[ .\-]\d{4}\b",
-                r"\b0\d{1,4}[ \-/]\d{2,4}(?:[ \-]\d{2,4}){0,3}\b",
+                r"\+[1-9]\d{0,2}(?:[ .\-]?\(?\d{1,4}\)?){1,5}(?-u:\b)",
+                r"(?:\(\d{3}\)\s?|(?-u:\b)\d{3}[ .\-])\d{3}[ .\-]\d{4}(?-u:\b)",
+                r"(?-u:\b)0\d{1,4}[ \-/]\d{2,4}(?:[ \-]\d{2,4}){0,3}(?-u:\b)",
             ],
-            Detector::Iban => &[r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"],
+            Detector::Iban => &[r"(?-u:\b)[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)"],
             Detector::Ipv4 => &[
-                r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b",
+                r"(?-u:\b)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?-u:\b)",
             ],
             Detector::Secret => &[
-                r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b",
+                r"(?-u:\b)(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?-u:\b)",
                 // An unterminated block is masked to the end of the value: fail closed.
                 r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|.*)",
-                r"\beyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*",
-                r"(?i)\bbearer\s+[A-Za-z0-9._~+/\-]+=*",
-                r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b",
-                r"\bxox[abposr]-[A-Za-z0-9\-]{10,}",
-                r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b",
-                r#"(?i)\b(?:password|passwd|pwd|secret|api[_\-]?key|access[_\-]?token|auth[_\-]?token)["']?\s*[=:]\s*(?P<v>"[^"]*"|'[^']*'|[^\s&;,"']+)"#,
+                r"(?-u:\b)eyJ[A-Za-z0-9_\-]+\.eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*",
+                r"(?i)(?-u:\b)bearer\s+[A-Za-z0-9._~+/\-]+=*",
+                r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})(?-u:\b)",
+                r"(?-u:\b)xox[abposr]-[A-Za-z0-9\-]{10,}",
+                r"(?-u:\b)(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}(?-u:\b)",
+                r#"(?i)(?-u:\b)(?:password|passwd|pwd|secret|api[_\-]?key|access[_\-]?token|auth[_\-]?token)["']?\s*[=:]\s*(?P<v>"[^"]*"|'[^']*'|[^\s&;,"']+)"#,
             ],
         }
     }

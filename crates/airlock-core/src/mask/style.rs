@@ -28,17 +28,19 @@ pub enum MaskStyle {
     Null,
 }
 
-/// The key of the `hash` style (derived from the gateway's secret key).
-pub struct HashKey([u8; 32]);
+/// The key of the `hash` style (derived from the gateway's secret key), kept as an HMAC state
+/// already keyed, which each digest clones.
+#[derive(Clone)]
+pub struct HashKey(Option<Hmac<Sha256>>);
 
 impl HashKey {
     pub fn new(key: [u8; 32]) -> HashKey {
-        HashKey(key)
+        // HMAC takes keys of any length, so this is always `Some`.
+        HashKey(<Hmac<Sha256> as Mac>::new_from_slice(&key).ok())
     }
 
     fn digest(&self, value: &[u8]) -> String {
-        // HMAC takes keys of any length, so this cannot fail.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
+        let Some(mut mac) = self.0.clone() else {
             return REDACTED.into();
         };
         mac.update(value);
