@@ -297,15 +297,39 @@ async fn run_permitted(
     permit: Permit,
 ) -> ExecAnswer {
     let request_id = permit.approved_request;
+    let masker = match gate.masker(session) {
+        Ok(masker) => masker,
+        Err(reason) => {
+            tracing::error!(%reason, "exec: masking cannot be set up; the statement is not run");
+            return ExecAnswer::Error {
+                session_id: session.id,
+                request_id,
+                error: "masking cannot be set up for this session, so the statement was not run"
+                    .into(),
+                unavailable: true,
+            };
+        }
+    };
+    let mut capture = gate.response_capture();
     // A reviewer who approved a modified statement approved only that one: it runs instead.
     let result = match &permit.replacement {
         Some(sql) => {
             let classification = resolve_runs(gate.classifier().classify(sql));
-            upstream::run(conn, sql, &classification).await
+            upstream::run(conn, sql, &classification, masker.as_deref(), &mut capture).await
         }
-        None => upstream::run(conn, &op.text, &op.classification).await,
+        None => {
+            upstream::run(
+                conn,
+                &op.text,
+                &op.classification,
+                masker.as_deref(),
+                &mut capture,
+            )
+            .await
+        }
     };
     if let Some(event) = permit.event() {
+        gate.record_response(session, event, capture);
         match &result {
             Ok(results) => {
                 let rows = results.iter().map(|r| r.rows_affected).sum();

@@ -96,8 +96,7 @@ pub async fn explain(
     let classification = match connection.kind {
         // Calls to user-defined functions are judged by the upstream's catalog, as when they run.
         ConnectionKind::Postgres => {
-            upstream::judge_functions(connection, state.gate.classifier().classify(&body.sql))
-                .await
+            upstream::judge_functions(connection, state.gate.classifier().classify(&body.sql)).await
         }
         kind => std::sync::Arc::new(classify_for(kind, &body.sql)),
     };

@@ -1,14 +1,21 @@
 //! Running one permitted exec statement on its upstream PostgreSQL with `tokio-postgres`: a
 //! fresh connection with the connection's stored credential, one simple query, the rows as text
-//! (capped), then the connection is dropped. The credential only goes to the upstream; errors
-//! that could describe it are logged here and replaced by a generic message. Before the
-//! decision, calls to user-defined functions are judged by their volatility in the upstream's
-//! catalog the same way.
+//! (capped) and masked by the session's masker, then the connection is dropped. The credential
+//! only goes to the upstream; errors that could describe it are logged here and replaced by a
+//! generic message. Before the decision, calls to user-defined functions are judged by their
+//! volatility in the upstream's catalog the same way.
+//!
+//! When column rules apply, the statement is first prepared (not run) to learn where its result
+//! columns come from, as the PostgreSQL adapter learns it from a RowDescription; a text that
+//! cannot be prepared (several statements) is then refused rather than masked by guesswork.
 
 use airlock_core::classify::Classification;
 use airlock_core::config::ConnectionConfig;
 use airlock_core::functions::{self, Catalog, CatalogEntry, Volatility};
+use airlock_core::mask::{ColumnAction, ColumnOrigin, ColumnSource, Masked, SessionMasker};
+use airlock_core::response::ResponseCapture;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
@@ -41,6 +48,8 @@ pub enum RunError {
     Unreachable,
     /// The upstream ran the statement and reported an error (its own message and SQLSTATE).
     Statement(String),
+    /// The result could not be masked, so the statement was not run.
+    Unmaskable(String),
 }
 
 impl RunError {
@@ -51,6 +60,7 @@ impl RunError {
                  gateway's credential (details in the gateway log)"
             ),
             RunError::Statement(message) => message.clone(),
+            RunError::Unmaskable(reason) => format!("airlock: {reason}"),
         }
     }
 }
@@ -92,11 +102,83 @@ fn tag_for(classification: &Classification, index: usize, rows: u64) -> String {
     format!("{kind} {rows}")
 }
 
-/// Runs `sql` on the upstream of `conn` and returns one result per statement.
+fn statement_error(e: tokio_postgres::Error, conn: &ConnectionConfig) -> RunError {
+    match e.as_db_error() {
+        Some(db) => RunError::Statement(format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        )),
+        None => {
+            tracing::error!(connection = %conn.name, error = %e, "exec: the upstream connection failed");
+            RunError::Unreachable
+        }
+    }
+}
+
+/// Where the result columns of `sql` come from: the statement is prepared (never run) and its
+/// columns' tables are read from the catalog.
+async fn column_origins(
+    client: &tokio_postgres::Client,
+    conn: &ConnectionConfig,
+    sql: &str,
+) -> Result<Vec<Option<ColumnOrigin>>, RunError> {
+    let statement = client.prepare(sql).await.map_err(|e| {
+        let message = e.as_db_error().map(|db| db.message().to_string());
+        match message {
+            // "cannot insert multiple commands into a prepared statement"
+            Some(m) if m.contains("multiple commands") => RunError::Unmaskable(
+                "with column masking on this connection, exec runs one statement at a time".into(),
+            ),
+            _ => statement_error(e, conn),
+        }
+    })?;
+    let columns = statement.columns();
+    let mut oids: Vec<u32> = columns
+        .iter()
+        .filter_map(|c| c.table_oid())
+        .filter(|o| *o != 0)
+        .collect();
+    oids.sort_unstable();
+    oids.dedup();
+    let mut known: HashMap<(u32, i16), ColumnOrigin> = HashMap::new();
+    if !oids.is_empty() {
+        let rows = airlock_postgres::catalog::query_columns(client, &oids)
+            .await
+            .map_err(|e| {
+                RunError::Unmaskable(format!(
+                    "the result's columns cannot be resolved for masking ({e})"
+                ))
+            })?;
+        for (oid, attnum, schema, table, column) in rows {
+            known.insert(
+                (oid, attnum),
+                ColumnOrigin {
+                    schema,
+                    table,
+                    column,
+                },
+            );
+        }
+    }
+    Ok(columns
+        .iter()
+        .map(|c| {
+            let key = (c.table_oid()?, c.column_id()?);
+            known.get(&key).cloned()
+        })
+        .collect())
+}
+
+/// Runs `sql` on the upstream of `conn` and returns one result per statement, its values
+/// masked by `masker`; what the caller receives is also what `capture` keeps.
 pub async fn run(
     conn: &ConnectionConfig,
     sql: &str,
     classification: &Classification,
+    masker: Option<&SessionMasker>,
+    capture: &mut ResponseCapture,
 ) -> Result<Vec<StatementResult>, RunError> {
     let config = pg_config(conn).map_err(|reason| {
         tracing::error!(connection = %conn.name, %reason, "exec: bad upstream address");
@@ -111,25 +193,26 @@ pub async fn run(
             tracing::debug!(error = %e, "exec: upstream connection ended with an error");
         }
     });
+    let origins = match masker {
+        Some(masker) if masker.needs_origins() => match column_origins(&client, conn, sql).await {
+            Ok(origins) => Some(origins),
+            Err(e) => {
+                drop(client);
+                let _ = driver.await;
+                return Err(e);
+            }
+        },
+        _ => None,
+    };
     let messages = client.simple_query(sql).await;
     drop(client);
     // The connection ends once the client is gone; waiting keeps the upstream session from
     // outliving the exec.
     let _ = driver.await;
-    let messages = messages.map_err(|e| match e.as_db_error() {
-        Some(db) => RunError::Statement(format!(
-            "{}: {} (SQLSTATE {})",
-            db.severity(),
-            db.message(),
-            db.code().code()
-        )),
-        None => {
-            tracing::error!(connection = %conn.name, error = %e, "exec: the upstream connection failed");
-            RunError::Unreachable
-        }
-    })?;
+    let messages = messages.map_err(|e| statement_error(e, conn))?;
     let mut results = Vec::new();
     let mut current: Option<StatementResult> = None;
+    let mut actions: Vec<ColumnAction> = Vec::new();
     let fresh = || StatementResult {
         tag: String::new(),
         rows_affected: 0,
@@ -142,16 +225,43 @@ pub async fn run(
             SimpleQueryMessage::RowDescription(columns) => {
                 let mut result = fresh();
                 result.columns = columns.iter().map(|c| c.name().to_string()).collect();
+                capture.columns(result.columns.clone());
+                actions = match masker {
+                    Some(masker) => {
+                        let sources: Vec<ColumnSource> = result
+                            .columns
+                            .iter()
+                            .enumerate()
+                            .map(|(i, label)| ColumnSource {
+                                label: label.clone(),
+                                origin: origins.as_ref().and_then(|o| o.get(i).cloned().flatten()),
+                                // Text is all exec sees; every column may be scanned.
+                                type_oid: 0,
+                            })
+                            .collect();
+                        masker.plan(&sources)
+                    }
+                    None => vec![ColumnAction::Pass; result.columns.len()],
+                };
                 current = Some(result);
             }
             SimpleQueryMessage::Row(row) => {
                 let result = current.get_or_insert_with(fresh);
+                let values: Vec<Option<String>> = (0..row.len())
+                    .map(|i| {
+                        let value = row.get(i)?;
+                        let action = actions.get(i).copied().unwrap_or(ColumnAction::Scan);
+                        match masker.map(|m| m.apply(action, value.as_bytes(), &mut capture.masked))
+                        {
+                            None | Some(Masked::Unchanged) => Some(value.to_string()),
+                            Some(Masked::Null) => None,
+                            Some(Masked::Text(text)) => Some(text),
+                        }
+                    })
+                    .collect();
+                capture.row(values.iter().map(|v| v.as_deref().map(str::as_bytes)));
                 if result.rows.len() < MAX_ROWS {
-                    result.rows.push(
-                        (0..row.len())
-                            .map(|i| row.get(i).map(str::to_string))
-                            .collect(),
-                    );
+                    result.rows.push(values);
                 } else {
                     result.truncated = true;
                 }

@@ -42,7 +42,9 @@ fn classifier(c: &mut Criterion) {
     let mut group = c.benchmark_group("classify");
     group.throughput(Throughput::Elements(1));
     for (name, sql) in STATEMENTS {
-        group.bench_function(format!("uncached/{name}"), |b| b.iter(|| classify(black_box(sql))));
+        group.bench_function(format!("uncached/{name}"), |b| {
+            b.iter(|| classify(black_box(sql)))
+        });
         let cache = ClassifierCache::new(1024);
         group.bench_function(format!("cached/{name}"), |b| {
             b.iter(|| cache.classify(black_box(sql)))

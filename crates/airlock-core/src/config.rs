@@ -2,6 +2,7 @@
 //! `${env:X}` / `${file:P}` expansion of connection fields, and validation whose errors carry
 //! the line they refer to.
 
+use crate::mask::MaskRuleConfig;
 use crate::notify::{check_webhook_url, WebhookConfig};
 use crate::policy::PolicySet;
 use crate::secret::Secret;
@@ -36,10 +37,9 @@ pub struct Config {
     /// Changes to the built-in list of dangerous functions; part of the policies.
     #[serde(default)]
     pub dangerous_functions: DangerousFunctionsConfig,
-    /// Sections of the product contract this version does not enforce yet. They are refused
-    /// rather than ignored: a config that asks for masking must not run without it.
+    /// Masking of result values (see [`crate::mask`]).
     #[serde(default)]
-    pub masking: Option<serde_yaml::Value>,
+    pub masking: Vec<MaskRuleConfig>,
     /// Webhooks told about approval requests (see [`crate::notify`]).
     #[serde(default)]
     pub notify: Vec<WebhookConfig>,
@@ -68,10 +68,14 @@ impl Default for McpConfig {
     }
 }
 
-/// `recording:` — how long the record is kept and how often it is signed.
+/// `recording:` — how much of each response is kept, how long the record is kept, and how often
+/// it is signed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingConfig {
+    /// How much of each statement's (masked) response is kept in its record.
+    #[serde(default)]
+    pub results: ResultsLimit,
     /// History older than this is pruned in the background (`90d`); kept forever when absent.
     #[serde(default, deserialize_with = "human_duration")]
     pub retention: Option<Duration>,
@@ -86,6 +90,7 @@ pub struct RecordingConfig {
 impl Default for RecordingConfig {
     fn default() -> Self {
         RecordingConfig {
+            results: ResultsLimit::default(),
             retention: None,
             checkpoint_interval: default_checkpoint_interval(),
         }
@@ -370,6 +375,27 @@ pub struct RuleConfig {
     pub rows_limit: Option<u64>,
 }
 
+/// The first `rows` rows, and at most `bytes` bytes of values, of a response are recorded;
+/// none by default. Row counts are recorded always.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsLimit {
+    #[serde(default)]
+    pub rows: u64,
+    #[serde(default)]
+    pub bytes: u64,
+}
+
+impl ResultsLimit {
+    /// The largest values accepted: a record is one line of the journal, read back whole.
+    pub const MAX_ROWS: u64 = 100_000;
+    pub const MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+    pub fn keeps_rows(&self) -> bool {
+        self.rows > 0 && self.bytes > 0
+    }
+}
+
 /// The condition of a rule's `where`.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -443,7 +469,7 @@ impl Default for Config {
             connections: Vec::new(),
             policies: Vec::new(),
             dangerous_functions: DangerousFunctionsConfig::default(),
-            masking: None,
+            masking: Vec::new(),
             notify: Vec::new(),
             recording: RecordingConfig::default(),
             mcp: McpConfig::default(),
@@ -532,16 +558,6 @@ impl Config {
             })
         };
 
-        for (key, present) in [
-            ("masking", config.masking.is_some()),
-        ] {
-            if present {
-                issue(
-                    key.into(),
-                    format!("`{key}` is not supported by this version of Airlock yet; remove it"),
-                );
-            }
-        }
         if config.mcp.max_wait > MAX_MCP_WAIT {
             issue(
                 "mcp.max_wait".into(),
@@ -719,6 +735,55 @@ impl Config {
                 );
             }
         }
+        for (path, message) in crate::mask::check_rules(&config.masking) {
+            issue(path, message);
+        }
+        for (i, rule) in config.masking.iter().enumerate() {
+            for (j, pattern) in rule.connections.iter().enumerate() {
+                if !pattern.contains(['*', '?']) && !names.contains(pattern) {
+                    issue(
+                        format!("masking[{i}].connections[{j}]"),
+                        format!("no connection is named `{pattern}`"),
+                    );
+                }
+            }
+        }
+        let results = config.recording.results;
+        if results.rows > ResultsLimit::MAX_ROWS {
+            issue(
+                "recording.results.rows".into(),
+                format!(
+                    "at most {} rows can be kept per statement",
+                    ResultsLimit::MAX_ROWS
+                ),
+            );
+        }
+        if results.bytes > ResultsLimit::MAX_BYTES {
+            issue(
+                "recording.results.bytes".into(),
+                format!(
+                    "at most {} bytes can be kept per statement",
+                    ResultsLimit::MAX_BYTES
+                ),
+            );
+        }
+        if (results.rows == 0) != (results.bytes == 0) {
+            issue(
+                "recording.results".into(),
+                "give both `rows` and `bytes` (or neither, to keep no rows)".into(),
+            );
+        }
+        if config
+            .recording
+            .retention
+            .is_some_and(|r| r < Duration::from_secs(3600))
+        {
+            issue(
+                "recording.retention".into(),
+                "must be at least 1h (for example `90d`)".into(),
+            );
+        }
+
         let policies = check_policies(
             &config.policies,
             &config.dangerous_functions,
@@ -1097,7 +1162,7 @@ policies:
     fn empty_config_is_all_defaults_and_unsupported_sections_are_refused() {
         let loaded = Config::parse("", "c.yaml", None).unwrap();
         assert_eq!(loaded.config.data_dir(), PathBuf::from("airlock-data"));
-        let err = Config::parse("masking:\n  - columns: [a]\n", "c.yaml", None).unwrap_err();
+        let err = Config::parse("mcp:\n  max_wait: 45s\n", "c.yaml", None).unwrap_err();
         assert_eq!(err.issues[0].line, Some(1));
     }
 
@@ -1231,5 +1296,52 @@ policies:
             Config::parse_policies("listen: {}\npolicies: []\n", "body", connections).unwrap_err();
         assert_eq!(err.issues[0].line, Some(1), "{err}");
         assert!(Config::parse_policies("", "body", connections).is_err());
+    }
+
+    #[test]
+    fn masking_and_recording_are_typed_and_validated() {
+        std::env::set_var("AIRLOCK_TEST_PW", "pw-from-env");
+        // The form of PRODUCT.md.
+        let text = format!(
+            "{EXAMPLE}masking:\n  - connections: [prod-*]\n    columns: [\"*.email\", \"users.ssn\"]\n    detectors: [email, credit_card, us_ssn, phone, iban, secret]\n    style: redact               # redact | partial | hash\nrecording:\n  results: {{ rows: 100, bytes: 65536 }}   # masked response kept per statement\n  retention: 90d\n"
+        );
+        let loaded = Config::parse(&text, "c.yaml", None).unwrap();
+        let rule = &loaded.config.masking[0];
+        assert_eq!(rule.columns, ["*.email", "users.ssn"]);
+        assert_eq!(rule.detectors.len(), 6);
+        assert_eq!(rule.style, crate::mask::MaskStyle::Redact);
+        let recording = &loaded.config.recording;
+        assert_eq!(recording.results.rows, 100);
+        assert_eq!(recording.results.bytes, 65536);
+        assert_eq!(recording.retention, Some(Duration::from_secs(90 * 86400)));
+
+        let bad = format!(
+            "{EXAMPLE}masking:\n  - connections: [nope]\n    columns: [\"a..b\"]\n  - connections: [prod-maintenance]\n    style: partial\nrecording:\n  results: {{ rows: 10 }}\n  retention: 5m\n"
+        );
+        let err = Config::parse(&bad, "c.yaml", None).unwrap_err().to_string();
+        assert!(
+            err.contains("c.yaml:25: masking[0].connections[0]: no connection"),
+            "{err}"
+        );
+        assert!(err.contains("c.yaml:26: masking[0].columns[0]"), "{err}");
+        assert!(
+            err.contains("c.yaml:27: masking[1].columns: the rule masks nothing"),
+            "{err}"
+        );
+        assert!(
+            err.contains("c.yaml:30: recording.results: give both"),
+            "{err}"
+        );
+        assert!(err.contains("c.yaml:31: recording.retention"), "{err}");
+        for unknown in [
+            "masking:\n  - connections: ['*']\n    detectors: [dna]\n",
+            "masking:\n  - connections: ['*']\n    columns: [a]\n    style: scramble\n",
+            "masking:\n  - connections: ['*']\n    colums: [a]\n",
+            "recording:\n  results: { rows: 1, bytes: 1, lines: 1 }\n",
+            "recording:\n  retention: forever\n",
+        ] {
+            let err = Config::parse(unknown, "c.yaml", None).unwrap_err();
+            assert!(err.issues[0].line.is_some(), "{err}");
+        }
     }
 }

@@ -7,13 +7,15 @@
 use crate::approval::{Approvals, Replacement, VoteError};
 use crate::checkpoint::CheckpointKey;
 use crate::classify::{Classification, ClassifierCache};
-use crate::config::IdentityConfig;
+use crate::config::{IdentityConfig, ResultsLimit};
 use crate::identity::{Identity, IdentityService};
+use crate::mask::{MaskPolicy, SessionMasker};
 use crate::notify::Notifier;
 use crate::operation::{Operation, Protocol};
 use crate::policy::{decide, decide_with_rows, Action, Decision, PolicySet};
 use crate::preview::{BlastRadius, Previewer};
 use crate::recorder::{Recorder, RecorderError};
+use crate::response::ResponseCapture;
 use crate::store::{
     now_millis, ApprovalRecord, ApprovalState, EventDetail, NewApproval, NewEvent, NewPolicyChange,
     NewSession, OutcomeStatus, PolicyChangeRecord, Store, StoreError,
@@ -259,6 +261,8 @@ pub struct Gate {
     /// Signs checkpoints over the audit chain; its public half verifies them.
     checkpoint_key: Option<Arc<CheckpointKey>>,
     previewer: Option<Arc<dyn Previewer>>,
+    masking: MaskPolicy,
+    results: ResultsLimit,
 }
 
 impl Gate {
@@ -283,6 +287,8 @@ impl Gate {
             checkpoint_key: None,
             previewer: None,
             store,
+            masking: MaskPolicy::default(),
+            results: ResultsLimit::default(),
         })
     }
 
@@ -301,6 +307,31 @@ impl Gate {
     pub fn with_previewer(mut self, previewer: Arc<dyn Previewer>) -> Gate {
         self.previewer = Some(previewer);
         self
+    }
+
+    /// Masks responses by `masking` and records them within `results` (neither by default).
+    pub fn with_masking(mut self, masking: MaskPolicy, results: ResultsLimit) -> Gate {
+        self.masking = masking;
+        self.results = results;
+        self
+    }
+
+    /// The masking of a session's responses; `Ok(None)` when no rule applies to it. An error
+    /// means the session cannot be masked, so it must not be served.
+    pub fn masker(&self, session: &Session) -> Result<Option<Arc<SessionMasker>>, String> {
+        self.masking
+            .for_session(&session.connection, &session.identity.groups)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A fresh capture of one statement's response, within the configured limits.
+    pub fn response_capture(&self) -> ResponseCapture {
+        ResponseCapture::new(self.results)
+    }
+
+    /// Whether responses are kept in records at all (rows, not only counts).
+    pub fn keeps_responses(&self) -> bool {
+        self.results.keeps_rows()
     }
 
     /// Sends approval request notifications through `notifier` (none by default). Call it on a
@@ -588,7 +619,8 @@ impl Gate {
             }
         }
         let kinds = policies.kind_names(&op.classification);
-        self.apply(session, op, decision, kinds, version, preview).await
+        self.apply(session, op, decision, kinds, version, preview)
+            .await
     }
 
     /// The blast-radius preview of `op`, if a previewer knows its connection; bounded in time,
@@ -938,6 +970,18 @@ impl Gate {
     /// Waits until every record so far is in the store, where the API reads it.
     pub async fn sync_records(&self) {
         self.recorder.sync().await;
+    }
+
+    /// Records the (masked) response the agent received for statement `event`, when there is
+    /// anything to keep; a failure is only logged, since the agent has the rows already.
+    pub fn record_response(&self, session: &Session, event: i64, capture: ResponseCapture) {
+        if let Some(detail) = capture.into_event(event) {
+            self.recorder.append_or_log(NewEvent {
+                session_id: session.id,
+                at: now_millis(),
+                detail,
+            });
+        }
     }
 
     /// Records what the upstream answered to a permitted operation; a failure is only logged,

@@ -1,9 +1,13 @@
 //! Encryption at rest for upstream credentials kept in the store: AES-256-GCM with a key read
-//! from the secret key file, which is created (mode 0600) on first use.
+//! from the secret key file, which is created (mode 0600) on first use. The same file's key
+//! also yields, by derivation, the key of the masking `hash` style.
 
+use crate::mask::HashKey;
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
+use hmac::{Hmac, Mac};
 use rand::RngCore;
+use sha2::Sha256;
 use std::io::Write;
 use std::path::Path;
 
@@ -20,7 +24,13 @@ pub enum SealError {
 
 pub struct Sealer {
     cipher: Aes256Gcm,
+    /// HMAC-SHA256(secret key, purpose): a key of its own for masking, so that a digest shown
+    /// to agents reveals nothing about the key that seals credentials.
+    masking_key: [u8; KEY_LEN],
 }
+
+/// The purpose string the masking key is derived under.
+const MASKING_KEY_PURPOSE: &[u8] = b"airlock masking hash key v1";
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,7 +67,19 @@ impl Sealer {
             )));
         }
         let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| err(e.to_string()))?;
-        Ok(Sealer { cipher })
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|e| err(e.to_string()))?;
+        mac.update(MASKING_KEY_PURPOSE);
+        let masking_key = mac.finalize().into_bytes().into();
+        Ok(Sealer {
+            cipher,
+            masking_key,
+        })
+    }
+
+    /// The key of the masking `hash` style.
+    pub fn masking_key(&self) -> HashKey {
+        HashKey::new(self.masking_key)
     }
 
     /// Encrypts `plaintext`; the result is `nonce || ciphertext+tag`.
@@ -113,6 +135,16 @@ mod tests {
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         assert!(again.open(&tampered).is_err());
+    }
+
+    #[test]
+    fn the_masking_key_is_derived_from_the_file_and_differs_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        let one = Sealer::load_or_create(&path).unwrap();
+        let again = Sealer::load_or_create(&path).unwrap();
+        assert_eq!(one.masking_key, again.masking_key);
+        assert_ne!(one.masking_key.to_vec(), std::fs::read(&path).unwrap());
     }
 
     #[test]

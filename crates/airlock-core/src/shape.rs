@@ -65,9 +65,11 @@ fn starts_with_data_statement(sql: &str) -> bool {
     let text = sql.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '(');
     let word_len = text.bytes().take_while(|&b| is_word_byte(b)).count();
     let word = &text[..word_len];
-    ["select", "insert", "update", "delete", "values", "table", "with"]
-        .iter()
-        .any(|k| word.eq_ignore_ascii_case(k))
+    [
+        "select", "insert", "update", "delete", "values", "table", "with",
+    ]
+    .iter()
+    .any(|k| word.eq_ignore_ascii_case(k))
 }
 
 /// The index just past the string literal opening at `start` (`''` is a quote inside it).

@@ -107,6 +107,18 @@ pub enum EventDetail {
         tag: Option<String>,
         error: Option<String>,
     },
+    /// What the agent received from a forwarded operation, as masked for it: the first rows
+    /// within `recording.results`, and how many values each detector (and `column` rules)
+    /// masked.
+    Response {
+        statement_event: i64,
+        columns: Vec<String>,
+        rows: Vec<Vec<Option<String>>>,
+        /// Rows beyond the limits were left out.
+        truncated: bool,
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        masked: std::collections::BTreeMap<String, u64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,133 +1,172 @@
-//! The session's view of the upstream's function catalog, for judging calls to user-defined
-//! functions by their volatility (see `airlock_core::functions`). Looked up on a side
-//! connection that logs in with the connection's own credential, opened on first need and
-//! kept for the session; answers are cached briefly, since a function can be replaced (CREATE
-//! OR REPLACE) by another session at any time. Any failure leaves the names unknown, which
-//! judges them volatile: fail closed.
+//! Where result columns come from: the schema, table and column name behind a
+//! RowDescription's (table OID, attribute number), read from the upstream's own catalog over a
+//! side connection that logs in with the connection's credential, and cached per connection.
+//! Masking rules on `table.column` are decided from these names, never from the SQL text.
 
 use crate::upstream::UpstreamTarget;
-use airlock_core::classify::Classification;
-use airlock_core::functions::{self, Catalog, CatalogEntry, Volatility};
+use airlock_core::mask::ColumnOrigin;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
-/// How long an answer is trusted. Short: a cached STABLE must not outlive a replacement by
-/// long, and one round trip per few seconds per session costs little.
-const FRESH_FOR: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a table's column names are trusted: a rename shows up after this at the latest.
+const FRESH_FOR: Duration = Duration::from_secs(60);
 
-pub(crate) struct FunctionCatalog {
-    target: UpstreamTarget,
-    client: Option<tokio_postgres::Client>,
-    answers: HashMap<String, (Instant, Vec<CatalogEntry>)>,
+const COLUMNS_OF_TABLES: &str =
+    "SELECT c.oid, a.attnum, n.nspname::text, c.relname::text, a.attname::text \
+     FROM pg_catalog.pg_attribute a \
+     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE a.attrelid = ANY($1) AND a.attnum > 0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot reach the upstream to read its catalog")]
+    Unreachable,
+    #[error("reading the upstream catalog failed: {0}")]
+    Query(String),
 }
 
-impl FunctionCatalog {
-    pub(crate) fn new(target: UpstreamTarget) -> Self {
-        FunctionCatalog {
+#[derive(Debug)]
+struct Table {
+    read_at: Instant,
+    schema: String,
+    name: String,
+    columns: HashMap<i16, String>,
+}
+
+/// The column origins of one connection's upstream.
+#[derive(Debug)]
+pub struct Catalog {
+    target: UpstreamTarget,
+    tables: Mutex<HashMap<u32, Table>>,
+}
+
+impl Catalog {
+    pub fn new(target: UpstreamTarget) -> Catalog {
+        Catalog {
             target,
-            client: None,
-            answers: HashMap::new(),
+            tables: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The classification with calls to functions that may write marked
-    /// `VOLATILE FUNCTION`; statements without calls outside `pg_catalog` cost nothing.
-    pub(crate) async fn judge(
-        &mut self,
-        classification: Arc<Classification>,
-    ) -> Arc<Classification> {
-        let names = functions::names_to_look_up(&classification);
-        if names.is_empty() {
-            return classification;
-        }
-        let now = Instant::now();
-        let stale: Vec<String> = names
-            .iter()
-            .filter(|name| {
-                self.answers
-                    .get(*name)
-                    .is_none_or(|(at, _)| now.duration_since(*at) > FRESH_FOR)
-            })
-            .cloned()
-            .collect();
-        if !stale.is_empty() {
-            match self.fetch(&stale).await {
-                Ok(mut found) => {
-                    for name in stale {
-                        let entries = found.remove(&name).unwrap_or_default();
-                        self.answers.insert(name, (now, entries));
-                    }
-                }
-                Err(e) => {
-                    // A broken side connection is opened afresh next time.
-                    self.client = None;
-                    tracing::warn!(error = %e, "cannot look up function volatility; calls count as volatile");
-                }
+    /// The origin of each `(table OID, attribute number)`; `None` where the column is not a
+    /// table's (OID 0). Tables not cached (or cached too long ago) are read in one query.
+    pub async fn origins(
+        &self,
+        columns: &[(u32, i16)],
+    ) -> Result<Vec<Option<ColumnOrigin>>, CatalogError> {
+        let missing: Vec<u32> = {
+            let tables = self.tables.lock().map_err(|_| CatalogError::Unreachable)?;
+            let mut missing: Vec<u32> = columns
+                .iter()
+                .map(|(oid, _)| *oid)
+                .filter(|oid| {
+                    *oid != 0
+                        && tables
+                            .get(oid)
+                            .is_none_or(|t| t.read_at.elapsed() > FRESH_FOR)
+                })
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            missing
+        };
+        if !missing.is_empty() {
+            let read = self.read(&missing).await?;
+            if let Ok(mut tables) = self.tables.lock() {
+                tables.extend(read);
             }
         }
-        let catalog: Catalog = names
-            .into_iter()
-            .filter_map(|name| {
-                let (at, entries) = self.answers.get(&name)?;
-                (now.duration_since(*at) <= FRESH_FOR).then(|| (name, entries.clone()))
+        let tables = self.tables.lock().map_err(|_| CatalogError::Unreachable)?;
+        Ok(columns
+            .iter()
+            .map(|(oid, attnum)| {
+                let table = tables.get(oid)?;
+                Some(ColumnOrigin {
+                    schema: table.schema.clone(),
+                    table: table.name.clone(),
+                    column: table.columns.get(attnum)?.clone(),
+                })
             })
-            .collect();
-        functions::judge_volatility(classification, &catalog)
+            .collect())
     }
 
-    async fn fetch(&mut self, names: &[String]) -> Result<Catalog, String> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            self.client = Some(self.connect().await?);
-        }
-        let Some(client) = self.client.as_ref() else {
-            return Err("no side connection".into());
-        };
-        let rows = client
-            .query(functions::LOOKUP_SQL, &[&names])
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut catalog = Catalog::new();
-        for row in rows {
-            let get = |i: usize| row.try_get::<_, String>(i).map_err(|e| e.to_string());
-            let (name, schema, volatility, kind) = (get(0)?, get(1)?, get(2)?, get(3)?);
-            catalog.entry(name).or_default().push(CatalogEntry {
-                schema,
-                volatility: Volatility::from_code(&volatility),
-                is_procedure: kind == "p",
-            });
-        }
-        Ok(catalog)
-    }
-
-    async fn connect(&self) -> Result<tokio_postgres::Client, String> {
-        let target = &self.target;
-        let (host, port) = match target.address.rsplit_once(':') {
-            Some((host, port)) => (
-                host.trim_start_matches('[').trim_end_matches(']'),
-                port.parse::<u16>()
-                    .map_err(|_| format!("invalid port in address `{}`", target.address))?,
-            ),
-            None => (target.address.as_str(), 5432),
-        };
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(host)
-            .port(port)
-            .dbname(&target.database)
-            .user(&target.user)
-            .application_name("airlock-catalog")
-            .connect_timeout(CONNECT_TIMEOUT);
-        if let Some(password) = &target.password {
-            config.password(password.expose().as_bytes());
-        }
-        // The error's text never carries the password; it is logged by the caller only.
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = connection.await;
+    async fn read(&self, oids: &[u32]) -> Result<HashMap<u32, Table>, CatalogError> {
+        let config = side_config(&self.target).ok_or(CatalogError::Unreachable)?;
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+            tracing::error!(error = %e, "catalog: cannot connect to the upstream");
+            CatalogError::Unreachable
+        })?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "catalog: side connection ended with an error");
+            }
         });
-        Ok(client)
+        let rows = query_columns(&client, oids).await;
+        drop(client);
+        let _ = driver.await;
+        let now = Instant::now();
+        let mut tables: HashMap<u32, Table> = HashMap::new();
+        for (oid, attnum, schema, name, column) in rows? {
+            tables
+                .entry(oid)
+                .or_insert_with(|| Table {
+                    read_at: now,
+                    schema,
+                    name,
+                    columns: HashMap::new(),
+                })
+                .columns
+                .insert(attnum, column);
+        }
+        Ok(tables)
     }
+}
+
+/// Reads the columns of `oids` through `client`: (table OID, attnum, schema, table, column).
+pub async fn query_columns(
+    client: &tokio_postgres::Client,
+    oids: &[u32],
+) -> Result<Vec<(u32, i16, String, String, String)>, CatalogError> {
+    let rows = client
+        .query(COLUMNS_OF_TABLES, &[&oids])
+        .await
+        .map_err(|e| CatalogError::Query(e.to_string()))?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0)
+                    .map_err(|e| CatalogError::Query(e.to_string()))?,
+                row.try_get(1)
+                    .map_err(|e| CatalogError::Query(e.to_string()))?,
+                row.try_get(2)
+                    .map_err(|e| CatalogError::Query(e.to_string()))?,
+                row.try_get(3)
+                    .map_err(|e| CatalogError::Query(e.to_string()))?,
+                row.try_get(4)
+                    .map_err(|e| CatalogError::Query(e.to_string()))?,
+            ))
+        })
+        .collect()
+}
+
+/// The side connection's settings: the connection's own address, database and credential.
+fn side_config(target: &UpstreamTarget) -> Option<tokio_postgres::Config> {
+    let (host, port) = target.address.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host.trim_start_matches('[').trim_end_matches(']'))
+        .port(port)
+        .dbname(&target.database)
+        .user(&target.user)
+        .application_name("airlock-catalog")
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(password) = &target.password {
+        config.password(password.expose().as_bytes());
+    }
+    Some(config)
 }

@@ -401,6 +401,100 @@ pub fn query(sql: &str) -> Bytes {
     Builder::new(b'Q').cstr(sql).finish()
 }
 
+/// A Describe of a portal: what the gateway sends before a permitted Execute when it must know
+/// the result's columns (masking, recording).
+pub fn describe_portal(portal: &str) -> Bytes {
+    Builder::new(b'D').u8(b'P').cstr(portal).finish()
+}
+
+/// One field of a RowDescription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowField {
+    pub name: String,
+    /// The table the column comes from (0: not a plain table column) and its attribute number.
+    pub table_oid: u32,
+    pub attnum: i16,
+    pub type_oid: u32,
+    /// 0 text, 1 binary.
+    pub format: i16,
+}
+
+pub fn decode_row_description(msg: &[u8]) -> Result<Vec<RowField>, CodecError> {
+    let mut r = Reader::new(body(msg), "RowDescription");
+    let count = r.i16()?;
+    let mut fields = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        let name = r.cstr()?.to_string();
+        let table_oid = r.i32()? as u32;
+        let attnum = r.i16()?;
+        let type_oid = r.i32()? as u32;
+        r.bytes(6)?; // type size and modifier
+        let format = r.i16()?;
+        fields.push(RowField {
+            name,
+            table_oid,
+            attnum,
+            type_oid,
+            format,
+        });
+    }
+    Ok(fields)
+}
+
+/// Where each value of a DataRow sits in the message (`None`: SQL NULL).
+pub fn data_row_values(msg: &[u8]) -> Result<Vec<Option<std::ops::Range<usize>>>, CodecError> {
+    let mut r = Reader::new(body(msg), "DataRow");
+    let count = r.i16()?;
+    let mut values = Vec::with_capacity(count.max(0) as usize);
+    for _ in 0..count {
+        let len = r.i32()?;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let start = msg.len() - r.rest().len();
+        r.bytes(len as usize)?;
+        values.push(Some(start..start + len as usize));
+    }
+    Ok(values)
+}
+
+/// A DataRow of `values` (`None`: SQL NULL), appended to `out`.
+pub fn put_data_row<'v>(
+    out: &mut BytesMut,
+    values: impl ExactSizeIterator<Item = Option<&'v [u8]>>,
+) {
+    let start = out.len();
+    out.put_u8(b'D');
+    out.put_u32(0);
+    out.put_i16(values.len() as i16);
+    for value in values {
+        match value {
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.put_slice(v);
+            }
+            None => out.put_i32(-1),
+        }
+    }
+    let len = (out.len() - start - 1) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The overall format of a CopyOutResponse (0 textual, 1 binary).
+pub fn decode_copy_format(msg: &[u8]) -> Result<u8, CodecError> {
+    Ok(Reader::new(body(msg), "CopyOutResponse").bytes(1)?[0])
+}
+
+/// A CopyData message carrying `data`.
+pub fn copy_data(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 5);
+    out.put_u8(b'd');
+    out.put_u32((data.len() + 4) as u32);
+    out.put_slice(data);
+    out.freeze()
+}
+
 /// Splits a startup-phase packet (no tag byte) off the front of `buf`.
 pub fn next_startup_packet(buf: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
     if buf.len() < 4 {
@@ -520,5 +614,47 @@ mod tests {
         let mut huge = BytesMut::new();
         huge.put_u32(1_000_000);
         assert!(next_startup_packet(&mut huge).is_err());
+    }
+
+    #[test]
+    fn row_descriptions_and_data_rows_round_trip() {
+        let mut t = BytesMut::new();
+        t.put_u8(b'T');
+        t.put_u32(0);
+        t.put_i16(1);
+        t.put_slice(b"email\0");
+        t.put_i32(16384);
+        t.put_i16(3);
+        t.put_i32(25);
+        t.put_i16(-1);
+        t.put_i32(-1);
+        t.put_i16(0);
+        let len = (t.len() - 1) as u32;
+        t[1..5].copy_from_slice(&len.to_be_bytes());
+        let fields = decode_row_description(&t).unwrap();
+        assert_eq!(
+            fields,
+            [RowField {
+                name: "email".into(),
+                table_oid: 16384,
+                attnum: 3,
+                type_oid: 25,
+                format: 0
+            }]
+        );
+        assert!(decode_row_description(&t[..t.len() - 1]).is_err());
+
+        let mut row = BytesMut::new();
+        put_data_row(
+            &mut row,
+            [Some(&b"a@b.io"[..]), None, Some(&b""[..])].into_iter(),
+        );
+        assert_eq!(next_message(&row).unwrap(), Some((b'D', row.len())));
+        let values = data_row_values(&row).unwrap();
+        let texts: Vec<Option<&[u8]>> = values.iter().map(|v| v.clone().map(|r| &row[r])).collect();
+        assert_eq!(texts, [Some(&b"a@b.io"[..]), None, Some(&b""[..])]);
+        assert!(data_row_values(&row[..row.len() - 2]).is_err());
+        assert_eq!(copy_data(b"x\n")[..], b"d\0\0\0\x06x\n"[..]);
+        assert_eq!(describe_portal("p")[..], b"D\0\0\0\x07Pp\0"[..]);
     }
 }

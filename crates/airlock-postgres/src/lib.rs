@@ -3,23 +3,27 @@
 //! the connection's own credential, and relays every message through the gate.
 //!
 //! This module owns the listener and the login. Modules: `codec` (framing and messages),
-//! `upstream` (login to the real server), `catalog` (function volatility from the upstream's
+//! `upstream` (login to the real server), `volatility` (function volatility from the upstream's
 //! catalog), `session` (the relay, with its halves `requests` and
 //! `replies`), `names` (statement and portal names as the upstream confirmed them), `cancel`
 //! (cancel requests and held statements), `preview` (the blast-radius preview of held
-//! statements, on a side connection).
+//! statements, on a side connection), `masking` (masking and recording of replies) and
+//! `catalog` (where result columns come from).
 
 pub mod cancel;
-mod catalog;
+pub mod catalog;
 pub mod codec;
+pub mod masking;
 pub mod names;
 pub mod preview;
 pub mod replies;
 pub mod requests;
 pub mod session;
 pub mod upstream;
+mod volatility;
 
 use crate::cancel::{CancelAction, CancelRegistry};
+use crate::catalog::Catalog;
 use crate::codec::Severity;
 use crate::session::{End, Relay};
 use crate::upstream::UpstreamTarget;
@@ -64,6 +68,7 @@ pub const READING_SETTINGS: [(&str, &str); 2] = [
 pub struct PgGateway {
     gate: Arc<Gate>,
     targets: HashMap<String, UpstreamTarget>,
+    catalogs: HashMap<String, Arc<Catalog>>,
     cancels: Arc<CancelRegistry>,
     sessions: Arc<Semaphore>,
 }
@@ -110,9 +115,14 @@ enum Opening {
 
 impl PgGateway {
     pub fn new(gate: Arc<Gate>, targets: HashMap<String, UpstreamTarget>) -> Arc<PgGateway> {
+        let catalogs = targets
+            .iter()
+            .map(|(name, target)| (name.clone(), Arc::new(Catalog::new(target.clone()))))
+            .collect();
         Arc::new(PgGateway {
             gate,
             targets,
+            catalogs,
             cancels: Arc::new(CancelRegistry::default()),
             sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
         })
@@ -351,11 +361,17 @@ impl PgGateway {
                     "the gateway could not record the session, so it was refused",
                 )
             })?;
+        let catalog = self
+            .catalogs
+            .get(&connection)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Catalog::new(target.clone())));
         Ok(Ready {
             session,
             upstream,
             address: target.address.clone(),
             target: target.clone(),
+            catalog,
         })
     }
 
@@ -365,6 +381,7 @@ impl PgGateway {
             upstream,
             address,
             target,
+            catalog,
         } = ready;
         let cancel = self.cancels.register(address, upstream.key);
         let (pid, secret) = cancel.key();
@@ -387,6 +404,7 @@ impl PgGateway {
                 session: &session,
                 cancel: &cancel,
                 target: &target,
+                catalog: &catalog,
             };
             relay
                 .run(
@@ -415,6 +433,7 @@ struct Ready {
     upstream: upstream::Upstream,
     address: String,
     target: UpstreamTarget,
+    catalog: Arc<Catalog>,
 }
 
 async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LoginError> {

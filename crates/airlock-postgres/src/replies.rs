@@ -3,7 +3,8 @@
 //! refusals, to confirm statement and portal names, and to end the session if the upstream would
 //! start reading SQL differently from the gateway.
 
-use crate::codec;
+use crate::codec::{self, Severity};
+use crate::masking::{Described, Shaped, Shaper};
 use crate::session::{
     fatal, DescribedTypes, End, Expect, Expectations, Relay, SessionNames, READ_CHUNK,
 };
@@ -25,6 +26,8 @@ pub(crate) struct UpstreamSide<'r, 'a, R> {
     pub(crate) local: VecDeque<Expect>,
     /// Tags seen so far for the simple Query being answered: (last tag, rows).
     pub(crate) simple: Option<(String, u64)>,
+    /// Masks and records results, in sessions that need it.
+    pub(crate) shaper: Option<Shaper>,
 }
 
 impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
@@ -64,6 +67,9 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
         let mut pos = 0;
         let mut from = 0;
         let mut took = false;
+        // Set once a message is replaced: from then on, what goes to the client is gathered
+        // here and written at once.
+        let mut out: Option<BytesMut> = None;
         loop {
             let (tag, len) = match codec::next_message(&self.buf[pos..]) {
                 Ok(Some(found)) => found,
@@ -76,36 +82,87 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                 check_reading_setting(&self.buf[range.clone()])?;
                 continue;
             }
-            if !matches!(
-                tag,
-                b'C' | b'E' | b'Z' | b'I' | b's' | b't' | b'1' | b'2' | b'3'
-            ) {
+            let shaped =
+                self.shaper.is_some() && matches!(tag, b'T' | b'n' | b'D' | b'H' | b'd' | b'c');
+            if !shaped
+                && !matches!(
+                    tag,
+                    b'C' | b'E' | b'Z' | b'I' | b's' | b't' | b'1' | b'2' | b'3'
+                )
+            {
                 continue;
             }
             if !took {
                 self.take_expectations();
                 took = true;
             }
-            if let Some(replacement) = self.on_tracked(tag, range.clone()) {
-                client.write_all(&self.buf[from..range.start]).await?;
-                client.write_all(&replacement).await?;
+            let replacement = if shaped {
+                match self.shape(tag, range.clone()).await {
+                    Shaped::Forward => None,
+                    Shaped::Replace(bytes) => Some(bytes),
+                    Shaped::Drop => Some(Bytes::new()),
+                }
+            } else {
+                self.on_tracked(tag, range.clone())
+            };
+            if let Some(replacement) = replacement {
+                let out = out.get_or_insert_with(BytesMut::new);
+                out.extend_from_slice(&self.buf[from..range.start]);
+                out.extend_from_slice(&replacement);
                 from = range.end;
             }
         }
-        if pos > from {
-            client.write_all(&self.buf[from..pos]).await?;
+        match out {
+            Some(mut out) => {
+                out.extend_from_slice(&self.buf[from..pos]);
+                client.write_all(&out).await?;
+            }
+            None if pos > from => client.write_all(&self.buf[from..pos]).await?,
+            None => {}
         }
         self.buf.advance(pos);
         Ok(())
     }
 
+    /// Masks or records one message of a result (only in sessions with a shaper).
+    async fn shape(&mut self, tag: u8, range: Range<usize>) -> Shaped {
+        let Some(shaper) = self.shaper.as_mut() else {
+            return Shaped::Forward;
+        };
+        let msg = &self.buf[range];
+        match tag {
+            b'T' => {
+                let from = row_shape_source(&mut self.local);
+                shaper.row_description(msg, from).await
+            }
+            b'n' => shaper.no_data(row_shape_source(&mut self.local)),
+            b'D' => shaper.data_row(msg),
+            b'H' => shaper.copy_out(msg),
+            b'd' => shaper.copy_data(msg),
+            b'c' => shaper.copy_done(),
+            _ => Shaped::Forward,
+        }
+    }
+
+    /// Records the response captured so far for `event`, and starts a fresh capture.
+    fn record_response(&mut self, event: Option<i64>) {
+        let gate = self.relay.gate;
+        if let Some(shaper) = self.shaper.as_mut() {
+            let capture = shaper.take_capture(gate.response_capture());
+            if let Some(event) = event {
+                gate.record_response(self.relay.session, event, capture);
+            }
+        }
+    }
+
     fn outcome(
-        &self,
+        &mut self,
         event: Option<i64>,
         status: OutcomeStatus,
         tag: Option<String>,
         error: Option<String>,
     ) {
+        self.record_response(event);
         if let Some(event) = event {
             let rows = tag.as_deref().and_then(codec::rows_of_tag);
             self.relay
@@ -116,6 +173,13 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
 
     /// Tracks one response message; returns a replacement when it must be rewritten.
     fn on_tracked(&mut self, tag: u8, range: Range<usize>) -> Option<Bytes> {
+        if matches!(tag, b'C' | b'I' | b's' | b'E' | b'Z') {
+            let refusal = self.shaper.as_mut().and_then(Shaper::result_end);
+            // After an error the result failed anyway; a ReadyForQuery always follows an end.
+            if let Some(reason) = refusal.filter(|_| !matches!(tag, b'E' | b'Z')) {
+                return Some(self.refuse_result(&reason));
+            }
+        }
         match tag {
             b'C' | b'I' | b's' => {
                 let command = if tag == b'C' {
@@ -214,6 +278,7 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                                 Some((tag, rows)) => (Some(tag), rows),
                                 None => (None, 0),
                             };
+                            self.record_response(event);
                             if let Some(event) = event {
                                 self.relay.gate.record_outcome(
                                     self.relay.session,
@@ -232,7 +297,9 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                         // Skipped after an error: the name keeps its old meaning.
                         Expect::Confirm { space, name, id } => self.names.reject(space, &name, id),
                         // The upstream skipped it after an earlier error, which the client saw.
-                        Expect::Refusal { .. } | Expect::Describe { .. } => {}
+                        Expect::Refusal { .. }
+                        | Expect::Describe { .. }
+                        | Expect::RowShape { .. } => {}
                     }
                 }
                 self.names.batch_answered();
@@ -240,6 +307,47 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
             }
             _ => None,
         }
+    }
+}
+
+impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
+    /// A result that could not be masked ends in an error instead of its completion; the
+    /// statement is recorded as failed with the reason.
+    fn refuse_result(&mut self, reason: &str) -> Bytes {
+        let text = format!("airlock: {reason}");
+        if let Some(Expect::Outcome { event, simple }) = self.local.front() {
+            let (event, simple) = (*event, *simple);
+            self.local.pop_front();
+            if simple {
+                self.simple = None;
+            }
+            self.record_response(event);
+            if let Some(event) = event {
+                self.relay.gate.record_outcome(
+                    self.relay.session,
+                    event,
+                    OutcomeStatus::Error,
+                    None,
+                    None,
+                    Some(text.clone()),
+                );
+            }
+        }
+        codec::error_response(Severity::Error, "0A000", &text, None, None)
+    }
+}
+
+/// Who asked for the RowDescription or NoData at hand: the first Describe awaiting its answer
+/// in the current batch, else (none) a simple Query's result.
+fn row_shape_source(local: &mut VecDeque<Expect>) -> Described {
+    let index = local
+        .iter()
+        .take_while(|e| !matches!(e, Expect::SyncPoint))
+        .position(|e| matches!(e, Expect::RowShape { .. }));
+    match index.and_then(|i| local.remove(i)) {
+        Some(Expect::RowShape { ours: true }) => Described::Ours,
+        Some(_) => Described::Client,
+        None => Described::Result,
     }
 }
 

@@ -2,13 +2,13 @@
 //! before it is forwarded, forwards everything else untouched (in place, one write per batch),
 //! holds statements awaiting approval, and realises refusals on the upstream (see `session`).
 
-use crate::catalog::FunctionCatalog;
 use crate::codec::{self, Severity};
 use crate::names::{Lookup, Space};
 use crate::session::{
     fatal, violation, DescribedTypes, End, Expect, Expectations, Portal, Prepared, Relay,
     SessionNames, READ_CHUNK,
 };
+use crate::volatility::FunctionCatalog;
 use airlock_core::classify::{Classification, NamedObject, StatementKind};
 use airlock_core::gate::{Denial, DenialKind, Permit, Submission};
 use airlock_core::operation::Operation;
@@ -61,6 +61,8 @@ pub(crate) struct ClientSide<'r, 'a, R, W> {
     pub(crate) described: DescribedTypes,
     pub(crate) inject: mpsc::UnboundedSender<Bytes>,
     pub(crate) catalog: FunctionCatalog,
+    /// Replies are masked or recorded: every result's row shape must be known (see `masking`).
+    pub(crate) shaping: bool,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
@@ -311,6 +313,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
             let statement = name.to_string();
             self.expect([Expect::Describe { statement }]);
         }
+        if self.shaping {
+            self.expect([Expect::RowShape { ours: false }]);
+        }
         Ok(())
     }
 
@@ -464,6 +469,18 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                     return self.forward_replacement(range, &permit, sql, simple).await;
                 }
                 self.forget_names_changed_by(&op.classification);
+                if self.shaping && !simple {
+                    // The rows of an Execute are shaped by the portal's description, which
+                    // the gateway asks for right before it (and keeps from the client).
+                    let name = codec::decode_execute_portal(&self.buf[range.clone()])
+                        .map_err(|e| violation(&e.to_string()))?
+                        .to_string();
+                    self.flush_until(range.start).await?;
+                    self.expect([Expect::RowShape { ours: true }]);
+                    self.upstream
+                        .write_all(&codec::describe_portal(&name))
+                        .await?;
+                }
                 self.expect(
                     [Expect::Outcome {
                         event: permit.event(),

@@ -10,12 +10,14 @@
 //! status the client sees is the upstream's own.
 
 use crate::cancel::CancelSlot;
-use crate::catalog::FunctionCatalog;
+use crate::catalog::Catalog;
 use crate::codec::{self, Severity};
+use crate::masking::Shaper;
 use crate::names::{Names, Space};
 use crate::replies::UpstreamSide;
 use crate::requests::ClientSide;
 use crate::upstream::UpstreamTarget;
+use crate::volatility::FunctionCatalog;
 use airlock_core::classify::Classification;
 use airlock_core::gate::{Gate, Session};
 use bytes::{Bytes, BytesMut};
@@ -36,6 +38,10 @@ pub(crate) enum Expect {
     /// A Describe of a prepared statement: its ParameterDescription tells the parameter types
     /// (for showing reviewers binary parameters as values).
     Describe { statement: String },
+    /// A Describe whose RowDescription or NoData shapes the rows that follow (only while
+    /// replies are masked or recorded): the gateway's own (`ours`), sent before an Execute and
+    /// not forwarded, or the client's.
+    RowShape { ours: bool },
     /// A Sync or Query: the upstream answers with ReadyForQuery.
     SyncPoint,
 }
@@ -88,6 +94,8 @@ pub struct Relay<'a> {
     pub cancel: &'a CancelSlot,
     /// The upstream, for the side connection that looks up function volatility.
     pub target: &'a UpstreamTarget,
+    /// Where result columns come from, for masking rules on tables.
+    pub catalog: &'a Arc<Catalog>,
 }
 
 impl Relay<'_> {
@@ -99,6 +107,21 @@ impl Relay<'_> {
         client_buf: BytesMut,
         upstream_buf: BytesMut,
     ) -> End {
+        // Replies are shaped (masked, recorded) only in sessions that need it; the others relay
+        // rows without looking at them.
+        let masker = match self.gate.masker(self.session) {
+            Ok(masker) => masker,
+            Err(reason) => {
+                tracing::error!(%reason, "masking cannot be set up; refusing the session");
+                return fatal(
+                    "58000",
+                    "masking cannot be set up for this session",
+                    "masking unavailable",
+                );
+            }
+        };
+        let shaper = (masker.is_some() || self.gate.keeps_responses())
+            .then(|| Shaper::new(masker, self.catalog.clone(), self.gate.response_capture()));
         let expectations: Expectations = Arc::new(Mutex::new(VecDeque::new()));
         let described: DescribedTypes = Arc::new(Mutex::new(HashMap::new()));
         let names: SessionNames = Names::new();
@@ -119,6 +142,7 @@ impl Relay<'_> {
             described: described.clone(),
             inject: inject_tx,
             catalog: FunctionCatalog::new(self.target.clone()),
+            shaping: shaper.is_some(),
         };
         let mut to_client = UpstreamSide {
             relay: self,
@@ -129,6 +153,7 @@ impl Relay<'_> {
             names,
             local: VecDeque::new(),
             simple: None,
+            shaper,
         };
         let end = tokio::select! {
             end = to_upstream.run() => end,

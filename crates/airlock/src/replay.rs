@@ -23,6 +23,8 @@ struct Step {
     #[serde(flatten)]
     statement: EventDetail,
     approval: Option<Approval>,
+    /// The (masked) response kept with the statement, when one was recorded.
+    response: Option<EventDetail>,
     outcomes: Vec<Outcome>,
 }
 
@@ -63,6 +65,7 @@ fn timeline(session: &SessionRecord, events: Vec<EventRecord>) -> Timeline {
                     offset_ms: event.at - session.session.started_at,
                     statement: event.detail,
                     approval: None,
+                    response: None,
                     outcomes: Vec::new(),
                 });
                 continue;
@@ -72,13 +75,18 @@ fn timeline(session: &SessionRecord, events: Vec<EventRecord>) -> Timeline {
             }
             | EventDetail::Outcome {
                 statement_event, ..
+            }
+            | EventDetail::Response {
+                statement_event, ..
             } => index.get(statement_event).copied(),
         };
         let Some(step) = target.and_then(|i| timeline.steps.get_mut(i)) else {
             timeline.unattached.push(event);
             continue;
         };
-        if let EventDetail::Outcome { .. } = event.detail {
+        if let EventDetail::Response { .. } = event.detail {
+            step.response = Some(event.detail);
+        } else if let EventDetail::Outcome { .. } = event.detail {
             let forwarded = step.approval.as_ref().map_or(step.at, |a| a.at);
             step.outcomes.push(Outcome {
                 at: event.at,
@@ -241,6 +249,36 @@ fn render_outcome(outcome: &Outcome, lines: &mut Vec<String>) {
     }
 }
 
+fn render_response(response: &EventDetail, lines: &mut Vec<String>) {
+    let EventDetail::Response {
+        columns,
+        rows: kept,
+        truncated,
+        masked,
+        ..
+    } = response
+    else {
+        return;
+    };
+    if !kept.is_empty() {
+        lines.push(format!("  columns: {}", columns.join(", ")));
+        for row in kept {
+            let values: Vec<&str> = row.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+            lines.push(format!("  | {}", values.join(" | ")));
+        }
+        if *truncated {
+            lines.push("  | … (more rows were not kept)".into());
+        }
+    }
+    if !masked.is_empty() {
+        let counts: Vec<String> = masked
+            .iter()
+            .map(|(what, n)| format!("{what} {n}"))
+            .collect();
+        lines.push(format!("  masked: {}", counts.join(", ")));
+    }
+}
+
 fn render(session: &SessionRecord, timeline: &Timeline) -> String {
     let s = &session.session;
     let mut out = format!(
@@ -272,6 +310,9 @@ fn render(session: &SessionRecord, timeline: &Timeline) -> String {
         render_statement(&step.statement, &mut lines);
         if let Some(approval) = &step.approval {
             render_resolution(step.at, approval, &mut lines);
+        }
+        if let Some(response) = &step.response {
+            render_response(response, &mut lines);
         }
         for outcome in &step.outcomes {
             render_outcome(outcome, &mut lines);

@@ -8,11 +8,12 @@ use airlock_api::{router, ApiState};
 use airlock_core::checkpoint::{self, CheckpointKey};
 use airlock_core::config::{Config, ConnectionKind, LoadedConfig};
 use airlock_core::gate::Gate;
+use airlock_core::mask::MaskPolicy;
 use airlock_core::notify::{redact, Notifier};
 use airlock_core::sealer::{create_private, Sealer};
 use airlock_core::store::{Store, StoredConnection};
-use airlock_mysql::MysqlGateway;
 use airlock_core::upkeep;
+use airlock_mysql::MysqlGateway;
 use airlock_postgres::preview::PgPreviewer;
 use airlock_postgres::upstream::UpstreamTarget;
 use airlock_postgres::PgGateway;
@@ -69,7 +70,11 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 &format!("http://{}", config.listen.api),
             ))
             .with_checkpoint_key(checkpoint_key.clone())
-            .with_previewer(Arc::new(PgPreviewer::new(pg_targets(&config)))),
+            .with_previewer(Arc::new(PgPreviewer::new(pg_targets(&config))))
+            .with_masking(
+                MaskPolicy::new(config.masking.clone(), sealer.masking_key()),
+                config.recording.results,
+            ),
     );
     let recording = config.recording.clone();
     tokio::spawn(upkeep::run(

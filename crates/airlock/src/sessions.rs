@@ -148,6 +148,31 @@ fn describe(event: &EventDetail) -> (String, String) {
             }
             ("outcome".into(), text)
         }
+        EventDetail::Response {
+            statement_event,
+            columns,
+            rows,
+            truncated,
+            masked,
+        } => {
+            let mut text = format!("{} rows kept (event #{statement_event})", rows.len());
+            if *truncated {
+                text.push_str(", more left out");
+            }
+            if !masked.is_empty() {
+                let counts: Vec<String> = masked.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                text.push_str(&format!(", masked: {}", counts.join(", ")));
+            }
+            if !columns.is_empty() {
+                text.push_str(&format!("\n{}", columns.join(" | ")));
+            }
+            for row in rows {
+                let values: Vec<&str> =
+                    row.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+                text.push_str(&format!("\n{}", values.join(" | ")));
+            }
+            ("response".into(), text)
+        }
     }
 }
 
