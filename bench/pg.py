@@ -106,7 +106,7 @@ class Gateway:
         self.port = free_port()
         config = self.dir / "airlock.yaml"
         config.write_text(f"""\
-listen: {{ api: 127.0.0.1:{self.api}, postgres: 127.0.0.1:{self.port} }}
+listen: {{ api: 127.0.0.1:{self.api}, postgres: 127.0.0.1:{self.port}, mysql: 127.0.0.1:{free_port()} }}
 store: sqlite://{self.dir}/data/airlock.db
 secret_key_file: {self.dir}/data/secret.key
 connections:

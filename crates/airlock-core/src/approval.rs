@@ -263,6 +263,9 @@ impl Approvals {
             .entry(id)
             .or_insert_with(|| watch::channel(ApprovalState::Pending).0)
             .subscribe();
+        // A vote cast before this wait began (the reviewer can be faster than the requester's
+        // session) is not a change to a new receiver: look at the store once at the start.
+        changes.mark_changed();
         let mut schedule = Schedule::of(request, now_millis());
         if !timers {
             schedule.escalate_at = None;
