@@ -11,7 +11,7 @@
 
 use airlock_core::classify::Classification;
 use airlock_core::config::ConnectionConfig;
-use airlock_core::functions::{self, Catalog, CatalogEntry, Volatility};
+use airlock_core::functions::{self, Catalog};
 use airlock_core::mask::{ColumnAction, ColumnOrigin, ColumnSource, Masked, SessionMasker};
 use airlock_core::response::ResponseCapture;
 use serde::Serialize;
@@ -306,18 +306,8 @@ async fn lookup(conn: &ConnectionConfig, names: &[String]) -> Result<Catalog, St
         .await
         .map_err(|e| e.to_string())?;
     let driver = tokio::spawn(connection);
-    let rows = client.query(functions::LOOKUP_SQL, &[&names]).await;
+    let catalog = airlock_postgres::volatility::lookup(&client, names).await;
     drop(client);
     let _ = driver.await;
-    let mut catalog = Catalog::new();
-    for row in rows.map_err(|e| e.to_string())? {
-        let get = |i: usize| row.try_get::<_, String>(i).map_err(|e| e.to_string());
-        let (name, schema, volatility, kind) = (get(0)?, get(1)?, get(2)?, get(3)?);
-        catalog.entry(name).or_default().push(CatalogEntry {
-            schema,
-            volatility: Volatility::from_code(&volatility),
-            is_procedure: kind == "p",
-        });
-    }
-    Ok(catalog)
+    catalog
 }

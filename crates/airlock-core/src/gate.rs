@@ -17,8 +17,8 @@ use crate::preview::{BlastRadius, Previewer};
 use crate::recorder::{Recorder, RecorderError};
 use crate::response::ResponseCapture;
 use crate::store::{
-    now_millis, ApprovalRecord, ApprovalState, EventDetail, NewApproval, NewEvent, NewPolicyChange,
-    NewSession, OutcomeStatus, PolicyChangeRecord, Store, StoreError,
+    now_millis, ApprovalRecord, ApprovalState, EventDetail, Millis, NewApproval, NewEvent,
+    NewPolicyChange, NewSession, OutcomeStatus, PolicyChangeRecord, Store, StoreError,
 };
 use arc_swap::ArcSwap;
 use std::future::Future;
@@ -679,23 +679,11 @@ impl Gate {
                 request = record.id,
                 "the requester re-sent an approved operation within its approval window; it runs"
             );
-            let event = self.recorder.append(NewEvent {
-                session_id: session.id,
-                at: now,
-                detail: EventDetail::Statement {
-                    operation: op.text.to_string(),
-                    params: op.params.clone(),
-                    statement_kinds: op.classification.kind_names(),
-                    action: decision.action.name().into(),
-                    policy: decision.policy.clone(),
-                    rule: decision.rule.clone(),
-                    reason: Some(format!(
-                        "approved earlier as request {} (session {}); run within its approval window",
-                        record.id, record.request.session_id
-                    )),
-                    request_id: Some(record.id),
-                },
-            });
+            let reason = format!(
+                "approved earlier as request {} (session {}); run within its approval window",
+                record.id, record.request.session_id
+            );
+            let event = self.record_resumed(session, op, decision, record.id, reason, now);
             return Some(match event {
                 Ok(event) => Submission::Permitted(Permit {
                     event: Some(event),
@@ -706,6 +694,32 @@ impl Gate {
             });
         }
         None
+    }
+
+    /// Records a re-sent operation that `resume` ties to the earlier request `request_id`.
+    fn record_resumed(
+        &self,
+        session: &Session,
+        op: &Operation,
+        decision: &Decision,
+        request_id: i64,
+        reason: String,
+        at: Millis,
+    ) -> Result<i64, StoreError> {
+        self.recorder.append(NewEvent {
+            session_id: session.id,
+            at,
+            detail: EventDetail::Statement {
+                operation: op.text.to_string(),
+                params: op.params.clone(),
+                statement_kinds: op.classification.kind_names(),
+                action: decision.action.name().into(),
+                policy: decision.policy.clone(),
+                rule: decision.rule.clone(),
+                reason: Some(reason),
+                request_id: Some(request_id),
+            },
+        })
     }
 
     /// Holds a re-sent operation on its earlier pending request.
@@ -722,23 +736,11 @@ impl Gate {
             request = record.id,
             "the requester re-sent a pending operation; it waits on its earlier request"
         );
-        let event = self.recorder.append(NewEvent {
-            session_id: session.id,
-            at: now,
-            detail: EventDetail::Statement {
-                operation: op.text.to_string(),
-                params: op.params.clone(),
-                statement_kinds: op.classification.kind_names(),
-                action: decision.action.name().into(),
-                policy: decision.policy.clone(),
-                rule: decision.rule.clone(),
-                reason: Some(format!(
-                    "waits on request {}, opened earlier by session {}",
-                    record.id, record.request.session_id
-                )),
-                request_id: Some(record.id),
-            },
-        });
+        let reason = format!(
+            "waits on request {}, opened earlier by session {}",
+            record.id, record.request.session_id
+        );
+        let event = self.record_resumed(session, op, decision, record.id, reason, now);
         let event = match event {
             Ok(event) => event,
             Err(e) => return Submission::Denied(Denial::unavailable(e)),

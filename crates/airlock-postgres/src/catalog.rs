@@ -95,7 +95,10 @@ impl Catalog {
     }
 
     async fn read(&self, oids: &[u32]) -> Result<HashMap<u32, Table>, CatalogError> {
-        let config = side_config(&self.target).ok_or(CatalogError::Unreachable)?;
+        let config = self
+            .target
+            .side_config("airlock-catalog", CONNECT_TIMEOUT)
+            .map_err(|_| CatalogError::Unreachable)?;
         let (client, connection) = config.connect(NoTls).await.map_err(|e| {
             tracing::error!(error = %e, "catalog: cannot connect to the upstream");
             CatalogError::Unreachable
@@ -151,22 +154,4 @@ pub async fn query_columns(
             ))
         })
         .collect()
-}
-
-/// The side connection's settings: the connection's own address, database and credential.
-fn side_config(target: &UpstreamTarget) -> Option<tokio_postgres::Config> {
-    let (host, port) = target.address.rsplit_once(':')?;
-    let port = port.parse::<u16>().ok()?;
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(host.trim_start_matches('[').trim_end_matches(']'))
-        .port(port)
-        .dbname(&target.database)
-        .user(&target.user)
-        .application_name("airlock-catalog")
-        .connect_timeout(CONNECT_TIMEOUT);
-    if let Some(password) = &target.password {
-        config.password(password.expose().as_bytes());
-    }
-    Some(config)
 }

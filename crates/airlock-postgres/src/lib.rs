@@ -20,7 +20,7 @@ pub mod replies;
 pub mod requests;
 pub mod session;
 pub mod upstream;
-mod volatility;
+pub mod volatility;
 
 use crate::cancel::{CancelAction, CancelRegistry};
 use crate::catalog::Catalog;

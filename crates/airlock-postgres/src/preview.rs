@@ -398,32 +398,14 @@ fn safe_to_run(sql: &str) -> Result<(), String> {
 }
 
 async fn connect(target: &UpstreamTarget) -> Result<tokio_postgres::Client, String> {
-    let (host, port) = match target.address.rsplit_once(':') {
-        Some((host, port)) => (
-            host.trim_start_matches('[').trim_end_matches(']'),
-            port.parse::<u16>()
-                .map_err(|_| format!("invalid port in address `{}`", target.address))?,
-        ),
-        None => (target.address.as_str(), 5432),
-    };
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(host)
-        .port(port)
-        .dbname(&target.database)
-        .user(&target.user)
-        .application_name("airlock-preview")
-        // Read-only by default, bounded in time, and reading SQL as the classifier does.
-        .options(format!(
-            "-c default_transaction_read_only=on -c statement_timeout={} \
-             -c lock_timeout={} -c standard_conforming_strings=on",
-            COUNT_TIMEOUT.as_millis(),
-            COUNT_TIMEOUT.as_millis()
-        ))
-        .connect_timeout(CONNECT_TIMEOUT);
-    if let Some(password) = &target.password {
-        config.password(password.expose().as_bytes());
-    }
+    let mut config = target.side_config("airlock-preview", CONNECT_TIMEOUT)?;
+    // Read-only by default, bounded in time, and reading SQL as the classifier does.
+    config.options(format!(
+        "-c default_transaction_read_only=on -c statement_timeout={} \
+         -c lock_timeout={} -c standard_conforming_strings=on",
+        COUNT_TIMEOUT.as_millis(),
+        COUNT_TIMEOUT.as_millis()
+    ));
     let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -22,6 +22,37 @@ pub struct UpstreamTarget {
     pub password: Option<Secret<String>>,
 }
 
+impl UpstreamTarget {
+    /// Settings for a side connection (catalog lookups, previews) with `tokio-postgres`: the
+    /// connection's own address, database and credential, named `application_name` upstream.
+    pub fn side_config(
+        &self,
+        application_name: &str,
+        connect_timeout: std::time::Duration,
+    ) -> Result<tokio_postgres::Config, String> {
+        let (host, port) = match self.address.rsplit_once(':') {
+            Some((host, port)) => (
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port.parse::<u16>()
+                    .map_err(|_| format!("invalid port in address `{}`", self.address))?,
+            ),
+            None => (self.address.as_str(), 5432),
+        };
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(host)
+            .port(port)
+            .dbname(&self.database)
+            .user(&self.user)
+            .application_name(application_name)
+            .connect_timeout(connect_timeout);
+        if let Some(password) = &self.password {
+            config.password(password.expose().as_bytes());
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot reach {address}: {reason}")]

@@ -85,44 +85,13 @@ impl FunctionCatalog {
         let Some(client) = self.client.as_ref() else {
             return Err("no side connection".into());
         };
-        let rows = client
-            .query(functions::LOOKUP_SQL, &[&names])
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut catalog = Catalog::new();
-        for row in rows {
-            let get = |i: usize| row.try_get::<_, String>(i).map_err(|e| e.to_string());
-            let (name, schema, volatility, kind) = (get(0)?, get(1)?, get(2)?, get(3)?);
-            catalog.entry(name).or_default().push(CatalogEntry {
-                schema,
-                volatility: Volatility::from_code(&volatility),
-                is_procedure: kind == "p",
-            });
-        }
-        Ok(catalog)
+        lookup(client, names).await
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, String> {
-        let target = &self.target;
-        let (host, port) = match target.address.rsplit_once(':') {
-            Some((host, port)) => (
-                host.trim_start_matches('[').trim_end_matches(']'),
-                port.parse::<u16>()
-                    .map_err(|_| format!("invalid port in address `{}`", target.address))?,
-            ),
-            None => (target.address.as_str(), 5432),
-        };
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(host)
-            .port(port)
-            .dbname(&target.database)
-            .user(&target.user)
-            .application_name("airlock-catalog")
-            .connect_timeout(CONNECT_TIMEOUT);
-        if let Some(password) = &target.password {
-            config.password(password.expose().as_bytes());
-        }
+        let config = self
+            .target
+            .side_config("airlock-catalog", CONNECT_TIMEOUT)?;
         // The error's text never carries the password; it is logged by the caller only.
         let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
         tokio::spawn(async move {
@@ -130,4 +99,23 @@ impl FunctionCatalog {
         });
         Ok(client)
     }
+}
+
+/// Looks `names` up in the upstream's `pg_proc` (see [`functions::LOOKUP_SQL`]).
+pub async fn lookup(client: &tokio_postgres::Client, names: &[String]) -> Result<Catalog, String> {
+    let rows = client
+        .query(functions::LOOKUP_SQL, &[&names])
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut catalog = Catalog::new();
+    for row in rows {
+        let get = |i: usize| row.try_get::<_, String>(i).map_err(|e| e.to_string());
+        let (name, schema, volatility, kind) = (get(0)?, get(1)?, get(2)?, get(3)?);
+        catalog.entry(name).or_default().push(CatalogEntry {
+            schema,
+            volatility: Volatility::from_code(&volatility),
+            is_procedure: kind == "p",
+        });
+    }
+    Ok(catalog)
 }
