@@ -9,7 +9,7 @@ use crate::checkpoint::CheckpointKey;
 use crate::classify::{Classification, ClassifierCache};
 use crate::config::{IdentityConfig, ResultsLimit};
 use crate::identity::{Identity, IdentityService};
-use crate::mask::{MaskPolicy, SessionMasker};
+use crate::mask::{MaskCounts, MaskPolicy, Masked, SessionMasker};
 use crate::notify::Notifier;
 use crate::operation::{Operation, Protocol};
 use crate::policy::{decide, decide_with_rows, Action, Decision, PolicySet};
@@ -696,6 +696,33 @@ impl Gate {
         None
     }
 
+    /// Bound parameters as the record keeps them: masked by what the session's detectors find
+    /// (a parameter belongs to no result column, so column rules do not apply to it). The
+    /// approval request keeps them as sent, for its reviewers and for resuming it.
+    fn recorded_params(&self, session: &Session, op: &Operation) -> Vec<Option<String>> {
+        if op.params.is_empty() || self.masking.is_empty() {
+            return op.params.clone();
+        }
+        let masker = match self.masker(session) {
+            Ok(Some(masker)) => masker,
+            Ok(None) => return op.params.clone(),
+            // The session is refused service in this case; keep no value at all.
+            Err(_) => return vec![None; op.params.len()],
+        };
+        let mut counts = MaskCounts::default();
+        op.params
+            .iter()
+            .map(|param| {
+                let value = param.as_ref()?;
+                match masker.scan(value.as_bytes(), &mut counts) {
+                    Masked::Unchanged => Some(value.clone()),
+                    Masked::Null => None,
+                    Masked::Text(masked) => Some(masked),
+                }
+            })
+            .collect()
+    }
+
     /// Records a re-sent operation that `resume` ties to the earlier request `request_id`.
     fn record_resumed(
         &self,
@@ -711,7 +738,7 @@ impl Gate {
             at,
             detail: EventDetail::Statement {
                 operation: op.text.to_string(),
-                params: op.params.clone(),
+                params: self.recorded_params(session, op),
                 statement_kinds: op.classification.kind_names(),
                 action: decision.action.name().into(),
                 policy: decision.policy.clone(),
@@ -775,7 +802,7 @@ impl Gate {
             at: now_millis(),
             detail: EventDetail::Statement {
                 operation: op.text.to_string(),
-                params: op.params.clone(),
+                params: self.recorded_params(session, op),
                 statement_kinds: kinds.clone(),
                 action: decision.action.name().into(),
                 policy: decision.policy.clone(),

@@ -19,6 +19,7 @@ const NOTE_EMAIL: &str = "ann.lee@corp.example";
 const NOTE_IP: &str = "10.1.2.3";
 const NOTE_PHONE: &str = "+44 20 7946 0958";
 const STRIPE: &str = "sk_live_0123456789abcdefABCD";
+const PARAM_EMAIL: &str = "param.leak@example.org";
 const SECRETS: [&str; 7] = [EMAIL, SSN, CARD, NOTE_EMAIL, NOTE_IP, NOTE_PHONE, STRIPE];
 
 const POLICY_AND_MASKING: &str = r#"
@@ -310,6 +311,14 @@ fn recordings_keep_only_masked_values_with_counts() {
             .query("SELECT email, notes FROM users WHERE id = $1", &[&1i32])
             .await
             .expect("extended SELECT");
+        // A bound parameter is recorded masked by the session's detectors too.
+        client
+            .query(
+                "SELECT count(*) FROM users WHERE email <> $1",
+                &[&PARAM_EMAIL],
+            )
+            .await
+            .expect("extended SELECT with a text parameter");
     });
 
     let data = s.gw.dir().join("data");
@@ -329,7 +338,10 @@ fn recordings_keep_only_masked_values_with_counts() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    for secret in SECRETS.iter().chain(&["987-65-4321", "bob@example.com"]) {
+    for secret in SECRETS
+        .iter()
+        .chain(&["987-65-4321", "bob@example.com", PARAM_EMAIL])
+    {
         assert!(
             !contains_bytes(&everything, secret.as_bytes()),
             "{secret:?} reached the gateway's data directory"
