@@ -14,6 +14,7 @@ use airlock_core::config::ConnectionConfig;
 use airlock_core::functions::{self, Catalog};
 use airlock_core::mask::{ColumnAction, ColumnOrigin, ColumnSource, Masked, SessionMasker};
 use airlock_core::response::ResponseCapture;
+use airlock_postgres::upstream::UpstreamTarget;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,27 +67,9 @@ impl RunError {
 }
 
 fn pg_config(conn: &ConnectionConfig) -> Result<tokio_postgres::Config, String> {
-    let (host, port) = match conn.address.rsplit_once(':') {
-        Some((host, port)) => (
-            host.trim_start_matches('[').trim_end_matches(']'),
-            port.parse::<u16>()
-                .map_err(|_| format!("invalid port in address `{}`", conn.address))?,
-        ),
-        None => (conn.address.as_str(), 5432),
-    };
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(host)
-        .port(port)
-        .dbname(conn.database_or_default())
-        .user(conn.user.as_deref().unwrap_or("postgres"))
-        .application_name("airlock-exec")
-        // The classifier read the SQL as the PostgreSQL adapter pins it; the upstream must too.
-        .options("-c standard_conforming_strings=on")
-        .connect_timeout(CONNECT_TIMEOUT);
-    if let Some(password) = &conn.password {
-        config.password(password.expose().as_bytes());
-    }
+    let mut config = UpstreamTarget::of(conn).side_config("airlock-exec", CONNECT_TIMEOUT)?;
+    // The classifier read the SQL as the PostgreSQL adapter pins it; the upstream must too.
+    config.options("-c standard_conforming_strings=on");
     Ok(config)
 }
 

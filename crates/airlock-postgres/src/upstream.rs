@@ -23,6 +23,16 @@ pub struct UpstreamTarget {
 }
 
 impl UpstreamTarget {
+    /// Where a configured PostgreSQL connection logs in (config checks that it names a user).
+    pub fn of(connection: &airlock_core::config::ConnectionConfig) -> UpstreamTarget {
+        UpstreamTarget {
+            address: connection.address.clone(),
+            database: connection.database_or_default().to_string(),
+            user: connection.user.clone().unwrap_or_default(),
+            password: connection.password.clone(),
+        }
+    }
+
     /// Settings for a side connection (catalog lookups, previews) with `tokio-postgres`: the
     /// connection's own address, database and credential, named `application_name` upstream.
     pub fn side_config(

@@ -190,7 +190,13 @@ async fn load_approval(
     let Some(row) = row else {
         return Ok(None);
     };
-    let votes = sqlx::query(concat!(
+    let votes = load_votes(conn, id).await?;
+    codec::approval(&row, votes).map(Some)
+}
+
+/// The votes on request `id`, in the order they were cast.
+async fn load_votes(conn: &mut SqliteConnection, id: i64) -> Result<Vec<Vote>, StoreError> {
+    sqlx::query(concat!(
         vote_select!(),
         " WHERE v.approval_id = ? ORDER BY v.at, v.rowid"
     ))
@@ -200,8 +206,7 @@ async fn load_approval(
     .map_err(db)?
     .iter()
     .map(|row| codec::vote(row).map(|(_, vote)| vote))
-    .collect::<Result<Vec<_>, _>>()?;
-    codec::approval(&row, votes).map(Some)
+    .collect()
 }
 
 #[async_trait]
@@ -899,17 +904,7 @@ impl Store for SqliteStore {
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: i64 = sqlx::Row::try_get(row, "id").map_err(db)?;
-            let votes = sqlx::query(concat!(
-                vote_select!(),
-                " WHERE v.approval_id = ? ORDER BY v.at, v.rowid"
-            ))
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|row| codec::vote(row).map(|(_, vote)| vote))
-            .collect::<Result<Vec<_>, _>>()?;
+            let votes = load_votes(&mut tx, id).await?;
             records.push(codec::approval(row, votes)?);
         }
         tx.commit().await.map_err(db)?;

@@ -152,17 +152,7 @@ fn pg_targets(config: &Config) -> HashMap<String, UpstreamTarget> {
         .connections
         .iter()
         .filter(|c| c.kind == ConnectionKind::Postgres)
-        .map(|c| {
-            (
-                c.name.clone(),
-                UpstreamTarget {
-                    address: c.address.clone(),
-                    database: c.database_or_default().to_string(),
-                    user: c.user.clone().unwrap_or_default(),
-                    password: c.password.clone(),
-                },
-            )
-        })
+        .map(|c| (c.name.clone(), UpstreamTarget::of(c)))
         .collect()
 }
 
