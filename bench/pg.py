@@ -73,6 +73,23 @@ def process_rss_kib(pid: int) -> int:
     return 0
 
 
+# Reads and the write mix run; DELETE is held (the approval-latency run uses it).
+ALLOW_RULES = ("      - { match: SELECT|UPDATE|INSERT, action: allow }\n"
+               "      - { match: DELETE, action: require-approval, reviewers: [dba],"
+               " timeout: 5m }")
+# Masks the one column pgbench -S reads.
+MASKING_YAML = ("masking:\n  - connections: [bench]\n"
+                "    columns: [\"pgbench_accounts.abalance\"]\n    style: redact\n")
+
+
+def init_bench_db(pg: "Postgres") -> None:
+    subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+                    "-c", "create database bench"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["pgbench", "-q", "-i", "-s", "10", "-h", "127.0.0.1", "-p",
+                    str(pg.port), "-U", "postgres", "bench"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class Postgres:
     def __init__(self, work: Path):
         self.dir = work / "pg"
@@ -377,22 +394,12 @@ def main() -> None:
         log("starting PostgreSQL and loading pgbench -s 10")
         pg = Postgres(work)
         stoppers.append(pg.stop)
-        subprocess.run(["psql", "-q", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
-                        "-c", "create database bench"], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["pgbench", "-q", "-i", "-s", "10", "-h", "127.0.0.1", "-p",
-                        str(pg.port), "-U", "postgres", "bench"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        init_bench_db(pg)
 
-        rules = ("      - { match: SELECT|UPDATE|INSERT, action: allow }\n"
-                 "      - { match: DELETE, action: require-approval, reviewers: [dba],"
-                 " timeout: 5m }")
         log("starting the gateways and PgBouncer")
-        plain = Gateway(work, "airlock", pg.port, "", rules)
+        plain = Gateway(work, "airlock", pg.port, "", ALLOW_RULES)
         stoppers.append(plain.stop)
-        masked = Gateway(work, "airlock-masked", pg.port,
-                         "masking:\n  - connections: [bench]\n"
-                         "    columns: [\"pgbench_accounts.abalance\"]\n    style: redact\n",
-                         rules)
+        masked = Gateway(work, "airlock-masked", pg.port, MASKING_YAML, ALLOW_RULES)
         stoppers.append(masked.stop)
         bouncer = PgBouncer(work, pg.port)
         stoppers.append(bouncer.stop)

@@ -7,7 +7,9 @@ use airlock_api::{router, ApiState};
 use airlock_core::config::Config;
 use airlock_core::gate::Gate;
 use airlock_core::identity::AuthError;
-use airlock_core::store::{now_millis, EventDetail, EventRecord, NewApproval, NewSession, Store};
+use airlock_core::store::{
+    now_millis, EventDetail, EventRecord, JournalEvent, NewApproval, NewSession, Store,
+};
 use airlock_store::SqliteStore;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -202,7 +204,7 @@ impl Harness {
             .unwrap();
         self.store
             .ingest_events(
-                &[EventRecord {
+                &[JournalEvent::encode(&EventRecord {
                     id: 1,
                     session_id,
                     at: now,
@@ -218,7 +220,8 @@ impl Harness {
                     },
                     prev_hash: None,
                     hash: None,
-                }],
+                })
+                .unwrap()],
                 1,
             )
             .await

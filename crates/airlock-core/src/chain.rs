@@ -48,10 +48,11 @@ pub const TAIL_FACTOR: u32 = 2;
 /// The checkpoint interval assumed while no checkpoint states one.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// An event's detail as the chain hashes it and the store keeps it: the serde encoding of the
-/// detail as a JSON value, written compactly.
+/// An event's detail as the chain hashes it and the store keeps it: its serde encoding, written
+/// compactly, fields in declaration order. Verification hashes the stored text, never a
+/// re-encoding, so records written in an earlier encoding (sorted keys) still verify.
 pub fn canonical_detail(detail: &EventDetail) -> Result<String, serde_json::Error> {
-    serde_json::to_value(detail).map(|value| value.to_string())
+    serde_json::to_string(detail)
 }
 
 /// The hash of an event chained after `prev_hash`.

@@ -11,11 +11,18 @@
 //! see [`crate::chain`]), computed under the same lock that orders the ids, so the chain follows
 //! the id order. On start the chain resumes from the stored head.
 //!
+//! A line is `{"id":…,"session_id":…,"at":…,"prev_hash":…,"hash":…,"kind":…,"detail":{…}}`;
+//! the copier takes the detail's text as it stands (the text the chain hashed) and never
+//! decodes it. Lines of the earlier layout (the detail's fields inline) are still read.
+//!
 //! Durability is that of the operating system's page cache: a record survives a crash of the
 //! gateway the moment `append` returns.
 
 use crate::chain;
-use crate::store::{EventRecord, NewEvent, Store, StoreError};
+use crate::store::{EventRecord, JournalEvent, NewEvent, Store, StoreError};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -46,6 +53,8 @@ struct Writer {
     len: u64,
     /// The hash of the last appended event, which the next one chains from.
     last_hash: String,
+    /// The line being written, kept to reuse its allocation.
+    line: String,
 }
 
 struct Inner {
@@ -115,6 +124,7 @@ impl Recorder {
                 next_id: max_id + 1,
                 len: complete_to,
                 last_hash,
+                line: String::new(),
             }),
             wake: Notify::new(),
             copied: watch::channel(max_id).0,
@@ -128,22 +138,27 @@ impl Recorder {
         // The detail goes into the line exactly as the chain hashes it and the store keeps it.
         let detail = chain::canonical_detail(&event.detail)
             .map_err(|e| StoreError::Backend(format!("cannot encode an event: {e}")))?;
-        // `detail` is a JSON object: splice the id and session in front of its fields.
-        let body = detail.strip_prefix('{').unwrap_or(&detail);
         let id = {
-            let mut writer = self
+            let mut guard = self
                 .inner
                 .writer
                 .lock()
                 .map_err(|_| StoreError::Backend("journal lock poisoned".into()))?;
+            let writer = &mut *guard;
             let id = writer.next_id;
             let hash =
                 chain::event_hash(&writer.last_hash, id, event.session_id, event.at, &detail);
-            let line = format!(
-                "{{\"id\":{id},\"session_id\":{},\"at\":{},\"prev_hash\":\"{}\",\"hash\":\"{hash}\",{body}\n",
-                event.session_id, event.at, writer.last_hash
+            writer.line.clear();
+            // Writing into a String cannot fail.
+            let _ = writeln!(
+                writer.line,
+                "{{\"id\":{id},\"session_id\":{},\"at\":{},\"prev_hash\":\"{}\",\"hash\":\"{hash}\",\"kind\":\"{}\",\"detail\":{detail}}}",
+                event.session_id,
+                event.at,
+                writer.last_hash,
+                event.detail.kind(),
             );
-            if let Err(e) = writer.file.write_all(line.as_bytes()) {
+            if let Err(e) = writer.file.write_all(writer.line.as_bytes()) {
                 // Leave no torn line behind; the caller refuses the operation.
                 let keep = writer.len;
                 let _ = writer.file.set_len(keep);
@@ -151,7 +166,7 @@ impl Recorder {
                     "cannot write the journal: {e}"
                 )));
             }
-            writer.len += line.len() as u64;
+            writer.len += writer.line.len() as u64;
             writer.next_id += 1;
             writer.last_hash = hash;
             id
@@ -186,7 +201,7 @@ impl Recorder {
 
 /// Reads the complete lines in `[from, to)`; returns them and where the last complete line
 /// ends.
-fn read_events(file: &File, from: u64, to: u64) -> Result<(Vec<EventRecord>, u64), String> {
+fn read_events(file: &File, from: u64, to: u64) -> Result<(Vec<JournalEvent>, u64), String> {
     let mut events = Vec::new();
     let mut at = from;
     let mut pending: Vec<u8> = Vec::new();
@@ -201,7 +216,7 @@ fn read_events(file: &File, from: u64, to: u64) -> Result<(Vec<EventRecord>, u64
         let mut consumed = 0;
         while let Some(end) = pending[consumed..].iter().position(|b| *b == b'\n') {
             let line = &pending[consumed..consumed + end];
-            match serde_json::from_slice::<EventRecord>(line) {
+            match parse_line(line) {
                 Ok(event) => events.push(event),
                 Err(e) => {
                     return Err(format!(
@@ -216,6 +231,45 @@ fn read_events(file: &File, from: u64, to: u64) -> Result<(Vec<EventRecord>, u64
         pending_from += consumed as u64;
     }
     Ok((events, pending_from))
+}
+
+/// A journal line as written now: the detail is kept as raw text.
+#[derive(Deserialize)]
+struct Line<'a> {
+    id: i64,
+    session_id: i64,
+    at: i64,
+    prev_hash: Option<String>,
+    hash: Option<String>,
+    kind: String,
+    #[serde(borrow)]
+    detail: Option<&'a RawValue>,
+}
+
+fn parse_line(line: &[u8]) -> Result<JournalEvent, serde_json::Error> {
+    let parsed: Line = serde_json::from_slice(line)?;
+    let Some(detail) = parsed.detail else {
+        return parse_legacy_line(line);
+    };
+    Ok(JournalEvent {
+        id: parsed.id,
+        session_id: parsed.session_id,
+        at: parsed.at,
+        kind: parsed.kind,
+        detail: detail.get().to_owned(),
+        prev_hash: parsed.prev_hash,
+        hash: parsed.hash,
+    })
+}
+
+/// A line of the earlier layout, whose detail the chain hashed as a JSON value (sorted keys):
+/// re-encoded that way, it hashes as it did when written.
+fn parse_legacy_line(line: &[u8]) -> Result<JournalEvent, serde_json::Error> {
+    let event: EventRecord = serde_json::from_slice(line)?;
+    Ok(JournalEvent {
+        detail: serde_json::to_value(&event.detail)?.to_string(),
+        ..JournalEvent::encode(&event)?
+    })
 }
 
 /// Copies new journal lines into the store, then trims the journal when it is all copied.

@@ -121,6 +121,46 @@ pub enum EventDetail {
     },
 }
 
+impl EventDetail {
+    /// The serde tag, which the store also keeps in a column of its own.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventDetail::Statement { .. } => "statement",
+            EventDetail::Resolution { .. } => "resolution",
+            EventDetail::Outcome { .. } => "outcome",
+            EventDetail::Response { .. } => "response",
+        }
+    }
+}
+
+/// An event as the recorder's journal holds it and the store copies it: the detail is the
+/// exact JSON text the chain hashed, so copying never decodes or re-encodes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEvent {
+    pub id: i64,
+    pub session_id: i64,
+    pub at: Millis,
+    pub kind: String,
+    pub detail: String,
+    pub prev_hash: Option<String>,
+    pub hash: Option<String>,
+}
+
+impl JournalEvent {
+    /// Encodes a decoded event the way the recorder writes one.
+    pub fn encode(event: &EventRecord) -> Result<JournalEvent, serde_json::Error> {
+        Ok(JournalEvent {
+            id: event.id,
+            session_id: event.session_id,
+            at: event.at,
+            kind: event.detail.kind().to_owned(),
+            detail: crate::chain::canonical_detail(&event.detail)?,
+            prev_hash: event.prev_hash.clone(),
+            hash: event.hash.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutcomeStatus {
@@ -455,7 +495,7 @@ pub trait Store: Send + Sync + 'static {
     /// skipped, so a copy interrupted by a crash can simply be repeated.
     async fn ingest_events(
         &self,
-        events: &[EventRecord],
+        events: &[JournalEvent],
         journal_offset: u64,
     ) -> Result<(), StoreError>;
     /// How far the journal has been copied, and the largest event id stored.

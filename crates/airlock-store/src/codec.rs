@@ -4,11 +4,11 @@
 
 use std::fmt::Display;
 
-use airlock_core::chain::{canonical_detail, ChainLink};
+use airlock_core::chain::ChainLink;
 use airlock_core::store::{
-    ApprovalRecord, ApprovalState, CheckpointRecord, DeliveryRecord, EventDetail, EventRecord,
-    NewApproval, NewCheckpoint, NewDelivery, NewPolicyChange, NewSession, PolicyChangeRecord,
-    SessionEvent, SessionRecord, StoreError, StoredConnection, TokenRecord, Vote,
+    ApprovalRecord, ApprovalState, CheckpointRecord, DeliveryRecord, EventRecord, NewApproval,
+    NewCheckpoint, NewDelivery, NewPolicyChange, NewSession, PolicyChangeRecord, SessionEvent,
+    SessionRecord, StoreError, StoredConnection, TokenRecord, Vote,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -47,23 +47,6 @@ fn category(error: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Data => "unexpected JSON data",
         serde_json::error::Category::Eof => "truncated JSON",
     }
-}
-
-/// An event detail as stored: its serde tag (the `kind` column) and its full JSON.
-pub(crate) fn encode_event(detail: &EventDetail) -> Result<(String, String), StoreError> {
-    let value = serde_json::to_value(detail).map_err(|e| {
-        StoreError::Backend(format!("cannot encode an event as JSON: {}", category(&e)))
-    })?;
-    let kind = value
-        .get("kind")
-        .and_then(serde_json::Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| StoreError::Backend("an encoded event has no kind tag".to_owned()))?;
-    // The stored text is what the chain hashed (see `airlock_core::chain`).
-    let text = canonical_detail(detail).map_err(|e| {
-        StoreError::Backend(format!("cannot encode an event as JSON: {}", category(&e)))
-    })?;
-    Ok((kind, text))
 }
 
 pub(crate) fn parse_state(text: &str, id: i64) -> Result<ApprovalState, StoreError> {

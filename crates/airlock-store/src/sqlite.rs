@@ -11,9 +11,9 @@ use std::time::Duration;
 use airlock_core::chain::ChainLink;
 use airlock_core::store::{
     settle, ApprovalRecord, ApprovalState, CheckpointRecord, DeliveryRecord, EventFilter,
-    EventRecord, Millis, NewApproval, NewCheckpoint, NewDelivery, NewPolicyChange, NewSession,
-    PolicyChangeRecord, PruneReport, SessionEvent, SessionFilter, SessionRecord, Store, StoreError,
-    StoredConnection, TokenRecord, Vote,
+    EventRecord, JournalEvent, Millis, NewApproval, NewCheckpoint, NewDelivery, NewPolicyChange,
+    NewSession, PolicyChangeRecord, PruneReport, SessionEvent, SessionFilter, SessionRecord, Store,
+    StoreError, StoredConnection, TokenRecord, Vote,
 };
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
@@ -365,13 +365,9 @@ impl Store for SqliteStore {
 
     async fn ingest_events(
         &self,
-        events: &[EventRecord],
+        events: &[JournalEvent],
         journal_offset: u64,
     ) -> Result<(), StoreError> {
-        let encoded = events
-            .iter()
-            .map(|event| codec::encode_event(&event.detail))
-            .collect::<Result<Vec<_>, _>>()?;
         let offset = i64::try_from(journal_offset)
             .map_err(|_| StoreError::Backend("journal offset out of range".into()))?;
         let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
@@ -382,28 +378,24 @@ impl Store for SqliteStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(db)?;
-        let (events, encoded): (Vec<&EventRecord>, Vec<(String, String)>) = events
+        let events: Vec<&JournalEvent> = events
             .iter()
-            .zip(encoded)
-            .filter(|(event, _)| event.id > pruned_through)
-            .unzip();
+            .filter(|event| event.id > pruned_through)
+            .collect();
         // SQLite allows 32766 bound values per statement; 7 per event.
-        for (chunk, chunk_encoded) in events.chunks(1000).zip(encoded.chunks(1000)) {
+        for chunk in events.chunks(1000) {
             let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT OR IGNORE INTO events (id, session_id, at, kind, detail, prev_hash, hash) ",
             );
-            insert.push_values(
-                chunk.iter().zip(chunk_encoded),
-                |mut row, (event, (kind, detail))| {
-                    row.push_bind(event.id)
-                        .push_bind(event.session_id)
-                        .push_bind(event.at)
-                        .push_bind(kind.as_str())
-                        .push_bind(detail.as_str())
-                        .push_bind(event.prev_hash.as_deref())
-                        .push_bind(event.hash.as_deref());
-                },
-            );
+            insert.push_values(chunk, |mut row, event| {
+                row.push_bind(event.id)
+                    .push_bind(event.session_id)
+                    .push_bind(event.at)
+                    .push_bind(event.kind.as_str())
+                    .push_bind(event.detail.as_str())
+                    .push_bind(event.prev_hash.as_deref())
+                    .push_bind(event.hash.as_deref());
+            });
             insert.build().execute(&mut *tx).await.map_err(db)?;
         }
         sqlx::query("UPDATE journal SET offset = ? WHERE id = 1")

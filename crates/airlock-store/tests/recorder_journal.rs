@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use airlock_core::chain;
 use airlock_core::recorder::Recorder;
 use airlock_core::store::{EventDetail, NewEvent, NewSession, OutcomeStatus, Store};
 use airlock_store::SqliteStore;
@@ -117,4 +118,95 @@ async fn the_database_is_private() {
         .unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+/// A line of the earlier journal layout (the detail's fields inline, hashed as a JSON value with
+/// sorted keys), left uncopied by a crash before an upgrade, is copied with the text it was
+/// hashed over, so the chain still verifies.
+#[tokio::test]
+async fn a_line_of_the_earlier_layout_is_copied_as_it_was_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("airlock.db").display());
+    let journal = dir.path().join("events.journal");
+    let store = Arc::new(SqliteStore::open(&db).await.unwrap());
+    let s = session(&store).await;
+    let recorder = Recorder::open(store.clone(), &journal).await.unwrap();
+    for n in 0..2 {
+        recorder
+            .append(NewEvent {
+                session_id: s,
+                at: n,
+                detail: outcome(n),
+            })
+            .unwrap();
+    }
+    recorder.sync().await;
+    drop(recorder);
+
+    let (_, head) = store.chain_head().await.unwrap().unwrap();
+    let detail = serde_json::to_value(outcome(2)).unwrap().to_string();
+    let hash = chain::event_hash(&head, 3, s, 2, &detail);
+    let line = format!(
+        "{{\"id\":3,\"session_id\":{s},\"at\":2,\"prev_hash\":\"{head}\",\"hash\":\"{hash}\",{}\n",
+        &detail[1..]
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    file.write_all(line.as_bytes()).unwrap();
+    drop(file);
+
+    let reopened = Recorder::open(store.clone(), &journal).await.unwrap();
+    let stored = store.list_events(s).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[2].detail, outcome(2));
+    let next = reopened
+        .append(NewEvent {
+            session_id: s,
+            at: 3,
+            detail: outcome(3),
+        })
+        .unwrap();
+    assert_eq!(next, 4);
+    reopened.sync().await;
+    let report = chain::verify(store.as_ref(), None, None).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 4);
+}
+
+#[test]
+fn the_kind_column_is_the_serde_tag() {
+    for detail in [
+        outcome(1),
+        EventDetail::Statement {
+            operation: "SELECT 1".into(),
+            params: vec![],
+            statement_kinds: vec!["SELECT".into()],
+            action: "allow".into(),
+            policy: None,
+            rule: None,
+            reason: None,
+            request_id: None,
+        },
+        EventDetail::Resolution {
+            statement_event: 1,
+            request_id: 1,
+            state: airlock_core::store::ApprovalState::Denied,
+            reason: None,
+            decided_by: vec![],
+            replaced_with: None,
+            votes: vec![],
+        },
+        EventDetail::Response {
+            statement_event: 1,
+            columns: vec![],
+            rows: vec![],
+            truncated: false,
+            masked: Default::default(),
+        },
+    ] {
+        let value = serde_json::to_value(&detail).unwrap();
+        assert_eq!(value["kind"], detail.kind());
+    }
 }

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use airlock_core::store::{
-    ApprovalState, EventDetail, EventRecord, NewApproval, NewDelivery, NewEvent, NewPolicyChange,
-    NewSession, OutcomeStatus, SessionFilter, Store, StoreError, StoredConnection, TokenRecord,
-    Vote,
+    ApprovalState, EventDetail, EventRecord, JournalEvent, NewApproval, NewDelivery, NewEvent,
+    NewPolicyChange, NewSession, OutcomeStatus, SessionFilter, Store, StoreError, StoredConnection,
+    TokenRecord, Vote,
 };
 use airlock_store::SqliteStore;
 use tempfile::TempDir;
@@ -746,8 +746,12 @@ async fn append(store: &SqliteStore, events: &[NewEvent]) -> Result<Vec<i64>, St
             hash: None,
         })
         .collect();
+    let encoded: Vec<JournalEvent> = records
+        .iter()
+        .map(|r| JournalEvent::encode(r).unwrap())
+        .collect();
     store
-        .ingest_events(&records, offset + events.len() as u64)
+        .ingest_events(&encoded, offset + events.len() as u64)
         .await?;
     Ok(records.iter().map(|r| r.id).collect())
 }
@@ -764,6 +768,7 @@ async fn ingesting_again_skips_stored_events() {
         prev_hash: None,
         hash: None,
     };
+    let record = JournalEvent::encode(&record).unwrap();
     store
         .ingest_events(std::slice::from_ref(&record), 100)
         .await
