@@ -382,8 +382,7 @@ impl Store for SqliteStore {
             .iter()
             .filter(|event| event.id > pruned_through)
             .collect();
-        // SQLite allows 32766 bound values per statement; 7 per event.
-        for chunk in events.chunks(1000) {
+        for chunk in insert_chunks(&events) {
             let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT OR IGNORE INTO events (id, session_id, at, kind, detail, prev_hash, hash) ",
             );
@@ -1029,10 +1028,29 @@ impl Store for SqliteStore {
     }
 }
 
+/// Splits rows into chunks of power-of-two sizes (at most 512 rows: SQLite allows 32766 bound
+/// values per statement, 7 per event), so that a multi-row INSERT has one of ten texts and its
+/// prepared statement is cached, not parsed and planned for every batch size.
+fn insert_chunks<'a, T>(mut rows: &'a [T]) -> impl Iterator<Item = &'a [T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = if rows.len() >= 512 {
+            512
+        } else {
+            1 << rows.len().ilog2()
+        };
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{is_in_memory, SqliteStore};
+    use super::{insert_chunks, is_in_memory, SqliteStore};
 
     #[tokio::test]
     async fn connections_are_durable() {
@@ -1061,6 +1079,16 @@ mod tests {
         assert_eq!(synchronous, 1, "NORMAL");
         assert_eq!(foreign_keys, 1);
         assert_eq!(busy_timeout, 5000);
+    }
+
+    #[test]
+    fn insert_chunks_are_powers_of_two_covering_every_row() {
+        let rows: Vec<usize> = (0..1300).collect();
+        let sizes: Vec<usize> = insert_chunks(&rows).map(<[usize]>::len).collect();
+        assert_eq!(sizes, vec![512, 512, 256, 16, 4]);
+        let again: Vec<usize> = insert_chunks(&rows).flatten().copied().collect();
+        assert_eq!(again, rows);
+        assert_eq!(insert_chunks::<usize>(&[]).count(), 0);
     }
 
     #[test]
