@@ -5,10 +5,12 @@
 //!
 //! This module owns the listener and the login. Modules: `codec` (packet framing and the
 //! packets the gateway writes), `upstream` (login to the real server), `session` (the relay),
-//! `kill` (`KILL QUERY` across sessions and held statements).
+//! `masking` (masking and recording of result rows), `kill` (`KILL QUERY` across sessions and
+//! held statements).
 
 pub mod codec;
 pub mod kill;
+mod masking;
 pub mod session;
 pub mod upstream;
 
@@ -350,6 +352,19 @@ impl MysqlGateway {
         );
         let span = tracing::info_span!("session", id = session.id, connection = %session.connection, who = %session.identity.name, mysql_id = id);
         let end = async {
+            let masker = match self.gate.masker(&session) {
+                Ok(masker) => masker,
+                Err(reason) => {
+                    tracing::error!(%reason, "masking cannot be set up; refusing the session");
+                    let err =
+                        LoginError::new(1105, "HY000", "masking cannot be set up for this session");
+                    let _ = codec::write_payload(&mut writer, &err.payload(), seq).await;
+                    return End::Fatal {
+                        payload: Vec::new(),
+                        reason: "masking unavailable",
+                    };
+                }
+            };
             tracing::info!("session opened");
             let ok = codec::ok_payload(upstream.status);
             if let Err(e) = codec::write_payload(&mut writer, &ok, seq).await {
@@ -364,6 +379,7 @@ impl MysqlGateway {
                 writer,
                 upstream,
             )
+            .masking(masker)
             .run()
             .await
         }

@@ -7,17 +7,18 @@
 
 use crate::codec::{self, CodecError, Ending, Message, PacketReader};
 use crate::kill::{parse_kill, KillAction, KillRegistry, Registration};
+use crate::masking::{self, Shaped, Shaper};
 use crate::upstream::Upstream;
 use airlock_core::classify::{Classification, StatementKind};
 use airlock_core::classify_mysql::classify_mysql;
 use airlock_core::gate::{Denial, DenialKind, Gate, Permit, Session, Submission};
+use airlock_core::mask::SessionMasker;
 use airlock_core::operation::Operation;
 use airlock_core::store::OutcomeStatus;
 use mysql_common::constants::{CapabilityFlags, ColumnFlags, ColumnType, StatusFlags};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::StmtPacket;
 use mysql_common::value::{BinValue, ValueDeserializer};
-use mysql_common::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
@@ -82,9 +83,10 @@ struct Prepared {
 /// What the upstream answers to a command.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Reply {
-    /// OK, ERR or result sets (several when more results follow); a LOCAL INFILE request is
-    /// relayed to the client only when `infile` is set.
-    Results { infile: bool },
+    /// OK, ERR or result sets (several when more results follow), with rows in the binary
+    /// protocol when `binary`; a LOCAL INFILE request is relayed to the client only when
+    /// `infile` is set.
+    Results { infile: bool, binary: bool },
     /// COM_STMT_PREPARE's answer.
     Prepare,
     /// Column definitions up to an EOF (COM_FIELD_LIST).
@@ -111,7 +113,15 @@ pub struct Relay<'a> {
     pub client_out: OwnedWriteHalf,
     pub upstream: Upstream,
     statements: HashMap<u32, Prepared>,
+    /// Masks and records result rows; `None` in sessions that need neither.
+    shaper: Option<Shaper>,
     out: Vec<u8>,
+    /// How far the sequence ids of the packets sent to the client are ahead of the upstream's
+    /// (rewritten rows can take more or fewer packets than they came in; dropped rows none).
+    seq_shift: u8,
+    /// The rest of the current answer is read from the upstream and not sent (a result was
+    /// refused, and the client already has its error).
+    discarding: bool,
 }
 
 impl<'a> Relay<'a> {
@@ -133,8 +143,19 @@ impl<'a> Relay<'a> {
             client_out,
             upstream,
             statements: HashMap::new(),
+            shaper: None,
             out: Vec::with_capacity(FLUSH_AT),
+            seq_shift: 0,
+            discarding: false,
         }
+    }
+
+    /// Masks result rows with `masker`, and records them when responses are kept. Rows are
+    /// looked at only in sessions that need one or the other.
+    pub fn masking(mut self, masker: Option<Arc<SessionMasker>>) -> Self {
+        self.shaper = (masker.is_some() || self.gate.keeps_responses())
+            .then(|| Shaper::new(masker, self.gate.response_capture()));
+        self
     }
 
     fn capabilities(&self) -> CapabilityFlags {
@@ -318,7 +339,10 @@ impl<'a> Relay<'a> {
             message,
             text,
             Vec::new(),
-            Reply::Results { infile: false },
+            Reply::Results {
+                infile: false,
+                binary: false,
+            },
             None,
         )
         .await
@@ -404,7 +428,10 @@ impl<'a> Relay<'a> {
             message,
             text,
             params,
-            Reply::Results { infile: false },
+            Reply::Results {
+                infile: false,
+                binary: true,
+            },
             Some(classification),
         )
         .await
@@ -423,8 +450,9 @@ impl<'a> Relay<'a> {
         let classification = classification.unwrap_or_else(|| Arc::new(classify_mysql(&text)));
         let reply = match reply {
             // LOAD DATA LOCAL sends a file only when the policy allowed a COPY.
-            Reply::Results { .. } => Reply::Results {
+            Reply::Results { binary, .. } => Reply::Results {
                 infile: classification.kinds().contains(&StatementKind::Copy),
+                binary,
             },
             other => other,
         };
@@ -443,10 +471,17 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
-    fn record(&self, permit: &Permit, outcome: &Outcome) {
+    fn record(&mut self, permit: &Permit, outcome: &Outcome) {
+        let capture = self
+            .shaper
+            .as_mut()
+            .map(|shaper| shaper.take_capture(self.gate.response_capture()));
         let Some(event) = permit.event() else {
             return;
         };
+        if let Some(capture) = capture {
+            self.gate.record_response(self.session, event, capture);
+        }
         let (status, rows) = match &outcome.error {
             Some(_) => (OutcomeStatus::Error, None),
             None => (OutcomeStatus::Ok, Some(outcome.rows.max(outcome.affected))),
@@ -565,7 +600,31 @@ impl<'a> Relay<'a> {
 
     /// Passes an upstream packet on to the client (buffered).
     async fn pass(&mut self, message: &Message) -> Result<(), End> {
-        self.out.extend_from_slice(&message.raw);
+        self.emit(message, Shaped::Forward).await
+    }
+
+    /// Sends the client what becomes of an upstream packet (buffered), keeping the sequence ids
+    /// consecutive.
+    async fn emit(&mut self, message: &Message, shaped: Shaped) -> Result<(), End> {
+        if self.discarding {
+            return Ok(());
+        }
+        let packets = message.last_seq.wrapping_sub(message.seq).wrapping_add(1);
+        let start = message.seq.wrapping_add(self.seq_shift);
+        match shaped {
+            Shaped::Forward if self.seq_shift == 0 => self.out.extend_from_slice(&message.raw),
+            Shaped::Forward => {
+                codec::frame(&mut self.out, &message.payload, start);
+            }
+            Shaped::Replace(payload) => {
+                let next = codec::frame(&mut self.out, &payload, start);
+                self.seq_shift = self
+                    .seq_shift
+                    .wrapping_add(next.wrapping_sub(start))
+                    .wrapping_sub(packets);
+            }
+            Shaped::Drop => self.seq_shift = self.seq_shift.wrapping_sub(packets),
+        }
         if self.out.len() >= FLUSH_AT {
             self.flush().await?;
         }
@@ -582,6 +641,8 @@ impl<'a> Relay<'a> {
 
     /// Relays the upstream's whole answer to the command just forwarded.
     async fn relay(&mut self, reply: Reply) -> Result<Outcome, End> {
+        self.seq_shift = 0;
+        self.discarding = false;
         let outcome = self.relay_inner(reply).await;
         self.flush().await?;
         outcome
@@ -626,10 +687,14 @@ impl<'a> Relay<'a> {
                         "upstream protocol error",
                     )
                 })?;
-                for count in [stmt.num_params(), stmt.num_columns()] {
+                for (count, columns) in [(stmt.num_params(), false), (stmt.num_columns(), true)] {
                     for _ in 0..count {
                         let definition = self.upstream_packet().await?;
-                        self.pass(&definition).await?;
+                        let shaped = match &self.shaper {
+                            Some(shaper) if columns => shaper.prepared_column(&definition.payload),
+                            _ => Shaped::Forward,
+                        };
+                        self.emit(&definition, shaped).await?;
                     }
                     if count > 0 && !deprecate_eof {
                         let eof = self.upstream_packet().await?;
@@ -639,7 +704,7 @@ impl<'a> Relay<'a> {
                 outcome.prepared = Some((stmt.statement_id(), stmt.num_params()));
                 Ok(outcome)
             }
-            Reply::Results { infile } => loop {
+            Reply::Results { infile, binary } => loop {
                 let first = self.upstream_packet().await?;
                 let status = match first.first() {
                     Some(0x00) => {
@@ -667,7 +732,14 @@ impl<'a> Relay<'a> {
                         let columns = codec::lenenc_int(&mut rest).unwrap_or_default();
                         for _ in 0..columns {
                             let definition = self.upstream_packet().await?;
-                            self.pass(&definition).await?;
+                            let shaped = match self.shaper.as_mut() {
+                                Some(shaper) => shaper.column(&definition.payload),
+                                None => Shaped::Forward,
+                            };
+                            self.emit(&definition, shaped).await?;
+                        }
+                        if let Some(shaper) = self.shaper.as_mut() {
+                            shaper.columns_done();
                         }
                         if !deprecate_eof {
                             let eof = self.upstream_packet().await?;
@@ -675,17 +747,26 @@ impl<'a> Relay<'a> {
                         }
                         loop {
                             let row = self.upstream_packet().await?;
-                            self.pass(&row).await?;
                             if row.first() == Some(0xFF) {
+                                if let Some(shaper) = self.shaper.as_mut() {
+                                    shaper.result_end();
+                                }
+                                self.pass(&row).await?;
                                 outcome.error = Some(codec::err_message(&row.payload));
                                 return Ok(outcome);
                             }
                             if codec::is_terminator(&row.payload, caps) {
+                                self.result_end(&row, &mut outcome).await?;
                                 match codec::terminator_status(&row.payload, caps) {
                                     Some(Ending::Ok { status, .. }) => break status,
                                     _ => break StatusFlags::empty(),
                                 }
                             }
+                            let shaped = match self.shaper.as_mut() {
+                                Some(shaper) => shaper.row(&row.payload, binary),
+                                None => Shaped::Forward,
+                            };
+                            self.emit(&row, shaped).await?;
                             outcome.rows += 1;
                         }
                     }
@@ -695,6 +776,22 @@ impl<'a> Relay<'a> {
                 }
             },
         }
+    }
+
+    /// The end of a result's rows: passed on, or, when the result was refused, replaced by an
+    /// error that ends the client's answer (the rest of the upstream's is read and dropped).
+    async fn result_end(&mut self, terminator: &Message, outcome: &mut Outcome) -> Result<(), End> {
+        let refusal = self.shaper.as_mut().and_then(Shaper::result_end);
+        let Some(reason) = refusal else {
+            return self.pass(terminator).await;
+        };
+        let err = codec::err_payload(1105, "HY000", &format!("airlock: {reason}"));
+        self.emit(terminator, Shaped::Replace(err)).await?;
+        self.discarding = true;
+        if outcome.error.is_none() {
+            outcome.error = Some(reason);
+        }
+        Ok(())
     }
 
     /// The upstream asks for a local file (LOAD DATA LOCAL INFILE): relayed to the client when
@@ -760,7 +857,9 @@ fn decode_params(payload: &[u8], prepared: &mut Prepared) -> Result<Vec<Option<S
             .chunks(2)
             .map(|pair| {
                 let kind = ColumnType::try_from(pair[0])
-                    .map_err(|_| format!("unknown parameter type {}", pair[0]))?;
+                    .ok()
+                    .filter(|kind| masking::binary_decodable(*kind))
+                    .ok_or_else(|| format!("unknown parameter type {}", pair[0]))?;
                 let flags = if pair[1] & 0x80 != 0 {
                     ColumnFlags::UNSIGNED_FLAG
                 } else {
@@ -789,11 +888,9 @@ fn decode_params(payload: &[u8], prepared: &mut Prepared) -> Result<Vec<Option<S
             .parse((*kind, *flags))
             .map_err(|e| format!("parameter {}: {e}", index + 1))?;
         rest = buf.0;
-        params.push(match value.0 {
-            Value::NULL => None,
-            Value::Bytes(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-            other => Some(other.as_sql(false).trim_matches('\'').to_string()),
-        });
+        params.push(
+            masking::value_text(value.0).map(|text| String::from_utf8_lossy(&text).into_owned()),
+        );
     }
     Ok(params)
 }
