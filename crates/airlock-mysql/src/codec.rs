@@ -5,6 +5,7 @@
 
 use bytes::{Buf, BytesMut};
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use mysql_common::io::BufMutExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest payload one packet carries; a payload this long continues in the next packet.
@@ -242,6 +243,21 @@ pub fn parse_ok(payload: &[u8]) -> Option<Ending> {
     })
 }
 
+/// An OK packet's payload with its human-readable info (what `mysql_info()` returns) replaced
+/// by `info` (a length-encoded string, as servers send it and clients read it); `None` when the
+/// packet is not a well-formed OK packet.
+pub fn ok_with_info(payload: &[u8], info: &str) -> Option<Vec<u8>> {
+    let mut rest = payload.get(1..)?;
+    lenenc_int(&mut rest)?;
+    lenenc_int(&mut rest)?;
+    // Status flags and warning count.
+    rest.get(..4)?;
+    let fixed = payload.len() - rest.len() + 4;
+    let mut out = payload[..fixed].to_vec();
+    out.put_lenenc_str(info.as_bytes());
+    Some(out)
+}
+
 /// Reads the status flags of an old-style EOF packet (`FE warnings status`).
 pub fn parse_eof(payload: &[u8]) -> Option<Ending> {
     let status = u16::from_le_bytes([*payload.get(3)?, *payload.get(4)?]);
@@ -327,6 +343,11 @@ mod tests {
                 affected: 0
             })
         );
+        let mut with_info = ok.clone();
+        with_info.extend_from_slice(b"\x0fRows matched: 1");
+        let replaced = ok_with_info(&with_info, "note").unwrap();
+        assert_eq!(replaced, [ok.as_slice(), b"\x04note"].concat());
+        assert_eq!(parse_ok(&replaced), parse_ok(&with_info));
         let mut three: &[u8] = &[0xFC, 0x10, 0x27, 9];
         assert_eq!(lenenc_int(&mut three), Some(10_000));
         assert_eq!(three, &[9]);

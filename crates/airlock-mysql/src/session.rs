@@ -122,6 +122,9 @@ pub struct Relay<'a> {
     /// The rest of the current answer is read from the upstream and not sent (a result was
     /// refused, and the client already has its error).
     discarding: bool,
+    /// Set while an approved replacement runs: what the OK packets of its answer tell the
+    /// client.
+    modified: Option<String>,
 }
 
 impl<'a> Relay<'a> {
@@ -147,6 +150,7 @@ impl<'a> Relay<'a> {
             out: Vec::with_capacity(FLUSH_AT),
             seq_shift: 0,
             discarding: false,
+            modified: None,
         }
     }
 
@@ -465,10 +469,51 @@ impl<'a> Relay<'a> {
         let Some(permit) = self.decide(&op, &message).await? else {
             return Ok(());
         };
-        self.forward(&message).await?;
-        let outcome = self.relay(reply).await?;
+        let outcome = match permit.replacement.as_deref() {
+            None => {
+                self.forward(&message).await?;
+                self.relay(reply).await?
+            }
+            Some(sql) => self.run_replacement(&message, &permit, sql).await?,
+        };
         self.record(&permit, &outcome);
         Ok(())
+    }
+
+    /// Runs the statement a reviewer approved in place of the agent's held COM_QUERY (the gate
+    /// classified and judged it as MySQL). The agent is told in the info string of the OK
+    /// packets that answer it (`mysql_info()`), since MySQL has no notices.
+    async fn run_replacement(
+        &mut self,
+        message: &Message,
+        permit: &Permit,
+        sql: &str,
+    ) -> Result<Outcome, End> {
+        let id = permit
+            .approved_request
+            .map(|id| id.to_string())
+            .unwrap_or_else(|| "?".into());
+        tracing::info!(request = %id, replacement = %sql, "running the approved replacement in place of the held statement");
+        let mut payload = vec![COM_QUERY];
+        payload.extend_from_slice(sql.as_bytes());
+        let next = codec::write_payload(&mut self.upstream.writer, &payload, 0).await?;
+        let infile = classify_mysql(sql).kinds().contains(&StatementKind::Copy);
+        self.modified = Some(format!(
+            "airlock: approval request {id} was approved with a modified statement: {sql}"
+        ));
+        // The upstream answers after our packets; the client expects the answer after its own.
+        let shift = message.last_seq.wrapping_add(1).wrapping_sub(next);
+        let outcome = self
+            .relay_shifted(
+                Reply::Results {
+                    infile,
+                    binary: false,
+                },
+                shift,
+            )
+            .await;
+        self.modified = None;
+        outcome
     }
 
     fn record(&mut self, permit: &Permit, outcome: &Outcome) {
@@ -523,14 +568,18 @@ impl<'a> Relay<'a> {
         match verdict {
             Ok(permit) => match permit.replacement.clone() {
                 None => Ok(Some(permit)),
+                Some(_) if message.first() == Some(COM_QUERY) => Ok(Some(permit)),
+                // A prepared statement's client expects the answer of its own statement
+                // (binary rows of the columns it prepared), which another statement's cannot
+                // stand in for.
                 Some(sql) => {
                     let id = permit.approved_request.unwrap_or_default();
                     let denial = Denial {
                         kind: DenialKind::Rejected,
                         message: format!(
                             "approval request {id} was approved with a modified statement, \
-                             which the gateway does not run in place of yours on MySQL; send it \
-                             yourself: {sql}"
+                             which the gateway runs in place of a plain query only, not of a \
+                             prepared statement; send it as a plain query: {sql}"
                         ),
                     };
                     self.refuse(&denial, message).await?;
@@ -641,7 +690,12 @@ impl<'a> Relay<'a> {
 
     /// Relays the upstream's whole answer to the command just forwarded.
     async fn relay(&mut self, reply: Reply) -> Result<Outcome, End> {
-        self.seq_shift = 0;
+        self.relay_shifted(reply, 0).await
+    }
+
+    /// [`Relay::relay`], with the client's sequence ids `shift` ahead of the upstream's.
+    async fn relay_shifted(&mut self, reply: Reply, shift: u8) -> Result<Outcome, End> {
+        self.seq_shift = shift;
         self.discarding = false;
         let outcome = self.relay_inner(reply).await;
         self.flush().await?;
@@ -708,7 +762,12 @@ impl<'a> Relay<'a> {
                 let first = self.upstream_packet().await?;
                 let status = match first.first() {
                     Some(0x00) => {
-                        self.pass(&first).await?;
+                        let shaped = match &self.modified {
+                            Some(note) => codec::ok_with_info(&first.payload, note)
+                                .map_or(Shaped::Forward, Shaped::Replace),
+                            None => Shaped::Forward,
+                        };
+                        self.emit(&first, shaped).await?;
                         match codec::parse_ok(&first.payload) {
                             Some(Ending::Ok { status, affected }) => {
                                 outcome.affected += affected;

@@ -777,3 +777,96 @@ fn binary_results_of_prepared_statements_are_masked_and_retyped() {
         );
     }
 }
+
+#[test]
+fn an_approved_replacement_runs_in_place_of_a_held_query() {
+    let s = story(LONG);
+    let runtime = multi_thread();
+    runtime.block_on(async {
+        let mut conn = connect(&s.gw, &s.agent).await;
+        let sql = "DELETE FROM items";
+        let task = tokio::spawn(async move {
+            let result = conn.query_drop(sql).await;
+            (conn, result)
+        });
+        tokio::task::block_in_place(|| {
+            let id = s.gw.wait_for_pending(sql);
+            // Judged as MySQL reads it: the executable comment is a DROP, not a comment.
+            let out = s.gw.cli_as(
+                &s.dba,
+                &[
+                    "approve",
+                    &id,
+                    "--replace-with",
+                    "DELETE FROM items WHERE id = 3 /*! ; DROP TABLE items */",
+                ],
+            );
+            assert!(!out.status.success(), "{}", describe(&out));
+            assert!(all_output(&out).contains("DROP"), "{}", describe(&out));
+            let out = s.gw.cli_as(
+                &s.dba,
+                &[
+                    "approve",
+                    &id,
+                    "--replace-with",
+                    "DELETE FROM `items` WHERE id = 3",
+                ],
+            );
+            assert!(out.status.success(), "{}", describe(&out));
+        });
+        let (mut conn, result) = task.await.unwrap();
+        result.expect("the replacement runs");
+        assert_eq!(conn.affected_rows(), 1);
+        let info = conn.info().into_owned();
+        assert!(
+            info.contains(
+                "was approved with a modified statement: DELETE FROM `items` WHERE id = 3"
+            ),
+            "{info:?}"
+        );
+        // The session goes on, and its next statements are answered normally.
+        let count: Option<i64> = conn
+            .query_first("SELECT COUNT(*) FROM items")
+            .await
+            .unwrap();
+        assert_eq!(count, Some(2));
+
+        // A prepared statement's replacement is refused, naming it.
+        let sql = "DELETE FROM items WHERE id = ?";
+        let task = tokio::spawn(async move {
+            let result = conn.exec_drop(sql, (1,)).await;
+            (conn, result)
+        });
+        tokio::task::block_in_place(|| {
+            let id = s.gw.wait_for_pending(sql);
+            let out = s.gw.cli_as(
+                &s.dba,
+                &[
+                    "approve",
+                    &id,
+                    "--replace-with",
+                    "DELETE FROM items WHERE id = 2",
+                ],
+            );
+            assert!(out.status.success(), "{}", describe(&out));
+        });
+        let (conn, result) = task.await.unwrap();
+        let err = server_error(result.unwrap_err());
+        assert_eq!((err.code, err.state.as_str()), (1142, "42000"), "{err:?}");
+        assert!(
+            err.message
+                .contains("send it as a plain query: DELETE FROM items WHERE id = 2"),
+            "{err:?}"
+        );
+        conn.disconnect().await.unwrap();
+    });
+    assert_eq!(s.db.item_ids(), "1,2");
+    let export = ok_stdout(
+        &s.gw.cli(&["sessions", "export", "--format", "jsonl"]),
+        "sessions export",
+    );
+    assert!(
+        export.contains("DELETE FROM `items` WHERE id = 3"),
+        "the replacement is recorded: {export}"
+    );
+}
