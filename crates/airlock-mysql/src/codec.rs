@@ -18,7 +18,7 @@ const READ_CHUNK: usize = 16 * 1024;
 pub enum CodecError {
     #[error("the peer closed the connection")]
     Closed,
-    #[error("a message of more than {MAX_MESSAGE_LEN} bytes")]
+    #[error("a message longer than the gateway accepts")]
     TooLong,
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -140,6 +140,35 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     pub fn from_parts(inner: R, buf: BytesMut) -> Self {
         PacketReader { inner, buf }
     }
+}
+
+/// Reads exactly one packet of at most `max` bytes, and nothing after it (what follows may be
+/// another protocol: a TLS handshake).
+pub async fn read_one<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Message, CodecError> {
+    let mut header = [0u8; 4];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(CodecError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    if len > max {
+        return Err(CodecError::TooLong);
+    }
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload).await?;
+    let mut raw = BytesMut::with_capacity(4 + len);
+    raw.extend_from_slice(&header);
+    raw.extend_from_slice(&payload);
+    Ok(Message {
+        payload,
+        raw,
+        seq: header[3],
+        last_seq: header[3],
+    })
 }
 
 /// Frames `payload` as packets starting at sequence id `seq`; returns the next sequence id.

@@ -9,6 +9,7 @@ use crate::codec::{self, CodecError, Ending, Message, PacketReader};
 use crate::kill::{parse_kill, KillAction, KillRegistry, Registration};
 use crate::masking::{self, Shaped, Shaper};
 use crate::upstream::Upstream;
+use crate::{ClientRead, ClientWrite};
 use airlock_core::classify::{Classification, StatementKind};
 use airlock_core::classify_mysql::classify_mysql;
 use airlock_core::gate::{Denial, DenialKind, Gate, Permit, Session, Submission};
@@ -22,7 +23,6 @@ use mysql_common::value::{BinValue, ValueDeserializer};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const COM_QUIT: u8 = 0x01;
 const COM_INIT_DB: u8 = 0x02;
@@ -109,8 +109,8 @@ pub struct Relay<'a> {
     pub session: &'a Session,
     pub kills: &'a KillRegistry,
     pub registration: &'a Registration,
-    pub client: PacketReader<OwnedReadHalf>,
-    pub client_out: OwnedWriteHalf,
+    pub client: PacketReader<ClientRead>,
+    pub client_out: ClientWrite,
     pub upstream: Upstream,
     statements: HashMap<u32, Prepared>,
     /// Masks and records result rows; `None` in sessions that need neither.
@@ -133,8 +133,8 @@ impl<'a> Relay<'a> {
         session: &'a Session,
         kills: &'a KillRegistry,
         registration: &'a Registration,
-        client: PacketReader<OwnedReadHalf>,
-        client_out: OwnedWriteHalf,
+        client: PacketReader<ClientRead>,
+        client_out: ClientWrite,
         upstream: Upstream,
     ) -> Self {
         Relay {

@@ -870,3 +870,83 @@ fn an_approved_replacement_runs_in_place_of_a_held_query() {
         "the replacement is recorded: {export}"
     );
 }
+
+#[test]
+fn clients_that_ask_for_tls_log_in_over_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = story(LONG);
+    // Without a `tls:` section the gateway shows a certificate it generated once, key 0600.
+    let out = mariadb_tls(
+        &s.gw,
+        &s.agent,
+        "prod",
+        "status; select name from items where id = 1",
+        &[],
+    );
+    let shown = ok_stdout(&out, "a session over TLS");
+    assert!(shown.contains("Cipher in use is"), "{shown}");
+    assert!(shown.trim_end().ends_with("alpha"), "{shown}");
+    let data = s.gw.dir().join("data");
+    let key = data.join("tls-key.pem");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A refusal over TLS is the usual error, and the clear-password path still works.
+    let out = mariadb_tls(&s.gw, &s.agent, "prod", "truncate table items", &[]);
+    assert!(
+        stderr_of(&out).contains("ERROR 1142 (42000)"),
+        "{}",
+        describe(&out)
+    );
+    let out = mariadb(&s.gw, &s.agent, "prod", "select count(*) from items");
+    assert_eq!(ok_stdout(&out, "a session in clear").trim(), "3");
+
+    // A configured certificate is checked by `config check` and shown to clients, which can
+    // verify it.
+    let cert = data.join("tls-cert.pem");
+    let config = std::fs::read_to_string(s.gw.dir().join("airlock.yaml")).unwrap();
+    let broken = s.gw.dir().join("broken-tls.yaml");
+    std::fs::write(
+        &broken,
+        format!(
+            "{config}tls:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            data.join("no-such-key.pem").display()
+        ),
+    )
+    .unwrap();
+    let out = s.gw.cli(&["config", "check", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains("tls.key_file"),
+        "{}",
+        describe(&out)
+    );
+
+    let db_port = s.db.port();
+    let own = tempfile::tempdir().unwrap();
+    let (own_cert, own_key) = (own.path().join("c.pem"), own.path().join("k.pem"));
+    std::fs::copy(&cert, &own_cert).unwrap();
+    std::fs::copy(&key, &own_key).unwrap();
+    let yaml = format!(
+        "connections:\n{}{}tls:\n  cert_file: {}\n  key_file: {}\n",
+        mysql_connection_yaml("prod", db_port, &format!("${{env:{PASSWORD_ENV}}}")),
+        policy_yaml(&["prod"], LONG),
+        own_cert.display(),
+        own_key.display()
+    );
+    let gw = Gateway::start_with_env(&yaml, &[(PASSWORD_ENV, s.db.password())]);
+    let agent = gw.mint("agent-2", &["agents"]);
+    let ca = format!("--ssl-ca={}", own_cert.display());
+    let out = mariadb_tls(
+        &gw,
+        &agent,
+        "prod",
+        "select name from items where id = 2",
+        &[&ca, "--ssl-verify-server-cert"],
+    );
+    assert_eq!(ok_stdout(&out, "a verified TLS session").trim(), "beta");
+    assert!(
+        !gw.dir().join("data").join("tls-key.pem").exists(),
+        "no certificate is generated when one is configured"
+    );
+}
