@@ -413,6 +413,19 @@ fn schema_switches_local_files_and_explain_go_through_the_policy() {
     let shown = ok_stdout(&out, "policy explain");
     assert!(shown.contains("deny"), "{shown}");
     assert!(shown.contains("INSERT, DELETE"), "{shown}");
+    // Finer kinds take PostgreSQL's names: a server-side LOAD DATA reads a server file.
+    let out = s.gw.cli(&[
+        "policy",
+        "explain",
+        "--group",
+        "loaders",
+        "--connection",
+        "prod",
+        "--sql",
+        "LOAD DATA INFILE '/etc/passwd' INTO TABLE items",
+    ]);
+    let shown = ok_stdout(&out, "policy explain");
+    assert!(shown.contains("COPY FROM FILE"), "{shown}");
 }
 
 /// Reads one MySQL packet from a raw socket: (sequence id, payload).
