@@ -440,3 +440,189 @@ fn encode(values: &[Out<'_>], binary: bool) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_core::config::ResultsLimit;
+    use airlock_core::mask::{Detector, HashKey, MaskPolicy, MaskRuleConfig};
+    use airlock_core::store::EventDetail;
+
+    fn shaper(columns: &[&str]) -> Shaper {
+        let rules = vec![MaskRuleConfig {
+            connections: vec!["*".into()],
+            groups: Vec::new(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            detectors: vec![Detector::Email, Detector::CreditCard],
+            style: MaskStyle::Redact,
+        }];
+        let masker = MaskPolicy::new(rules, HashKey::new([7; 32]))
+            .for_session("prod", &[])
+            .unwrap();
+        Shaper::new(
+            masker,
+            ResponseCapture::new(ResultsLimit {
+                rows: 10,
+                bytes: 1000,
+            }),
+        )
+    }
+
+    fn definition(table: &str, name: &str, column_type: ColumnType) -> Vec<u8> {
+        let mut out = Vec::new();
+        Column::new(column_type)
+            .with_schema(b"app")
+            .with_table(table.as_bytes())
+            .with_org_table(table.as_bytes())
+            .with_name(name.as_bytes())
+            .with_org_name(name.as_bytes())
+            .serialize(&mut out);
+        out
+    }
+
+    /// Plans the columns `id INT, ssn CHAR, pin INT, note TEXT, card BIGINT` of table `users`;
+    /// the definitions the client gets.
+    fn plan_users(shaper: &mut Shaper) -> Vec<ColumnType> {
+        let columns = [
+            ("id", ColumnType::MYSQL_TYPE_LONG),
+            ("ssn", ColumnType::MYSQL_TYPE_STRING),
+            ("pin", ColumnType::MYSQL_TYPE_LONG),
+            ("note", ColumnType::MYSQL_TYPE_BLOB),
+            ("card", ColumnType::MYSQL_TYPE_LONGLONG),
+        ];
+        let sent = columns
+            .iter()
+            .map(|(name, t)| {
+                let original = definition("users", name, *t);
+                let sent = match shaper.column(&original) {
+                    Shaped::Forward => original,
+                    Shaped::Replace(rewritten) => rewritten,
+                    Shaped::Drop => panic!("column {name} refused"),
+                };
+                let column: Column = ParseBuf(&sent).parse(()).unwrap();
+                assert_eq!(column.name_ref(), name.as_bytes());
+                column.column_type()
+            })
+            .collect();
+        shaper.columns_done();
+        sent
+    }
+
+    fn recorded_rows(shaper: &mut Shaper) -> Vec<Vec<Option<String>>> {
+        let capture = shaper.take_capture(ResponseCapture::new(ResultsLimit::default()));
+        match capture.into_event(1) {
+            Some(EventDetail::Response { rows, .. }) => rows,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn text_rows_are_masked_and_non_text_columns_retyped() {
+        let mut shaper = shaper(&["users.ssn", "pin"]);
+        let sent = plan_users(&mut shaper);
+        use ColumnType::*;
+        assert_eq!(
+            sent,
+            [
+                MYSQL_TYPE_LONG,
+                MYSQL_TYPE_STRING,
+                MYSQL_TYPE_VAR_STRING,
+                MYSQL_TYPE_BLOB,
+                MYSQL_TYPE_LONGLONG
+            ]
+        );
+        let mut row = Vec::new();
+        for value in [
+            "1",
+            "123-45-6789",
+            "4321",
+            "mail ann@example.com",
+            "4111111111111111",
+        ] {
+            row.put_lenenc_str(value.as_bytes());
+        }
+        let Shaped::Replace(masked) = shaper.row(&row, false) else {
+            panic!("the row is not rewritten");
+        };
+        let mut expected = Vec::new();
+        for value in ["1", "****", "****", "mail [email]"] {
+            expected.put_lenenc_str(value.as_bytes());
+        }
+        expected.push(TEXT_NULL);
+        assert_eq!(masked, expected);
+
+        let mut clean = Vec::new();
+        clean.put_lenenc_str(b"2");
+        clean.push(TEXT_NULL);
+        clean.push(TEXT_NULL);
+        clean.put_lenenc_str(b"nothing");
+        clean.put_lenenc_str(b"42");
+        assert!(matches!(shaper.row(&clean, false), Shaped::Forward));
+        assert!(matches!(shaper.row(&clean[..3], false), Shaped::Drop));
+        assert!(
+            shaper.result_end().is_some(),
+            "a short row refuses the result"
+        );
+        assert_eq!(recorded_rows(&mut shaper)[0][1].as_deref(), Some("****"));
+    }
+
+    #[test]
+    fn binary_rows_are_masked_with_retyped_values_as_strings() {
+        let mut shaper = shaper(&["users.ssn", "pin"]);
+        plan_users(&mut shaper);
+        // id = 1, ssn, pin = 4321, note, card (a BIGINT holding a card number); no NULLs.
+        let mut row = vec![0x00, 0x00];
+        row.extend_from_slice(&1i32.to_le_bytes());
+        row.put_lenenc_str(b"123-45-6789");
+        row.extend_from_slice(&4321i32.to_le_bytes());
+        row.put_lenenc_str(b"mail ann@example.com");
+        row.extend_from_slice(&4_111_111_111_111_111i64.to_le_bytes());
+        let Shaped::Replace(masked) = shaper.row(&row, true) else {
+            panic!("the row is not rewritten");
+        };
+        // card is nulled: bit 4 + 2 of the bitmap.
+        let mut expected = vec![0x00, 1 << 6];
+        expected.extend_from_slice(&1i32.to_le_bytes());
+        expected.put_lenenc_str(b"****");
+        expected.put_lenenc_str(b"****");
+        expected.put_lenenc_str(b"mail [email]");
+        assert_eq!(masked, expected);
+        assert_eq!(
+            recorded_rows(&mut shaper)[0],
+            [
+                Some("1"),
+                Some("****"),
+                Some("****"),
+                Some("mail [email]"),
+                None
+            ]
+            .map(|v| v.map(String::from))
+        );
+
+        // A truncated value refuses the result.
+        assert!(matches!(
+            shaper.row(&row[..row.len() - 2], true),
+            Shaped::Drop
+        ));
+        assert!(shaper.result_end().is_some());
+    }
+
+    #[test]
+    fn a_session_without_rules_only_records() {
+        let mut shaper = Shaper::new(
+            None,
+            ResponseCapture::new(ResultsLimit {
+                rows: 10,
+                bytes: 1000,
+            }),
+        );
+        assert!(matches!(
+            shaper.column(&definition("users", "pin", ColumnType::MYSQL_TYPE_LONG)),
+            Shaped::Forward
+        ));
+        shaper.columns_done();
+        let row = [0x00, 0x00, 0x2a, 0, 0, 0];
+        assert!(matches!(shaper.row(&row, true), Shaped::Forward));
+        assert_eq!(recorded_rows(&mut shaper), [[Some("42".to_string())]]);
+    }
+}
