@@ -782,7 +782,9 @@ impl<'a> Relay<'a> {
                         return Ok(outcome);
                     }
                     Some(0xFB) => {
-                        self.local_infile(&first, infile).await?;
+                        // A client whose answer already ended (a refused result) is not asked.
+                        let allowed = infile && !self.discarding;
+                        self.local_infile(&first, allowed).await?;
                         continue;
                     }
                     _ => {
@@ -884,7 +886,18 @@ impl<'a> Relay<'a> {
                     ))
                 }
             };
-            self.forward(&chunk).await?;
+            if self.seq_shift == 0 {
+                self.forward(&chunk).await?;
+            } else {
+                // Numbered after the packets the client got; the upstream counts its own.
+                let mut out = Vec::with_capacity(chunk.payload.len() + 4);
+                codec::frame(
+                    &mut out,
+                    &chunk.payload,
+                    chunk.seq.wrapping_sub(self.seq_shift),
+                );
+                self.upstream.writer.write_all(&out).await?;
+            }
             if chunk.payload.is_empty() {
                 return Ok(());
             }
