@@ -19,7 +19,7 @@ use crate::classify::{
 use crate::config::ConnectionKind;
 use sqlparser::ast::{
     visit_expressions, visit_relations, visit_statements, Expr, ObjectName, ObjectNamePart,
-    ObjectType, OnInsert, Statement,
+    ObjectType, OnInsert, Query, Statement, TableFactor, Visit, Visitor,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::keywords::Keyword;
@@ -111,6 +111,59 @@ pub fn classify_mysql(sql: &str) -> Classification {
         }
     }
     Classification::Parsed(classified)
+}
+
+/// The names a statement gives to rows that are not a table's own: derived tables, common
+/// table expressions and `JSON_TABLE`s, lower-cased. MySQL describes a column read through one
+/// as a column of a table of that name (`org_table`), which hides where its values come from.
+/// `None` when that cannot be known (the text does not parse, or uses a table source the
+/// gateway does not know).
+pub fn derived_table_names(sql: &str) -> Option<Vec<String>> {
+    #[derive(Default)]
+    struct Names {
+        names: Vec<String>,
+        unknown: bool,
+    }
+    impl Visitor for Names {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            if let Some(with) = &query.with {
+                let ctes = with.cte_tables.iter();
+                self.names
+                    .extend(ctes.map(|cte| cte.alias.name.value.to_lowercase()));
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            match factor {
+                TableFactor::Table { .. } | TableFactor::NestedJoin { alias: None, .. } => {}
+                TableFactor::Derived {
+                    alias: Some(alias), ..
+                }
+                | TableFactor::JsonTable {
+                    alias: Some(alias), ..
+                }
+                | TableFactor::NestedJoin {
+                    alias: Some(alias), ..
+                } => self.names.push(alias.name.value.to_lowercase()),
+                _ => self.unknown = true,
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    if sql.len() > MAX_CLASSIFIED_LEN {
+        return None;
+    }
+    let statements = Parser::new(&MySqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut parser| parser.parse_statements())
+        .ok()?;
+    let mut names = Names::default();
+    for statement in &statements {
+        let _ = statement.visit(&mut names);
+    }
+    (!names.unknown).then_some(names.names)
 }
 
 /// The statements of a token stream, split at top-level semicolons (strings and comments are
@@ -584,6 +637,26 @@ mod tests {
             },
             ["DROP TABLE"]
         );
+    }
+
+    #[test]
+    fn derived_tables_and_ctes_are_named() {
+        assert_eq!(
+            derived_table_names("select x from (select ssn as x from users) AS T"),
+            Some(vec!["t".to_string()])
+        );
+        assert_eq!(
+            derived_table_names(
+                "with c as (select ssn from users) select * from c join items i on true"
+            ),
+            Some(vec!["c".to_string()])
+        );
+        assert_eq!(
+            derived_table_names("select 1 /*! , (select 2 from (select 3) d) */"),
+            Some(vec!["d".to_string()])
+        );
+        assert_eq!(derived_table_names("select ssn from users u"), Some(vec![]));
+        assert_eq!(derived_table_names("selec 1"), None);
     }
 
     #[test]

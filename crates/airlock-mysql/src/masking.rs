@@ -13,9 +13,15 @@
 //!   finding); a finding in a BIGINT or DECIMAL nulls the value, since no number can stand
 //!   for the masked text.
 //!
+//! MySQL describes a column read through a derived table or a common table expression as a
+//! column of a table of that name, which hides where its values come from. In sessions with
+//! column rules, such a column (its `org_table` is a name the statement gives to a derived
+//! table, CTE or `JSON_TABLE`, or the statement cannot be read to tell) refuses the result.
+//!
 //! A row that cannot be read refuses the rest of its result: its rows are dropped and the
 //! client gets an error in place of the end of the result, so nothing unmasked goes through.
 
+use airlock_core::classify_mysql::derived_table_names;
 use airlock_core::mask::SessionMasker;
 use airlock_core::mask::{ColumnAction, ColumnOrigin, ColumnSource, MaskStyle, Masked};
 use airlock_core::response::ResponseCapture;
@@ -182,6 +188,8 @@ pub(crate) struct Shaper {
     names: Vec<String>,
     /// Why the current result is refused.
     refusal: Option<String>,
+    /// The names the running statement gives to derived tables and CTEs; `None` when unknown.
+    derived: Option<Vec<String>>,
 }
 
 impl Shaper {
@@ -192,7 +200,18 @@ impl Shaper {
             columns: Vec::new(),
             names: Vec::new(),
             refusal: None,
+            derived: None,
         }
+    }
+
+    /// The statement whose answer comes next.
+    pub(crate) fn statement(&mut self, sql: &str) {
+        let needs_origins = self.masker.as_ref().is_some_and(|m| m.needs_origins());
+        self.derived = if needs_origins {
+            derived_table_names(sql)
+        } else {
+            Some(Vec::new())
+        };
     }
 
     fn refuse(&mut self, reason: impl Into<String>) -> Shaped {
@@ -214,6 +233,22 @@ impl Shaper {
         let action = match &self.masker {
             None => ColumnAction::Pass,
             Some(masker) => {
+                let org_table = column.org_table_str().to_lowercase();
+                let through_derived = !org_table.is_empty()
+                    && column
+                        .table_ref()
+                        .eq_ignore_ascii_case(column.org_table_ref())
+                    && self
+                        .derived
+                        .as_ref()
+                        .is_none_or(|names| names.contains(&org_table));
+                if masker.needs_origins() && through_derived {
+                    return Err(format!(
+                        "column `{label}` is read through `{org_table}`, a derived table or \
+                         common table expression, which hides the table it comes from, so the \
+                         masking rules cannot be applied to it; select from the table itself"
+                    ));
+                }
                 let origin = (!column.org_table_ref().is_empty()).then(|| ColumnOrigin {
                     schema: column.schema_str().into_owned(),
                     table: column.org_table_str().into_owned(),
@@ -265,7 +300,12 @@ impl Shaper {
                 self.names.push(label);
                 rewritten.map_or(Shaped::Forward, Shaped::Replace)
             }
-            Err(reason) => self.refuse(reason),
+            Err(reason) => {
+                // The definitions still go out, so that the client reads the refusal where
+                // rows would come.
+                self.refuse(reason);
+                Shaped::Forward
+            }
         }
     }
 
@@ -459,13 +499,15 @@ mod tests {
         let masker = MaskPolicy::new(rules, HashKey::new([7; 32]))
             .for_session("prod", &[])
             .unwrap();
-        Shaper::new(
+        let mut shaper = Shaper::new(
             masker,
             ResponseCapture::new(ResultsLimit {
                 rows: 10,
                 bytes: 1000,
             }),
-        )
+        );
+        shaper.statement("SELECT * FROM users");
+        shaper
     }
 
     fn definition(table: &str, name: &str, column_type: ColumnType) -> Vec<u8> {
@@ -604,6 +646,26 @@ mod tests {
             shaper.row(&row[..row.len() - 2], true),
             Shaped::Drop
         ));
+        assert!(shaper.result_end().is_some());
+    }
+
+    #[test]
+    fn a_column_read_through_a_derived_table_refuses_the_result() {
+        let mut shaper = shaper(&["users.ssn"]);
+        shaper.statement("SELECT x FROM (SELECT ssn AS x FROM users) AS T");
+        let through = definition("t", "x", ColumnType::MYSQL_TYPE_STRING);
+        assert!(matches!(shaper.column(&through), Shaped::Forward));
+        assert!(matches!(shaper.row(&[1, b'x'], false), Shaped::Drop));
+        let reason = shaper.result_end().unwrap();
+        assert!(reason.contains("derived table"), "{reason}");
+        // A table's own name, or an alias of one, is a source.
+        shaper.statement("SELECT ssn FROM users");
+        let own = definition("users", "ssn", ColumnType::MYSQL_TYPE_STRING);
+        assert!(matches!(shaper.column(&own), Shaped::Forward));
+        assert!(shaper.result_end().is_none());
+        // Text the gateway cannot read tells nothing.
+        shaper.statement("HANDLER users READ FIRST");
+        shaper.column(&own);
         assert!(shaper.result_end().is_some());
     }
 

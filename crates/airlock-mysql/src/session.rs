@@ -469,6 +469,9 @@ impl<'a> Relay<'a> {
         let Some(permit) = self.decide(&op, &message).await? else {
             return Ok(());
         };
+        if let Some(shaper) = self.shaper.as_mut() {
+            shaper.statement(permit.replacement.as_deref().unwrap_or(&op.text));
+        }
         let outcome = match permit.replacement.as_deref() {
             None => {
                 self.forward(&message).await?;

@@ -648,6 +648,18 @@ fn text_results_are_masked_by_column_detector_and_style() {
         "derived SELECT",
     );
     assert_eq!(derived.trim(), "to: [email]\t****");
+    // A derived table or a CTE hides the table its columns come from: with column rules, the
+    // result is refused rather than risked.
+    for sql in [
+        "SELECT x FROM (SELECT ssn AS x FROM users) AS t",
+        "WITH c AS (SELECT ssn FROM users) SELECT ssn AS note FROM c",
+    ] {
+        let out = mariadb(&s.gw, &s.agent, "prod", sql);
+        let err = stderr_of(&out);
+        assert!(err.contains("ERROR 1105 (HY000)"), "{}", describe(&out));
+        assert!(err.contains("derived table"), "{}", describe(&out));
+        assert!(!all_output(&out).contains(SSN), "{}", describe(&out));
+    }
 
     // An identity no rule names reads the values as stored.
     let loader = s.gw.mint("loader-1", &["loaders"]);
