@@ -364,6 +364,10 @@ impl<'a> Relay<'a> {
                 .await;
         };
         let sql: Arc<str> = Arc::from(text);
+        if let Some(shaper) = self.shaper.as_mut() {
+            // Its column definitions are retyped as its results will be.
+            shaper.statement(&sql);
+        }
         self.forward(&message).await?;
         let outcome = self.relay(Reply::Prepare).await?;
         if let Some((id, num_params)) = outcome.prepared {

@@ -709,7 +709,13 @@ fn binary_results_of_prepared_statements_are_masked_and_retyped() {
             "{} LIMIT ?",
             USERS.replace(" ORDER BY id", " WHERE id >= ? ORDER BY id")
         );
-        let rows: Vec<mysql_async::Row> = conn.exec(sql.as_str(), (1, 10)).await.unwrap();
+        // The answer to the prepare already says which columns are strings now.
+        let prepared = conn.prep(sql.as_str()).await.unwrap();
+        assert_eq!(
+            prepared.columns()[4].column_type(),
+            ColumnType::MYSQL_TYPE_VAR_STRING
+        );
+        let rows: Vec<mysql_async::Row> = conn.exec(&prepared, (1, 10)).await.unwrap();
         let first = &rows[0];
         let get = |i: usize| first.as_ref(i).cloned().unwrap();
         use mysql_async::Value;
