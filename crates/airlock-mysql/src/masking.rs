@@ -111,6 +111,17 @@ pub(crate) fn value_text(value: Value) -> Option<Vec<u8>> {
     match value {
         Value::NULL => None,
         Value::Bytes(bytes) => Some(bytes),
+        // The server writes hours past a day as hours, with at least two digits.
+        Value::Time(negative, days, hours, minutes, seconds, micros) => {
+            let sign = if negative { "-" } else { "" };
+            let hours = days * 24 + u32::from(hours);
+            let fraction = if micros == 0 {
+                String::new()
+            } else {
+                format!(".{micros:06}")
+            };
+            Some(format!("{sign}{hours:02}:{minutes:02}:{seconds:02}{fraction}").into_bytes())
+        }
         other => Some(other.as_sql(false).trim_matches('\'').as_bytes().to_vec()),
     }
 }
@@ -667,6 +678,20 @@ mod tests {
         shaper.statement("HANDLER users READ FIRST");
         shaper.column(&own);
         assert!(shaper.result_end().is_some());
+    }
+
+    #[test]
+    fn binary_values_read_as_the_text_protocol_writes_them() {
+        let text = |v: Value| String::from_utf8(value_text(v).unwrap()).unwrap();
+        assert_eq!(text(Value::Int(-7)), "-7");
+        assert_eq!(text(Value::Date(1990, 1, 2, 0, 0, 0, 0)), "1990-01-02");
+        assert_eq!(
+            text(Value::Date(1990, 1, 2, 3, 4, 5, 6)),
+            "1990-01-02 03:04:05.000006"
+        );
+        assert_eq!(text(Value::Time(false, 0, 12, 0, 0, 0)), "12:00:00");
+        assert_eq!(text(Value::Time(true, 1, 2, 3, 4, 5)), "-26:03:04.000005");
+        assert_eq!(value_text(Value::NULL), None);
     }
 
     #[test]
