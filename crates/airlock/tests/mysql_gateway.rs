@@ -648,6 +648,20 @@ fn text_results_are_masked_by_column_detector_and_style() {
         "derived SELECT",
     );
     assert_eq!(derived.trim(), "to: [email]\t****");
+    // Each result of a multi-statement string is masked by its own columns.
+    let both = ok_stdout(
+        &mariadb(
+            &s.gw,
+            &s.agent,
+            "prod",
+            "SELECT ssn FROM users WHERE id = 1; SELECT id, notes FROM users WHERE id = 1",
+        ),
+        "two results",
+    );
+    assert_eq!(
+        both, "****\n1\tcall [phone] or mail [email], ip [ipv4]\n",
+        "{both}"
+    );
     // A derived table or a CTE hides the table its columns come from: with column rules, the
     // result is refused rather than risked.
     for sql in [
