@@ -66,11 +66,6 @@ impl Planned {
 /// Strings, ENUM/SET and JSON: masked text is a valid value of theirs.
 fn holds_text(t: ColumnType) -> bool {
     use ColumnType::*;
-    is_string(t) || matches!(t, MYSQL_TYPE_ENUM | MYSQL_TYPE_SET | MYSQL_TYPE_JSON)
-}
-
-fn is_string(t: ColumnType) -> bool {
-    use ColumnType::*;
     matches!(
         t,
         MYSQL_TYPE_STRING
@@ -80,6 +75,9 @@ fn is_string(t: ColumnType) -> bool {
             | MYSQL_TYPE_MEDIUM_BLOB
             | MYSQL_TYPE_LONG_BLOB
             | MYSQL_TYPE_BLOB
+            | MYSQL_TYPE_ENUM
+            | MYSQL_TYPE_SET
+            | MYSQL_TYPE_JSON
     )
 }
 
@@ -194,7 +192,7 @@ struct Values<'a> {
 
 pub(crate) struct Shaper {
     masker: Option<Arc<SessionMasker>>,
-    pub(crate) capture: ResponseCapture,
+    capture: ResponseCapture,
     columns: Vec<Planned>,
     names: Vec<String>,
     /// Why the current result is refused.
