@@ -655,6 +655,12 @@ mod tests {
             derived_table_names("select 1 /*! , (select 2 from (select 3) d) */"),
             Some(vec!["d".to_string()])
         );
+        assert_eq!(
+            derived_table_names(
+                "select j.a from json_table('[1]', '$[*]' columns (a int path '$')) as j"
+            ),
+            Some(vec!["j".to_string()])
+        );
         assert_eq!(derived_table_names("select ssn from users u"), Some(vec![]));
         assert_eq!(derived_table_names("selec 1"), None);
     }
