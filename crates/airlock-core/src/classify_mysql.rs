@@ -6,6 +6,12 @@
 //! (unparseable). Statements the parser does not know but MySQL runs (`LOAD DATA`, `HANDLER`,
 //! `DO`, `SELECT … INTO OUTFILE`) are recognized from their tokens; anything else that does not
 //! parse is unparseable, which policies deny unless their `default` says otherwise.
+//!
+//! Finer kinds take PostgreSQL's names (`DROP TABLE`, `CREATE INDEX`, `COPY FROM FILE`), so a
+//! rule written for one reads the same on the other: a MySQL database is also a schema
+//! (`DROP DATABASE` and `DROP SCHEMA` name both), a user is a `ROLE`, `LOAD DATA LOCAL` reads
+//! from the client (`COPY FROM`), `LOAD DATA` without `LOCAL` and `SELECT … INTO
+//! OUTFILE/DUMPFILE` use a server file (`COPY FROM FILE`, `COPY TO FILE`, `COPY FILE`).
 
 use crate::classify::{
     Classification, ClassifiedStatement, StatementKind as K, MAX_CLASSIFIED_LEN,
@@ -13,7 +19,7 @@ use crate::classify::{
 use crate::config::ConnectionKind;
 use sqlparser::ast::{
     visit_expressions, visit_relations, visit_statements, Expr, ObjectName, ObjectNamePart,
-    OnInsert, Statement,
+    ObjectType, OnInsert, Query, Statement, TableFactor, Visit, Visitor,
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::keywords::Keyword;
@@ -107,6 +113,59 @@ pub fn classify_mysql(sql: &str) -> Classification {
     Classification::Parsed(classified)
 }
 
+/// The names a statement gives to rows that are not a table's own: derived tables, common
+/// table expressions and `JSON_TABLE`s, lower-cased. MySQL describes a column read through one
+/// as a column of a table of that name (`org_table`), which hides where its values come from.
+/// `None` when that cannot be known (the text does not parse, or uses a table source the
+/// gateway does not know).
+pub fn derived_table_names(sql: &str) -> Option<Vec<String>> {
+    #[derive(Default)]
+    struct Names {
+        names: Vec<String>,
+        unknown: bool,
+    }
+    impl Visitor for Names {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+            if let Some(with) = &query.with {
+                let ctes = with.cte_tables.iter();
+                self.names
+                    .extend(ctes.map(|cte| cte.alias.name.value.to_lowercase()));
+            }
+            ControlFlow::Continue(())
+        }
+        fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+            match factor {
+                TableFactor::Table { .. } | TableFactor::NestedJoin { alias: None, .. } => {}
+                TableFactor::Derived {
+                    alias: Some(alias), ..
+                }
+                | TableFactor::JsonTable {
+                    alias: Some(alias), ..
+                }
+                | TableFactor::NestedJoin {
+                    alias: Some(alias), ..
+                } => self.names.push(alias.name.value.to_lowercase()),
+                _ => self.unknown = true,
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    if sql.len() > MAX_CLASSIFIED_LEN {
+        return None;
+    }
+    let statements = Parser::new(&MySqlDialect {})
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(sql)
+        .and_then(|mut parser| parser.parse_statements())
+        .ok()?;
+    let mut names = Names::default();
+    for statement in &statements {
+        let _ = statement.visit(&mut names);
+    }
+    (!names.unknown).then_some(names.names)
+}
+
 /// The statements of a token stream, split at top-level semicolons (strings and comments are
 /// single tokens, so a `;` inside them does not split). Empty statements are left out.
 fn split_statements(tokens: Vec<TokenWithSpan>) -> Vec<Vec<TokenWithSpan>> {
@@ -182,6 +241,7 @@ fn from_tokens(tokens: &[TokenWithSpan]) -> Option<ClassifiedStatement> {
     match first.as_str() {
         "LOAD" => {
             statement.kind = K::Copy;
+            statement.subkinds = copy_subkinds("FROM", position("LOCAL").is_none());
             if let Some(at) = position("TABLE") {
                 statement.tables.extend(name_after(at + 1));
             }
@@ -194,6 +254,7 @@ fn from_tokens(tokens: &[TokenWithSpan]) -> Option<ClassifiedStatement> {
         "SELECT" | "WITH" | "(" if writes_file => {
             statement.kind = K::Select;
             statement.kinds.push(K::Copy);
+            statement.subkinds = copy_subkinds("TO", true);
             if let Some(at) = position("FROM") {
                 statement.tables.extend(name_after(at + 1));
             }
@@ -219,10 +280,67 @@ fn note_function(statement: &mut ClassifiedStatement, name: &str) {
     statement.functions.push(name.to_string());
 }
 
+/// A COPY's finer kinds: its direction, and whether a server file is at the other end.
+fn copy_subkinds(direction: &str, server_file: bool) -> Vec<String> {
+    let mut names = vec![format!("COPY {direction}")];
+    if server_file {
+        names.push(format!("COPY {direction} FILE"));
+        names.push("COPY FILE".to_string());
+    }
+    names
+}
+
+/// The finer kinds of one statement (see the module header).
+fn subkinds(statement: &Statement) -> Vec<String> {
+    let kind = top_level_kind(statement);
+    let details: Vec<String> = match statement {
+        Statement::LoadData { local, .. } => return copy_subkinds("FROM", !local),
+        Statement::CreateTable(_) | Statement::AlterTable(_) | Statement::RenameTable(_) => {
+            vec!["TABLE".into()]
+        }
+        Statement::CreateView(view) if view.materialized => vec!["MATERIALIZED VIEW".into()],
+        Statement::CreateView(_) | Statement::AlterView(_) => vec!["VIEW".into()],
+        Statement::CreateIndex(_) | Statement::AlterIndex { .. } => vec!["INDEX".into()],
+        Statement::CreateRole(_)
+        | Statement::CreateUser(_)
+        | Statement::AlterRole { .. }
+        | Statement::AlterUser(_) => vec!["ROLE".into()],
+        Statement::CreateDatabase { .. }
+        | Statement::CreateSchema { .. }
+        | Statement::AlterSchema(_) => vec!["DATABASE".into(), "SCHEMA".into()],
+        Statement::CreateFunction(_) | Statement::AlterFunction(_) | Statement::DropFunction(_) => {
+            vec!["FUNCTION".into()]
+        }
+        Statement::CreateProcedure { .. } | Statement::DropProcedure { .. } => {
+            vec!["PROCEDURE".into()]
+        }
+        Statement::CreateTrigger(_) | Statement::AlterTrigger(_) | Statement::DropTrigger(_) => {
+            vec!["TRIGGER".into()]
+        }
+        Statement::CreateSequence { .. } => vec!["SEQUENCE".into()],
+        Statement::Drop { object_type, .. } => match object_type {
+            ObjectType::Database | ObjectType::Schema => {
+                vec!["DATABASE".into(), "SCHEMA".into()]
+            }
+            ObjectType::User | ObjectType::Role | ObjectType::Group => vec!["ROLE".into()],
+            other => vec![other.to_string()],
+        },
+        _ => Vec::new(),
+    };
+    let known = kind.subkind_names();
+    details
+        .into_iter()
+        .filter(|detail| known.contains(&detail.as_str()))
+        .map(|detail| format!("{} {detail}", kind.name()))
+        .collect()
+}
+
 fn finish(mut statement: ClassifiedStatement) -> ClassifiedStatement {
     statement.kinds.push(statement.kind);
     statement.kinds.sort();
     statement.kinds.dedup();
+    statement.subkinds.sort();
+    statement.subkinds.dedup();
     statement.tables.sort();
     statement.tables.dedup();
     statement.functions.sort();
@@ -256,6 +374,7 @@ fn classify_statement(top: &Statement) -> ClassifiedStatement {
     let _ = visit_statements(top, |s| {
         let kind = top_level_kind(s);
         statement.kinds.push(kind);
+        statement.subkinds.extend(subkinds(s));
         match s {
             Statement::Insert(insert) => {
                 if insert.replace_into {
@@ -469,6 +588,81 @@ mod tests {
             kinds("explain delete from items"),
             vec![vec![K::Delete, K::Explain]]
         );
+    }
+
+    #[test]
+    fn finer_kinds_have_the_postgres_names() {
+        let sub = |sql: &str| one(sql).subkinds;
+        for (sql, expected) in [
+            ("drop table items", &["DROP TABLE"][..]),
+            ("DROP TEMPORARY TABLE IF EXISTS a, b", &["DROP TABLE"]),
+            ("drop view v", &["DROP VIEW"]),
+            ("drop index i on items", &["DROP INDEX"]),
+            ("drop database app", &["DROP DATABASE", "DROP SCHEMA"]),
+            ("drop schema app", &["DROP DATABASE", "DROP SCHEMA"]),
+            ("drop user bob", &["DROP ROLE"]),
+            ("drop function f", &["DROP FUNCTION"]),
+            ("drop procedure p", &["DROP PROCEDURE"]),
+            ("drop trigger t", &["DROP TRIGGER"]),
+            ("create table t (id int)", &["CREATE TABLE"]),
+            ("create table t as select * from items", &["CREATE TABLE"]),
+            ("create index i on items (name)", &["CREATE INDEX"]),
+            ("create view v as select 1", &["CREATE VIEW"]),
+            ("create database d", &["CREATE DATABASE", "CREATE SCHEMA"]),
+            ("create user bob", &["CREATE ROLE"]),
+            ("alter table items add column c int", &["ALTER TABLE"]),
+            ("rename table items to things", &["ALTER TABLE"]),
+            (
+                "load data local infile '/tmp/x' into table items",
+                &["COPY FROM"],
+            ),
+            (
+                "load data infile '/tmp/x' into table items",
+                &["COPY FILE", "COPY FROM", "COPY FROM FILE"],
+            ),
+            (
+                "select * from items into outfile '/tmp/x'",
+                &["COPY FILE", "COPY TO", "COPY TO FILE"],
+            ),
+            ("explain select 1", &[]),
+            ("select 1", &[]),
+        ] {
+            assert_eq!(sub(sql), expected, "{sql}");
+        }
+        // Executable comments and multi-statements carry theirs.
+        assert_eq!(
+            match classify_mysql("select 1 /*! ; drop table items */") {
+                Classification::Parsed(s) => s[1].subkinds.clone(),
+                other => panic!("{other:?}"),
+            },
+            ["DROP TABLE"]
+        );
+    }
+
+    #[test]
+    fn derived_tables_and_ctes_are_named() {
+        assert_eq!(
+            derived_table_names("select x from (select ssn as x from users) AS T"),
+            Some(vec!["t".to_string()])
+        );
+        assert_eq!(
+            derived_table_names(
+                "with c as (select ssn from users) select * from c join items i on true"
+            ),
+            Some(vec!["c".to_string()])
+        );
+        assert_eq!(
+            derived_table_names("select 1 /*! , (select 2 from (select 3) d) */"),
+            Some(vec!["d".to_string()])
+        );
+        assert_eq!(
+            derived_table_names(
+                "select j.a from json_table('[1]', '$[*]' columns (a int path '$')) as j"
+            ),
+            Some(vec!["j".to_string()])
+        );
+        assert_eq!(derived_table_names("select ssn from users u"), Some(vec![]));
+        assert_eq!(derived_table_names("selec 1"), None);
     }
 
     #[test]

@@ -48,6 +48,65 @@ pub struct Config {
     /// The MCP face (`airlock mcp`, `/mcp`).
     #[serde(default)]
     pub mcp: McpConfig,
+    /// The certificate the gateway shows clients that ask for TLS; without it, one generated
+    /// on first start into the data directory.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The gateway's TLS certificate chain and private key, both PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl TlsConfig {
+    /// Reads and checks both files: `(field, problem)` for each one that cannot serve.
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let mut problems = Vec::new();
+        match std::fs::read(&self.cert_file) {
+            Ok(pem) => {
+                let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+                match certs {
+                    Ok(certs) if certs.is_empty() => problems.push((
+                        "cert_file",
+                        format!("{} holds no PEM certificate", self.cert_file.display()),
+                    )),
+                    Ok(_) => {}
+                    Err(e) => problems.push((
+                        "cert_file",
+                        format!(
+                            "{} is not a PEM certificate chain: {e}",
+                            self.cert_file.display()
+                        ),
+                    )),
+                }
+            }
+            Err(e) => problems.push((
+                "cert_file",
+                format!("cannot read {}: {e}", self.cert_file.display()),
+            )),
+        }
+        match std::fs::read(&self.key_file) {
+            Ok(pem) => {
+                if let Err(e) = PrivateKeyDer::from_pem_slice(&pem) {
+                    problems.push((
+                        "key_file",
+                        format!("{} holds no PEM private key: {e}", self.key_file.display()),
+                    ));
+                }
+            }
+            Err(e) => problems.push((
+                "key_file",
+                format!("cannot read {}: {e}", self.key_file.display()),
+            )),
+        }
+        problems
+    }
 }
 
 /// How the MCP tools behave.
@@ -473,6 +532,7 @@ impl Default for Config {
             notify: Vec::new(),
             recording: RecordingConfig::default(),
             mcp: McpConfig::default(),
+            tls: None,
         }
     }
 }
@@ -733,6 +793,11 @@ impl Config {
                     "recording.retention".into(),
                     "must be at least twice recording.checkpoint_interval".into(),
                 );
+            }
+        }
+        if let Some(tls) = &config.tls {
+            for (field, message) in tls.check() {
+                issue(format!("tls.{field}"), message);
             }
         }
         for (path, message) in crate::mask::check_rules(&config.masking) {

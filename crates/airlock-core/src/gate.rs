@@ -941,8 +941,14 @@ impl Gate {
                 "it contains a NUL character".into(),
             ));
         }
-        let classification = self.classifier.classify(&sql);
         let judge = |request: &NewApproval| -> Result<(), VoteError> {
+            // Judged as the request's server will read it: a MySQL session runs it on MySQL,
+            // where executable comments are code and quoting differs.
+            let classification = if request.protocol == Protocol::Mysql.as_str() {
+                Arc::new(crate::classify_mysql::classify_mysql(&sql))
+            } else {
+                self.classifier.classify(&sql)
+            };
             let statements = match classification.as_ref() {
                 Classification::Parsed(statements) if !statements.is_empty() => statements,
                 Classification::Parsed(_) => {

@@ -5,6 +5,7 @@
 
 use bytes::{Buf, BytesMut};
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use mysql_common::io::BufMutExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest payload one packet carries; a payload this long continues in the next packet.
@@ -17,7 +18,7 @@ const READ_CHUNK: usize = 16 * 1024;
 pub enum CodecError {
     #[error("the peer closed the connection")]
     Closed,
-    #[error("a message of more than {MAX_MESSAGE_LEN} bytes")]
+    #[error("a message longer than the gateway accepts")]
     TooLong,
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -141,6 +142,35 @@ impl<R: AsyncRead + Unpin> PacketReader<R> {
     }
 }
 
+/// Reads exactly one packet of at most `max` bytes, and nothing after it (what follows may be
+/// another protocol: a TLS handshake).
+pub async fn read_one<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Message, CodecError> {
+    let mut header = [0u8; 4];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(CodecError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    if len > max {
+        return Err(CodecError::TooLong);
+    }
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload).await?;
+    let mut raw = BytesMut::with_capacity(4 + len);
+    raw.extend_from_slice(&header);
+    raw.extend_from_slice(&payload);
+    Ok(Message {
+        payload,
+        raw,
+        seq: header[3],
+        last_seq: header[3],
+    })
+}
+
 /// Frames `payload` as packets starting at sequence id `seq`; returns the next sequence id.
 pub fn frame(out: &mut Vec<u8>, payload: &[u8], mut seq: u8) -> u8 {
     let mut chunks = payload.chunks(MAX_PACKET_PAYLOAD).peekable();
@@ -242,6 +272,21 @@ pub fn parse_ok(payload: &[u8]) -> Option<Ending> {
     })
 }
 
+/// An OK packet's payload with its human-readable info (what `mysql_info()` returns) replaced
+/// by `info` (a length-encoded string, as servers send it and clients read it); `None` when the
+/// packet is not a well-formed OK packet.
+pub fn ok_with_info(payload: &[u8], info: &str) -> Option<Vec<u8>> {
+    let mut rest = payload.get(1..)?;
+    lenenc_int(&mut rest)?;
+    lenenc_int(&mut rest)?;
+    // Status flags and warning count.
+    rest.get(..4)?;
+    let fixed = payload.len() - rest.len() + 4;
+    let mut out = payload[..fixed].to_vec();
+    out.put_lenenc_str(info.as_bytes());
+    Some(out)
+}
+
 /// Reads the status flags of an old-style EOF packet (`FE warnings status`).
 pub fn parse_eof(payload: &[u8]) -> Option<Ending> {
     let status = u16::from_le_bytes([*payload.get(3)?, *payload.get(4)?]);
@@ -327,6 +372,11 @@ mod tests {
                 affected: 0
             })
         );
+        let mut with_info = ok.clone();
+        with_info.extend_from_slice(b"\x0fRows matched: 1");
+        let replaced = ok_with_info(&with_info, "note").unwrap();
+        assert_eq!(replaced, [ok.as_slice(), b"\x04note"].concat());
+        assert_eq!(parse_ok(&replaced), parse_ok(&with_info));
         let mut three: &[u8] = &[0xFC, 0x10, 0x27, 9];
         assert_eq!(lenenc_int(&mut three), Some(10_000));
         assert_eq!(three, &[9]);

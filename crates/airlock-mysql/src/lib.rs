@@ -1,18 +1,21 @@
 //! The MySQL/MariaDB adapter: a listener that speaks the MySQL client/server protocol to
-//! agents, logs them in with their Airlock token (sent as the password through the
-//! `mysql_clear_password` method), logs in to the upstream with the connection's own credential,
-//! and relays every command through the gate.
+//! agents, takes them through TLS when they ask, logs them in with their Airlock token (sent as
+//! the password through the `mysql_clear_password` method), logs in to the upstream with the
+//! connection's own credential, and relays every command through the gate.
 //!
 //! This module owns the listener and the login. Modules: `codec` (packet framing and the
-//! packets the gateway writes), `upstream` (login to the real server), `session` (the relay),
+//! packets the gateway writes), `tls` (the certificate clients are shown), `upstream` (login to
+//! the real server), `session` (the relay), `masking` (masking and recording of result rows),
 //! `kill` (`KILL QUERY` across sessions and held statements).
 
 pub mod codec;
 pub mod kill;
+mod masking;
 pub mod session;
+pub mod tls;
 pub mod upstream;
 
-use crate::codec::{CodecError, PacketReader};
+use crate::codec::{CodecError, Message, PacketReader};
 use crate::kill::KillRegistry;
 use crate::session::{End, Relay};
 use crate::upstream::UpstreamTarget;
@@ -28,10 +31,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
+
+/// The client's side of a session, in clear or through TLS.
+pub type ClientRead = Box<dyn AsyncRead + Send + Unpin>;
+pub type ClientWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A client has this long to log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,10 +49,15 @@ const MAX_SESSIONS: usize = 10_000;
 const SERVER_VERSION: &[u8] = b"8.0.99-airlock";
 const UTF8MB4_GENERAL_CI: u8 = 45;
 const CLEAR_PASSWORD: &[u8] = b"mysql_clear_password";
+/// The longest first answer a client sends (a handshake response with its connection
+/// attributes, or a TLS request).
+const MAX_HANDSHAKE_LEN: usize = 64 * 1024;
 
-/// What the gateway offers clients. Left out on purpose: TLS and compression (not offered),
-/// session tracking, query attributes and optional metadata (they change packet formats the
-/// relay reads), IGNORE_SPACE (it changes how SQL is read).
+/// What the gateway negotiates with clients, and passes on to the upstream. Left out on
+/// purpose: compression, session tracking, query attributes and optional metadata (they
+/// change packet formats the relay reads), IGNORE_SPACE (it changes how SQL is read). TLS is
+/// offered besides (see [`GREETING_CAPABILITIES`]); it is the gateway's own, never the
+/// upstream's.
 const OFFERED: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
     .union(CapabilityFlags::CLIENT_FOUND_ROWS)
     .union(CapabilityFlags::CLIENT_LONG_FLAG)
@@ -61,12 +74,14 @@ const OFFERED: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
     .union(CapabilityFlags::CLIENT_CONNECT_ATTRS)
     .union(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA)
     .union(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+const GREETING_CAPABILITIES: CapabilityFlags = OFFERED.union(CapabilityFlags::CLIENT_SSL);
 
 pub struct MysqlGateway {
     gate: Arc<Gate>,
     targets: HashMap<String, UpstreamTarget>,
     kills: Arc<KillRegistry>,
     sessions: Arc<Semaphore>,
+    tls: TlsAcceptor,
 }
 
 /// A refusal during login: an ERR packet, then the connection closes.
@@ -102,6 +117,13 @@ impl From<std::io::Error> for LoginError {
     }
 }
 
+/// A client greeted, through TLS if it asked for it, and its handshake response.
+struct Opened {
+    reader: PacketReader<ClientRead>,
+    writer: ClientWrite,
+    answer: Message,
+}
+
 struct Ready {
     session: airlock_core::gate::Session,
     upstream: upstream::Upstream,
@@ -109,12 +131,17 @@ struct Ready {
 }
 
 impl MysqlGateway {
-    pub fn new(gate: Arc<Gate>, targets: HashMap<String, UpstreamTarget>) -> Arc<MysqlGateway> {
+    pub fn new(
+        gate: Arc<Gate>,
+        targets: HashMap<String, UpstreamTarget>,
+        tls: TlsAcceptor,
+    ) -> Arc<MysqlGateway> {
         Arc::new(MysqlGateway {
             gate,
             targets,
             kills: Arc::new(KillRegistry::default()),
             sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
+            tls,
         })
     }
 
@@ -147,18 +174,74 @@ impl MysqlGateway {
 
     async fn handle(&self, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let (read, mut write) = stream.into_split();
-        let mut reader = PacketReader::new(read);
         let id = self.kills.allocate();
-        let login =
-            tokio::time::timeout(LOGIN_TIMEOUT, self.login(&mut reader, &mut write, id, peer))
-                .await
-                .unwrap_or_else(|_| Err((LoginError::new(1043, "08S01", "login timed out"), 2)));
+        let deadline = tokio::time::Instant::now() + LOGIN_TIMEOUT;
+        let scramble = new_scramble();
+        let opened = tokio::time::timeout_at(deadline, self.open(stream, id, &scramble)).await;
+        let Ok(Some(mut opened)) = opened else {
+            tracing::info!("the client left or timed out before logging in");
+            return;
+        };
+        let login = tokio::time::timeout_at(deadline, self.login(&mut opened, &scramble, id, peer))
+            .await
+            .unwrap_or_else(|_| Err((LoginError::new(1043, "08S01", "login timed out"), 2)));
+        let Opened {
+            reader, mut writer, ..
+        } = opened;
         match login {
-            Ok((ready, seq)) => self.run_session(reader, write, ready, seq).await,
+            Ok((ready, seq)) => self.run_session(reader, writer, ready, seq).await,
             Err((e, seq)) => {
                 tracing::info!(code = e.code, reason = %e.message, "login refused");
-                let _ = codec::write_payload(&mut write, &e.payload(), seq).await;
+                let _ = codec::write_payload(&mut writer, &e.payload(), seq).await;
+            }
+        }
+    }
+
+    /// Greets the client and reads its answer, going through TLS first when the client asks
+    /// for it. `None` when the connection ends here (the client was told why when it could be).
+    async fn open(&self, mut stream: TcpStream, id: u32, scramble: &[u8; 20]) -> Option<Opened> {
+        codec::write_payload(&mut stream, &greeting(id, scramble), 0)
+            .await
+            .ok()?;
+        // Exactly one packet: a client that asks for TLS starts its handshake right after it.
+        let first = match codec::read_one(&mut stream, MAX_HANDSHAKE_LEN).await {
+            Ok(first) => first,
+            Err(CodecError::Closed) => return None,
+            Err(e) => {
+                let _ = codec::write_payload(&mut stream, &LoginError::from(e).payload(), 2).await;
+                return None;
+            }
+        };
+        if !is_tls_request(&first.payload) {
+            let (read, write) = stream.into_split();
+            return Some(Opened {
+                reader: PacketReader::new(Box::new(read)),
+                writer: Box::new(write),
+                answer: first,
+            });
+        }
+        let tls = match self.tls.accept(stream).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::info!(error = %e, "TLS handshake with the client failed");
+                return None;
+            }
+        };
+        let (read, write) = tokio::io::split(tls);
+        let mut reader: PacketReader<ClientRead> = PacketReader::new(Box::new(read));
+        let mut writer: ClientWrite = Box::new(write);
+        match reader.read().await {
+            Ok(answer) => Some(Opened {
+                reader,
+                writer,
+                answer,
+            }),
+            Err(CodecError::Closed) => None,
+            Err(e) => {
+                let seq = first.seq.wrapping_add(1);
+                let _ =
+                    codec::write_payload(&mut writer, &LoginError::from(e).payload(), seq).await;
+                None
             }
         }
     }
@@ -166,50 +249,17 @@ impl MysqlGateway {
     /// The login; on failure, the error and the sequence id its ERR packet takes.
     async fn login(
         &self,
-        reader: &mut PacketReader<OwnedReadHalf>,
-        writer: &mut OwnedWriteHalf,
+        opened: &mut Opened,
+        scramble: &[u8; 20],
         id: u32,
         peer: SocketAddr,
     ) -> Result<(Ready, u8), (LoginError, u8)> {
-        let mut scramble = [0u8; 20];
-        rand::thread_rng().fill_bytes(&mut scramble);
-        // The scramble must not contain NUL bytes: clients read it as a C string.
-        for byte in &mut scramble {
-            *byte = (*byte % 94) + 33;
-        }
-        let mut part_2 = scramble[8..].to_vec();
-        part_2.push(0);
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&scramble[..8]);
-        let greeting = HandshakePacket::new(
-            10,
-            SERVER_VERSION,
-            id,
-            first,
-            Some(part_2),
-            OFFERED,
-            UTF8MB4_GENERAL_CI,
-            StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-            Some(CLEAR_PASSWORD),
-        );
-        let mut payload = Vec::new();
-        greeting.serialize(&mut payload);
-        codec::write_payload(writer, &payload, 0)
-            .await
-            .map_err(|e| (e.into(), 1))?;
-
-        let answer = reader.read().await.map_err(|e| (e.into(), 2))?;
+        let Opened {
+            reader,
+            writer,
+            answer,
+        } = opened;
         let mut seq = answer.last_seq.wrapping_add(1);
-        if answer.payload.len() == 32 {
-            return Err((
-                LoginError::new(
-                    1043,
-                    "08S01",
-                    "TLS is not offered by this gateway; connect without TLS (--ssl=0 / --ssl-mode=DISABLED)",
-                ),
-                seq,
-            ));
-        }
         let response: HandshakeResponse<'_> = ParseBuf(&answer.payload).parse(()).map_err(|e| {
             (
                 LoginError::new(1043, "08S01", format!("bad handshake: {e}")),
@@ -332,8 +382,8 @@ impl MysqlGateway {
 
     async fn run_session(
         &self,
-        reader: PacketReader<OwnedReadHalf>,
-        mut writer: OwnedWriteHalf,
+        reader: PacketReader<ClientRead>,
+        mut writer: ClientWrite,
         ready: Ready,
         seq: u8,
     ) {
@@ -350,6 +400,19 @@ impl MysqlGateway {
         );
         let span = tracing::info_span!("session", id = session.id, connection = %session.connection, who = %session.identity.name, mysql_id = id);
         let end = async {
+            let masker = match self.gate.masker(&session) {
+                Ok(masker) => masker,
+                Err(reason) => {
+                    tracing::error!(%reason, "masking cannot be set up; refusing the session");
+                    let err =
+                        LoginError::new(1105, "HY000", "masking cannot be set up for this session");
+                    let _ = codec::write_payload(&mut writer, &err.payload(), seq).await;
+                    return End::Fatal {
+                        payload: Vec::new(),
+                        reason: "masking unavailable",
+                    };
+                }
+            };
             tracing::info!("session opened");
             let ok = codec::ok_payload(upstream.status);
             if let Err(e) = codec::write_payload(&mut writer, &ok, seq).await {
@@ -364,6 +427,7 @@ impl MysqlGateway {
                 writer,
                 upstream,
             )
+            .masking(masker)
             .run()
             .await
         }
@@ -378,4 +442,46 @@ impl MysqlGateway {
         span.in_scope(|| tracing::info!(%reason, "session closed"));
         self.gate.close_session(&session, &reason).await;
     }
+}
+
+/// A fresh scramble. It must not contain NUL bytes: clients read it as a C string.
+fn new_scramble() -> [u8; 20] {
+    let mut scramble = [0u8; 20];
+    rand::thread_rng().fill_bytes(&mut scramble);
+    for byte in &mut scramble {
+        *byte = (*byte % 94) + 33;
+    }
+    scramble
+}
+
+/// The server greeting: protocol 10, the scramble, TLS offered, the clear-password method.
+fn greeting(id: u32, scramble: &[u8; 20]) -> Vec<u8> {
+    let mut part_2 = scramble[8..].to_vec();
+    part_2.push(0);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&scramble[..8]);
+    let greeting = HandshakePacket::new(
+        10,
+        SERVER_VERSION,
+        id,
+        first,
+        Some(part_2),
+        GREETING_CAPABILITIES,
+        UTF8MB4_GENERAL_CI,
+        StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        Some(CLEAR_PASSWORD),
+    );
+    let mut payload = Vec::new();
+    greeting.serialize(&mut payload);
+    payload
+}
+
+/// Whether a client's first answer is the short packet that asks for TLS before the login.
+fn is_tls_request(payload: &[u8]) -> bool {
+    let Some(flags) = payload.get(..4) else {
+        return false;
+    };
+    let flags = u32::from_le_bytes([flags[0], flags[1], flags[2], flags[3]]);
+    payload.len() == 32
+        && CapabilityFlags::from_bits_truncate(flags).contains(CapabilityFlags::CLIENT_SSL)
 }

@@ -7,21 +7,22 @@
 
 use crate::codec::{self, CodecError, Ending, Message, PacketReader};
 use crate::kill::{parse_kill, KillAction, KillRegistry, Registration};
+use crate::masking::{self, Shaped, Shaper};
 use crate::upstream::Upstream;
+use crate::{ClientRead, ClientWrite};
 use airlock_core::classify::{Classification, StatementKind};
 use airlock_core::classify_mysql::classify_mysql;
 use airlock_core::gate::{Denial, DenialKind, Gate, Permit, Session, Submission};
+use airlock_core::mask::SessionMasker;
 use airlock_core::operation::Operation;
 use airlock_core::store::OutcomeStatus;
 use mysql_common::constants::{CapabilityFlags, ColumnFlags, ColumnType, StatusFlags};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::StmtPacket;
 use mysql_common::value::{BinValue, ValueDeserializer};
-use mysql_common::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const COM_QUIT: u8 = 0x01;
 const COM_INIT_DB: u8 = 0x02;
@@ -82,9 +83,10 @@ struct Prepared {
 /// What the upstream answers to a command.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Reply {
-    /// OK, ERR or result sets (several when more results follow); a LOCAL INFILE request is
-    /// relayed to the client only when `infile` is set.
-    Results { infile: bool },
+    /// OK, ERR or result sets (several when more results follow), with rows in the binary
+    /// protocol when `binary`; a LOCAL INFILE request is relayed to the client only when
+    /// `infile` is set.
+    Results { infile: bool, binary: bool },
     /// COM_STMT_PREPARE's answer.
     Prepare,
     /// Column definitions up to an EOF (COM_FIELD_LIST).
@@ -107,11 +109,22 @@ pub struct Relay<'a> {
     pub session: &'a Session,
     pub kills: &'a KillRegistry,
     pub registration: &'a Registration,
-    pub client: PacketReader<OwnedReadHalf>,
-    pub client_out: OwnedWriteHalf,
+    pub client: PacketReader<ClientRead>,
+    pub client_out: ClientWrite,
     pub upstream: Upstream,
     statements: HashMap<u32, Prepared>,
+    /// Masks and records result rows; `None` in sessions that need neither.
+    shaper: Option<Shaper>,
     out: Vec<u8>,
+    /// How far the sequence ids of the packets sent to the client are ahead of the upstream's
+    /// (rewritten rows can take more or fewer packets than they came in; dropped rows none).
+    seq_shift: u8,
+    /// The rest of the current answer is read from the upstream and not sent (a result was
+    /// refused, and the client already has its error).
+    discarding: bool,
+    /// Set while an approved replacement runs: what the OK packets of its answer tell the
+    /// client.
+    modified: Option<String>,
 }
 
 impl<'a> Relay<'a> {
@@ -120,8 +133,8 @@ impl<'a> Relay<'a> {
         session: &'a Session,
         kills: &'a KillRegistry,
         registration: &'a Registration,
-        client: PacketReader<OwnedReadHalf>,
-        client_out: OwnedWriteHalf,
+        client: PacketReader<ClientRead>,
+        client_out: ClientWrite,
         upstream: Upstream,
     ) -> Self {
         Relay {
@@ -133,8 +146,20 @@ impl<'a> Relay<'a> {
             client_out,
             upstream,
             statements: HashMap::new(),
+            shaper: None,
             out: Vec::with_capacity(FLUSH_AT),
+            seq_shift: 0,
+            discarding: false,
+            modified: None,
         }
+    }
+
+    /// Masks result rows with `masker`, and records them when responses are kept. Rows are
+    /// looked at only in sessions that need one or the other.
+    pub fn masking(mut self, masker: Option<Arc<SessionMasker>>) -> Self {
+        self.shaper = (masker.is_some() || self.gate.keeps_responses())
+            .then(|| Shaper::new(masker, self.gate.response_capture()));
+        self
     }
 
     fn capabilities(&self) -> CapabilityFlags {
@@ -318,7 +343,10 @@ impl<'a> Relay<'a> {
             message,
             text,
             Vec::new(),
-            Reply::Results { infile: false },
+            Reply::Results {
+                infile: false,
+                binary: false,
+            },
             None,
         )
         .await
@@ -336,6 +364,10 @@ impl<'a> Relay<'a> {
                 .await;
         };
         let sql: Arc<str> = Arc::from(text);
+        if let Some(shaper) = self.shaper.as_mut() {
+            // Its column definitions are retyped as its results will be.
+            shaper.statement(&sql);
+        }
         self.forward(&message).await?;
         let outcome = self.relay(Reply::Prepare).await?;
         if let Some((id, num_params)) = outcome.prepared {
@@ -404,7 +436,10 @@ impl<'a> Relay<'a> {
             message,
             text,
             params,
-            Reply::Results { infile: false },
+            Reply::Results {
+                infile: false,
+                binary: true,
+            },
             Some(classification),
         )
         .await
@@ -423,8 +458,9 @@ impl<'a> Relay<'a> {
         let classification = classification.unwrap_or_else(|| Arc::new(classify_mysql(&text)));
         let reply = match reply {
             // LOAD DATA LOCAL sends a file only when the policy allowed a COPY.
-            Reply::Results { .. } => Reply::Results {
+            Reply::Results { binary, .. } => Reply::Results {
                 infile: classification.kinds().contains(&StatementKind::Copy),
+                binary,
             },
             other => other,
         };
@@ -437,16 +473,67 @@ impl<'a> Relay<'a> {
         let Some(permit) = self.decide(&op, &message).await? else {
             return Ok(());
         };
-        self.forward(&message).await?;
-        let outcome = self.relay(reply).await?;
+        if let Some(shaper) = self.shaper.as_mut() {
+            shaper.statement(permit.replacement.as_deref().unwrap_or(&op.text));
+        }
+        let outcome = match permit.replacement.as_deref() {
+            None => {
+                self.forward(&message).await?;
+                self.relay(reply).await?
+            }
+            Some(sql) => self.run_replacement(&message, &permit, sql).await?,
+        };
         self.record(&permit, &outcome);
         Ok(())
     }
 
-    fn record(&self, permit: &Permit, outcome: &Outcome) {
+    /// Runs the statement a reviewer approved in place of the agent's held COM_QUERY (the gate
+    /// classified and judged it as MySQL). The agent is told in the info string of the OK
+    /// packets that answer it (`mysql_info()`), since MySQL has no notices.
+    async fn run_replacement(
+        &mut self,
+        message: &Message,
+        permit: &Permit,
+        sql: &str,
+    ) -> Result<Outcome, End> {
+        let id = permit
+            .approved_request
+            .map(|id| id.to_string())
+            .unwrap_or_else(|| "?".into());
+        tracing::info!(request = %id, replacement = %sql, "running the approved replacement in place of the held statement");
+        let mut payload = vec![COM_QUERY];
+        payload.extend_from_slice(sql.as_bytes());
+        let next = codec::write_payload(&mut self.upstream.writer, &payload, 0).await?;
+        let infile = classify_mysql(sql).kinds().contains(&StatementKind::Copy);
+        self.modified = Some(format!(
+            "airlock: approval request {id} was approved with a modified statement: {sql}"
+        ));
+        // The upstream answers after our packets; the client expects the answer after its own.
+        let shift = message.last_seq.wrapping_add(1).wrapping_sub(next);
+        let outcome = self
+            .relay_shifted(
+                Reply::Results {
+                    infile,
+                    binary: false,
+                },
+                shift,
+            )
+            .await;
+        self.modified = None;
+        outcome
+    }
+
+    fn record(&mut self, permit: &Permit, outcome: &Outcome) {
+        let capture = self
+            .shaper
+            .as_mut()
+            .map(|shaper| shaper.take_capture(self.gate.response_capture()));
         let Some(event) = permit.event() else {
             return;
         };
+        if let Some(capture) = capture {
+            self.gate.record_response(self.session, event, capture);
+        }
         let (status, rows) = match &outcome.error {
             Some(_) => (OutcomeStatus::Error, None),
             None => (OutcomeStatus::Ok, Some(outcome.rows.max(outcome.affected))),
@@ -488,14 +575,18 @@ impl<'a> Relay<'a> {
         match verdict {
             Ok(permit) => match permit.replacement.clone() {
                 None => Ok(Some(permit)),
+                Some(_) if message.first() == Some(COM_QUERY) => Ok(Some(permit)),
+                // A prepared statement's client expects the answer of its own statement
+                // (binary rows of the columns it prepared), which another statement's cannot
+                // stand in for.
                 Some(sql) => {
                     let id = permit.approved_request.unwrap_or_default();
                     let denial = Denial {
                         kind: DenialKind::Rejected,
                         message: format!(
                             "approval request {id} was approved with a modified statement, \
-                             which the gateway does not run in place of yours on MySQL; send it \
-                             yourself: {sql}"
+                             which the gateway runs in place of a plain query only, not of a \
+                             prepared statement; send it as a plain query: {sql}"
                         ),
                     };
                     self.refuse(&denial, message).await?;
@@ -565,7 +656,31 @@ impl<'a> Relay<'a> {
 
     /// Passes an upstream packet on to the client (buffered).
     async fn pass(&mut self, message: &Message) -> Result<(), End> {
-        self.out.extend_from_slice(&message.raw);
+        self.emit(message, Shaped::Forward).await
+    }
+
+    /// Sends the client what becomes of an upstream packet (buffered), keeping the sequence ids
+    /// consecutive.
+    async fn emit(&mut self, message: &Message, shaped: Shaped) -> Result<(), End> {
+        if self.discarding {
+            return Ok(());
+        }
+        let packets = message.last_seq.wrapping_sub(message.seq).wrapping_add(1);
+        let start = message.seq.wrapping_add(self.seq_shift);
+        match shaped {
+            Shaped::Forward if self.seq_shift == 0 => self.out.extend_from_slice(&message.raw),
+            Shaped::Forward => {
+                codec::frame(&mut self.out, &message.payload, start);
+            }
+            Shaped::Replace(payload) => {
+                let next = codec::frame(&mut self.out, &payload, start);
+                self.seq_shift = self
+                    .seq_shift
+                    .wrapping_add(next.wrapping_sub(start))
+                    .wrapping_sub(packets);
+            }
+            Shaped::Drop => self.seq_shift = self.seq_shift.wrapping_sub(packets),
+        }
         if self.out.len() >= FLUSH_AT {
             self.flush().await?;
         }
@@ -582,6 +697,13 @@ impl<'a> Relay<'a> {
 
     /// Relays the upstream's whole answer to the command just forwarded.
     async fn relay(&mut self, reply: Reply) -> Result<Outcome, End> {
+        self.relay_shifted(reply, 0).await
+    }
+
+    /// [`Relay::relay`], with the client's sequence ids `shift` ahead of the upstream's.
+    async fn relay_shifted(&mut self, reply: Reply, shift: u8) -> Result<Outcome, End> {
+        self.seq_shift = shift;
+        self.discarding = false;
         let outcome = self.relay_inner(reply).await;
         self.flush().await?;
         outcome
@@ -626,10 +748,14 @@ impl<'a> Relay<'a> {
                         "upstream protocol error",
                     )
                 })?;
-                for count in [stmt.num_params(), stmt.num_columns()] {
+                for (count, columns) in [(stmt.num_params(), false), (stmt.num_columns(), true)] {
                     for _ in 0..count {
                         let definition = self.upstream_packet().await?;
-                        self.pass(&definition).await?;
+                        let shaped = match &self.shaper {
+                            Some(shaper) if columns => shaper.prepared_column(&definition.payload),
+                            _ => Shaped::Forward,
+                        };
+                        self.emit(&definition, shaped).await?;
                     }
                     if count > 0 && !deprecate_eof {
                         let eof = self.upstream_packet().await?;
@@ -639,11 +765,16 @@ impl<'a> Relay<'a> {
                 outcome.prepared = Some((stmt.statement_id(), stmt.num_params()));
                 Ok(outcome)
             }
-            Reply::Results { infile } => loop {
+            Reply::Results { infile, binary } => loop {
                 let first = self.upstream_packet().await?;
                 let status = match first.first() {
                     Some(0x00) => {
-                        self.pass(&first).await?;
+                        let shaped = match &self.modified {
+                            Some(note) => codec::ok_with_info(&first.payload, note)
+                                .map_or(Shaped::Forward, Shaped::Replace),
+                            None => Shaped::Forward,
+                        };
+                        self.emit(&first, shaped).await?;
                         match codec::parse_ok(&first.payload) {
                             Some(Ending::Ok { status, affected }) => {
                                 outcome.affected += affected;
@@ -658,7 +789,9 @@ impl<'a> Relay<'a> {
                         return Ok(outcome);
                     }
                     Some(0xFB) => {
-                        self.local_infile(&first, infile).await?;
+                        // A client whose answer already ended (a refused result) is not asked.
+                        let allowed = infile && !self.discarding;
+                        self.local_infile(&first, allowed).await?;
                         continue;
                     }
                     _ => {
@@ -667,7 +800,14 @@ impl<'a> Relay<'a> {
                         let columns = codec::lenenc_int(&mut rest).unwrap_or_default();
                         for _ in 0..columns {
                             let definition = self.upstream_packet().await?;
-                            self.pass(&definition).await?;
+                            let shaped = match self.shaper.as_mut() {
+                                Some(shaper) => shaper.column(&definition.payload),
+                                None => Shaped::Forward,
+                            };
+                            self.emit(&definition, shaped).await?;
+                        }
+                        if let Some(shaper) = self.shaper.as_mut() {
+                            shaper.columns_done();
                         }
                         if !deprecate_eof {
                             let eof = self.upstream_packet().await?;
@@ -675,17 +815,26 @@ impl<'a> Relay<'a> {
                         }
                         loop {
                             let row = self.upstream_packet().await?;
-                            self.pass(&row).await?;
                             if row.first() == Some(0xFF) {
+                                if let Some(shaper) = self.shaper.as_mut() {
+                                    shaper.result_end();
+                                }
+                                self.pass(&row).await?;
                                 outcome.error = Some(codec::err_message(&row.payload));
                                 return Ok(outcome);
                             }
                             if codec::is_terminator(&row.payload, caps) {
+                                self.result_end(&row, &mut outcome).await?;
                                 match codec::terminator_status(&row.payload, caps) {
                                     Some(Ending::Ok { status, .. }) => break status,
                                     _ => break StatusFlags::empty(),
                                 }
                             }
+                            let shaped = match self.shaper.as_mut() {
+                                Some(shaper) => shaper.row(&row.payload, binary),
+                                None => Shaped::Forward,
+                            };
+                            self.emit(&row, shaped).await?;
                             outcome.rows += 1;
                         }
                     }
@@ -695,6 +844,22 @@ impl<'a> Relay<'a> {
                 }
             },
         }
+    }
+
+    /// The end of a result's rows: passed on, or, when the result was refused, replaced by an
+    /// error that ends the client's answer (the rest of the upstream's is read and dropped).
+    async fn result_end(&mut self, terminator: &Message, outcome: &mut Outcome) -> Result<(), End> {
+        let refusal = self.shaper.as_mut().and_then(Shaper::result_end);
+        let Some(reason) = refusal else {
+            return self.pass(terminator).await;
+        };
+        let err = codec::err_payload(1105, "HY000", &format!("airlock: {reason}"));
+        self.emit(terminator, Shaped::Replace(err)).await?;
+        self.discarding = true;
+        if outcome.error.is_none() {
+            outcome.error = Some(reason);
+        }
+        Ok(())
     }
 
     /// The upstream asks for a local file (LOAD DATA LOCAL INFILE): relayed to the client when
@@ -728,7 +893,18 @@ impl<'a> Relay<'a> {
                     ))
                 }
             };
-            self.forward(&chunk).await?;
+            if self.seq_shift == 0 {
+                self.forward(&chunk).await?;
+            } else {
+                // Numbered after the packets the client got; the upstream counts its own.
+                let mut out = Vec::with_capacity(chunk.payload.len() + 4);
+                codec::frame(
+                    &mut out,
+                    &chunk.payload,
+                    chunk.seq.wrapping_sub(self.seq_shift),
+                );
+                self.upstream.writer.write_all(&out).await?;
+            }
             if chunk.payload.is_empty() {
                 return Ok(());
             }
@@ -760,7 +936,9 @@ fn decode_params(payload: &[u8], prepared: &mut Prepared) -> Result<Vec<Option<S
             .chunks(2)
             .map(|pair| {
                 let kind = ColumnType::try_from(pair[0])
-                    .map_err(|_| format!("unknown parameter type {}", pair[0]))?;
+                    .ok()
+                    .filter(|kind| masking::binary_decodable(*kind))
+                    .ok_or_else(|| format!("unknown parameter type {}", pair[0]))?;
                 let flags = if pair[1] & 0x80 != 0 {
                     ColumnFlags::UNSIGNED_FLAG
                 } else {
@@ -789,11 +967,9 @@ fn decode_params(payload: &[u8], prepared: &mut Prepared) -> Result<Vec<Option<S
             .parse((*kind, *flags))
             .map_err(|e| format!("parameter {}: {e}", index + 1))?;
         rest = buf.0;
-        params.push(match value.0 {
-            Value::NULL => None,
-            Value::Bytes(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-            other => Some(other.as_sql(false).trim_matches('\'').to_string()),
-        });
+        params.push(
+            masking::value_text(value.0).map(|text| String::from_utf8_lossy(&text).into_owned()),
+        );
     }
     Ok(params)
 }

@@ -114,6 +114,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         })
         .collect();
 
+    let mysql_tls = airlock_mysql::tls::acceptor(config.tls.as_ref(), &config.data_dir())
+        .context("preparing TLS for MySQL clients")?;
     let api_listener = bind(&config.listen.api, "api").await?;
     let mysql_listener = bind(&config.listen.mysql, "mysql").await?;
     let pg_listener = bind(&config.listen.postgres, "postgres")
@@ -134,7 +136,7 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         config: Arc::new(config),
     });
     let pg = PgGateway::new(gate.clone(), targets);
-    let mysql = MysqlGateway::new(gate.clone(), mysql_targets);
+    let mysql = MysqlGateway::new(gate.clone(), mysql_targets, mysql_tls);
     tokio::select! {
         result = mysql.serve(mysql_listener) => result.context("MySQL listener failed")?,
         result = axum::serve(api_listener, api) => result.context("API listener failed")?,

@@ -413,6 +413,19 @@ fn schema_switches_local_files_and_explain_go_through_the_policy() {
     let shown = ok_stdout(&out, "policy explain");
     assert!(shown.contains("deny"), "{shown}");
     assert!(shown.contains("INSERT, DELETE"), "{shown}");
+    // Finer kinds take PostgreSQL's names: a server-side LOAD DATA reads a server file.
+    let out = s.gw.cli(&[
+        "policy",
+        "explain",
+        "--group",
+        "loaders",
+        "--connection",
+        "prod",
+        "--sql",
+        "LOAD DATA INFILE '/etc/passwd' INTO TABLE items",
+    ]);
+    let shown = ok_stdout(&out, "policy explain");
+    assert!(shown.contains("COPY FROM FILE"), "{shown}");
 }
 
 /// Reads one MySQL packet from a raw socket: (sequence id, payload).
@@ -523,4 +536,469 @@ fn kill_query_interrupts_a_running_statement_on_the_upstream() {
             Err(e) => assert_eq!(server_error(e).code, 1317),
         }
     });
+}
+
+const EMAIL: &str = "ann@example.com";
+const SSN: &str = "123-45-6789";
+const NOTE_EMAIL: &str = "ann.lee@corp.example";
+const NOTE_PHONE: &str = "+44 20 7946 0958";
+const NOTE_IP: &str = "10.1.2.3";
+/// A card number kept in an unlisted BIGINT column: only the detectors can catch it.
+const STRAY_CARD: &str = "4111111111111111";
+const MASKED_SECRETS: [&str; 6] = [EMAIL, SSN, NOTE_EMAIL, NOTE_PHONE, NOTE_IP, STRAY_CARD];
+
+/// Masking for `agents` (not for `loaders`), with recorded responses, on [`story`]'s policies.
+const MYSQL_MASKING: &str = r#"masking:
+  - connections: [prod]
+    groups: [agents]
+    columns: [users.ssn, app.users.pin]
+    style: redact
+  - connections: [prod]
+    groups: [agents]
+    columns: [card_number]
+    style: partial
+  - connections: [prod]
+    groups: [agents]
+    columns: ['*.email']
+    style: hash
+  - connections: [prod]
+    groups: [agents]
+    columns: [users.birth_date]
+    style: 'null'
+  - connections: [prod]
+    groups: [agents]
+    detectors: [email, credit_card, us_ssn, phone, ipv4]
+recording:
+  results: { rows: 100, bytes: 65536 }
+"#;
+
+fn masked_story() -> Story {
+    let db = MariaDb::start();
+    db.admin(&format!(
+        "CREATE TABLE app.users (id INT PRIMARY KEY, name VARCHAR(50), email VARCHAR(100), \
+           ssn CHAR(11), card_number BIGINT, birth_date DATE, notes TEXT, pin INT, \
+           stray BIGINT UNSIGNED); \
+         INSERT INTO app.users VALUES (1, 'Ann Lee', '{EMAIL}', '{SSN}', 5500000000000004, \
+           '1990-01-02', 'call {NOTE_PHONE} or mail {NOTE_EMAIL}, ip {NOTE_IP}', 4321, \
+           {STRAY_CARD}), \
+           (2, 'Bob Roe', NULL, NULL, NULL, NULL, 'nothing', NULL, 42)"
+    ));
+    let yaml = format!(
+        "connections:\n{}{}{MYSQL_MASKING}",
+        mysql_connection_yaml("prod", db.port(), &format!("${{env:{PASSWORD_ENV}}}")),
+        policy_yaml(&["prod"], LONG)
+    );
+    let gw = Gateway::start_with_env(&yaml, &[(PASSWORD_ENV, db.password())]);
+    let agent = gw.mint("agent-1", &["agents"]);
+    let dba = gw.mint("dba-1", &["dba"]);
+    Story { db, gw, agent, dba }
+}
+
+const USERS: &str = "SELECT id, name, email, ssn, card_number, birth_date, notes, pin, stray \
+                     FROM users ORDER BY id";
+
+#[test]
+fn text_results_are_masked_by_column_detector_and_style() {
+    let s = masked_story();
+    let rows = ok_stdout(&mariadb(&s.gw, &s.agent, "prod", USERS), "SELECT users");
+    for secret in MASKED_SECRETS {
+        assert!(!rows.contains(secret), "{secret:?} shown: {rows}");
+    }
+    let lines: Vec<Vec<&str>> = rows.lines().map(|l| l.split('\t').collect()).collect();
+    let first = &lines[0];
+    assert_eq!(&first[..2], ["1", "Ann Lee"], "untouched columns pass");
+    assert!(
+        first[2].starts_with("h:") && first[2].len() == 18,
+        "hash: {rows}"
+    );
+    assert_eq!(first[3], "****", "redact by table.column");
+    assert_eq!(first[4], "****0004", "partial by bare name, on a BIGINT");
+    assert_eq!(first[5], "NULL", "null by table.column");
+    assert_eq!(
+        first[6], "call [phone] or mail [email], ip [ipv4]",
+        "detectors"
+    );
+    assert_eq!(first[7], "****", "redact by schema.table.column, on an INT");
+    assert_eq!(first[8], "NULL", "a finding in a number column nulls it");
+    assert_eq!(
+        lines[1],
+        ["2", "Bob Roe", "NULL", "NULL", "NULL", "NULL", "nothing", "NULL", "42"],
+        "NULLs stay NULL, values with nothing found pass"
+    );
+
+    // An alias does not hide a column: its source is in the column definition.
+    let aliased = ok_stdout(
+        &mariadb(
+            &s.gw,
+            &s.agent,
+            "prod",
+            "SELECT u.ssn AS x, u.email AS y FROM users u WHERE id = 1",
+        ),
+        "aliased SELECT",
+    );
+    assert_eq!(aliased.trim(), format!("****\t{}", first[2]));
+    // Detectors see expressions; a table rule's column name masks an expression of that name.
+    let derived = ok_stdout(
+        &mariadb(
+            &s.gw,
+            &s.agent,
+            "prod",
+            "SELECT concat('to: ', email) AS note, upper(ssn) AS ssn FROM users WHERE id = 1",
+        ),
+        "derived SELECT",
+    );
+    assert_eq!(derived.trim(), "to: [email]\t****");
+    // Each result of a multi-statement string is masked by its own columns.
+    let both = ok_stdout(
+        &mariadb(
+            &s.gw,
+            &s.agent,
+            "prod",
+            "SELECT ssn FROM users WHERE id = 1; SELECT id, notes FROM users WHERE id = 1",
+        ),
+        "two results",
+    );
+    assert_eq!(
+        both, "****\n1\tcall [phone] or mail [email], ip [ipv4]\n",
+        "{both}"
+    );
+    // A derived table or a CTE hides the table its columns come from: with column rules, the
+    // result is refused rather than risked.
+    for sql in [
+        "SELECT x FROM (SELECT ssn AS x FROM users) AS t",
+        "WITH c AS (SELECT ssn FROM users) SELECT ssn AS note FROM c",
+    ] {
+        let out = mariadb(&s.gw, &s.agent, "prod", sql);
+        let err = stderr_of(&out);
+        assert!(err.contains("ERROR 1105 (HY000)"), "{}", describe(&out));
+        assert!(err.contains("derived table"), "{}", describe(&out));
+        assert!(!all_output(&out).contains(SSN), "{}", describe(&out));
+    }
+
+    // An identity no rule names reads the values as stored.
+    let loader = s.gw.mint("loader-1", &["loaders"]);
+    let plain = ok_stdout(&mariadb(&s.gw, &loader, "prod", USERS), "unmasked SELECT");
+    assert!(
+        plain.starts_with(&format!(
+            "1\tAnn Lee\t{EMAIL}\t{SSN}\t5500000000000004\t1990-01-02\t"
+        )),
+        "{plain}"
+    );
+    assert!(plain.contains(STRAY_CARD), "{plain}");
+
+    // The recording keeps the rows as the agent got them, with counts.
+    let export = ok_stdout(
+        &s.gw.cli(&["sessions", "export", "--format", "jsonl"]),
+        "sessions export",
+    );
+    let agent_part: String = export
+        .lines()
+        .filter(|l| l.contains("agent-1"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(agent_part.contains("\"kind\":\"response\""), "{agent_part}");
+    assert!(agent_part.contains("****0004"), "{agent_part}");
+    assert!(agent_part.contains("\"credit_card\""), "{agent_part}");
+    for secret in MASKED_SECRETS {
+        assert!(
+            !agent_part.contains(secret),
+            "{secret:?} recorded: {agent_part}"
+        );
+    }
+}
+
+#[test]
+fn binary_results_of_prepared_statements_are_masked_and_retyped() {
+    use mysql_async::consts::ColumnType;
+    let s = masked_story();
+    let loader = s.gw.mint("loader-1", &["loaders"]);
+    let runtime = multi_thread();
+    runtime.block_on(async {
+        let mut conn = connect(&s.gw, &s.agent).await;
+        let text_hash: Option<String> = conn
+            .query_first("SELECT email FROM users WHERE id = 1")
+            .await
+            .unwrap();
+        let sql = format!(
+            "{} LIMIT ?",
+            USERS.replace(" ORDER BY id", " WHERE id >= ? ORDER BY id")
+        );
+        // The answer to the prepare already says which columns are strings now.
+        let prepared = conn.prep(sql.as_str()).await.unwrap();
+        assert_eq!(
+            prepared.columns()[4].column_type(),
+            ColumnType::MYSQL_TYPE_VAR_STRING
+        );
+        let rows: Vec<mysql_async::Row> = conn.exec(&prepared, (1, 10)).await.unwrap();
+        let first = &rows[0];
+        let get = |i: usize| first.as_ref(i).cloned().unwrap();
+        use mysql_async::Value;
+        assert_eq!(get(0), Value::Int(1), "an INT no rule touches stays binary");
+        assert_eq!(get(1), Value::Bytes(b"Ann Lee".to_vec()));
+        assert_eq!(
+            Some(
+                String::from_utf8(match get(2) {
+                    Value::Bytes(b) => b,
+                    other => panic!("{other:?}"),
+                })
+                .unwrap()
+            ),
+            text_hash,
+            "the same digest in both protocols"
+        );
+        assert_eq!(get(3), Value::Bytes(b"****".to_vec()));
+        assert_eq!(
+            get(4),
+            Value::Bytes(b"****0004".to_vec()),
+            "a masked BIGINT is a string"
+        );
+        assert_eq!(
+            first.columns_ref()[4].column_type(),
+            ColumnType::MYSQL_TYPE_VAR_STRING
+        );
+        assert_eq!(get(5), Value::NULL, "null style");
+        assert_eq!(
+            get(6),
+            Value::Bytes(b"call [phone] or mail [email], ip [ipv4]".to_vec())
+        );
+        assert_eq!(
+            get(7),
+            Value::Bytes(b"****".to_vec()),
+            "a masked INT is a string"
+        );
+        assert_eq!(
+            first.columns_ref()[7].column_type(),
+            ColumnType::MYSQL_TYPE_VAR_STRING
+        );
+        assert_eq!(get(8), Value::NULL, "a finding in a BIGINT nulls it");
+        let second = &rows[1];
+        assert_eq!(
+            mysql_async::from_value::<u64>(second.as_ref(8).cloned().unwrap()),
+            42,
+            "a BIGINT with nothing found"
+        );
+        assert_eq!(second.as_ref(4).cloned().unwrap(), Value::NULL);
+        conn.disconnect().await.unwrap();
+
+        // An unmasked session gets the upstream's values and types.
+        let mut conn = mysql_async::Conn::new(opts(&s.gw, &loader, "prod"))
+            .await
+            .unwrap();
+        let rows: Vec<mysql_async::Row> = conn.exec(sql.as_str(), (1, 10)).await.unwrap();
+        let first = &rows[0];
+        assert_eq!(
+            first.as_ref(4).cloned().unwrap(),
+            Value::Int(5_500_000_000_000_004)
+        );
+        assert_eq!(
+            first.columns_ref()[4].column_type(),
+            ColumnType::MYSQL_TYPE_LONGLONG
+        );
+        assert_eq!(
+            first.as_ref(2).cloned().unwrap(),
+            Value::Bytes(EMAIL.as_bytes().to_vec())
+        );
+        assert_eq!(
+            mysql_async::from_value::<u64>(first.as_ref(8).cloned().unwrap()),
+            4_111_111_111_111_111
+        );
+        assert_eq!(
+            first.as_ref(5).cloned().unwrap(),
+            Value::Date(1990, 1, 2, 0, 0, 0, 0)
+        );
+        conn.disconnect().await.unwrap();
+    });
+    let export = ok_stdout(
+        &s.gw.cli(&["sessions", "export", "--format", "jsonl"]),
+        "sessions export",
+    );
+    let agent_part: Vec<&str> = export.lines().filter(|l| l.contains("agent-1")).collect();
+    let agent_part = agent_part.join("\n");
+    assert!(agent_part.contains("****0004"), "{agent_part}");
+    for secret in MASKED_SECRETS {
+        assert!(
+            !agent_part.contains(secret),
+            "{secret:?} recorded: {agent_part}"
+        );
+    }
+}
+
+#[test]
+fn an_approved_replacement_runs_in_place_of_a_held_query() {
+    let s = story(LONG);
+    let runtime = multi_thread();
+    runtime.block_on(async {
+        let mut conn = connect(&s.gw, &s.agent).await;
+        let sql = "DELETE FROM items";
+        let task = tokio::spawn(async move {
+            let result = conn.query_drop(sql).await;
+            (conn, result)
+        });
+        tokio::task::block_in_place(|| {
+            let id = s.gw.wait_for_pending(sql);
+            // Judged as MySQL reads it: the executable comment is a DROP, not a comment.
+            let out = s.gw.cli_as(
+                &s.dba,
+                &[
+                    "approve",
+                    &id,
+                    "--replace-with",
+                    "DELETE FROM items WHERE id = 3 /*! ; DROP TABLE items */",
+                ],
+            );
+            assert!(!out.status.success(), "{}", describe(&out));
+            assert!(all_output(&out).contains("DROP"), "{}", describe(&out));
+            let out = s.gw.cli_as(
+                &s.dba,
+                &[
+                    "approve",
+                    &id,
+                    "--replace-with",
+                    "DELETE FROM `items` WHERE id = 3",
+                ],
+            );
+            assert!(out.status.success(), "{}", describe(&out));
+        });
+        let (mut conn, result) = task.await.unwrap();
+        result.expect("the replacement runs");
+        assert_eq!(conn.affected_rows(), 1);
+        let info = conn.info().into_owned();
+        assert!(
+            info.contains(
+                "was approved with a modified statement: DELETE FROM `items` WHERE id = 3"
+            ),
+            "{info:?}"
+        );
+        // The session goes on, and its next statements are answered normally.
+        let count: Option<i64> = conn
+            .query_first("SELECT COUNT(*) FROM items")
+            .await
+            .unwrap();
+        assert_eq!(count, Some(2));
+
+        // A prepared statement's replacement is refused, naming it.
+        let sql = "DELETE FROM items WHERE id = ?";
+        let task = tokio::spawn(async move {
+            let result = conn.exec_drop(sql, (1,)).await;
+            (conn, result)
+        });
+        tokio::task::block_in_place(|| {
+            let id = s.gw.wait_for_pending(sql);
+            let out = s.gw.cli_as(
+                &s.dba,
+                &[
+                    "approve",
+                    &id,
+                    "--replace-with",
+                    "DELETE FROM items WHERE id = 2",
+                ],
+            );
+            assert!(out.status.success(), "{}", describe(&out));
+        });
+        let (conn, result) = task.await.unwrap();
+        let err = server_error(result.unwrap_err());
+        assert_eq!((err.code, err.state.as_str()), (1142, "42000"), "{err:?}");
+        assert!(
+            err.message
+                .contains("send it as a plain query: DELETE FROM items WHERE id = 2"),
+            "{err:?}"
+        );
+        conn.disconnect().await.unwrap();
+    });
+    assert_eq!(s.db.item_ids(), "1,2");
+    let export = ok_stdout(
+        &s.gw.cli(&["sessions", "export", "--format", "jsonl"]),
+        "sessions export",
+    );
+    assert!(
+        export.contains("DELETE FROM `items` WHERE id = 3"),
+        "the replacement is recorded: {export}"
+    );
+}
+
+#[test]
+fn clients_that_ask_for_tls_log_in_over_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = story(LONG);
+    // Without a `tls:` section the gateway shows a certificate it generated once, key 0600;
+    // this client does not verify it.
+    let out = mariadb_tls(
+        &s.gw,
+        &s.agent,
+        "prod",
+        "status; select name from items where id = 1",
+        &["--disable-ssl-verify-server-cert"],
+    );
+    let shown = ok_stdout(&out, "a session over TLS");
+    assert!(shown.contains("Cipher in use is"), "{shown}");
+    assert!(shown.trim_end().ends_with("alpha"), "{shown}");
+    let data = s.gw.dir().join("data");
+    let key = data.join("tls-key.pem");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A refusal over TLS is the usual error, and the clear-password path still works.
+    let out = mariadb_tls(
+        &s.gw,
+        &s.agent,
+        "prod",
+        "truncate table items",
+        &["--disable-ssl-verify-server-cert"],
+    );
+    assert!(
+        stderr_of(&out).contains("ERROR 1142 (42000)"),
+        "{}",
+        describe(&out)
+    );
+    let out = mariadb(&s.gw, &s.agent, "prod", "select count(*) from items");
+    assert_eq!(ok_stdout(&out, "a session in clear").trim(), "3");
+
+    // A configured certificate is checked by `config check` and shown to clients, which can
+    // verify it.
+    let cert = data.join("tls-cert.pem");
+    let config = std::fs::read_to_string(s.gw.dir().join("airlock.yaml")).unwrap();
+    let broken = s.gw.dir().join("broken-tls.yaml");
+    std::fs::write(
+        &broken,
+        format!(
+            "{config}tls:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            data.join("no-such-key.pem").display()
+        ),
+    )
+    .unwrap();
+    let out = s.gw.cli(&["config", "check", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr_of(&out).contains("tls.key_file"),
+        "{}",
+        describe(&out)
+    );
+
+    let db_port = s.db.port();
+    let own = tempfile::tempdir().unwrap();
+    let (own_cert, own_key) = (own.path().join("c.pem"), own.path().join("k.pem"));
+    std::fs::copy(&cert, &own_cert).unwrap();
+    std::fs::copy(&key, &own_key).unwrap();
+    let yaml = format!(
+        "connections:\n{}{}tls:\n  cert_file: {}\n  key_file: {}\n",
+        mysql_connection_yaml("prod", db_port, &format!("${{env:{PASSWORD_ENV}}}")),
+        policy_yaml(&["prod"], LONG),
+        own_cert.display(),
+        own_key.display()
+    );
+    let gw = Gateway::start_with_env(&yaml, &[(PASSWORD_ENV, s.db.password())]);
+    let agent = gw.mint("agent-2", &["agents"]);
+    let ca = format!("--ssl-ca={}", own_cert.display());
+    let out = mariadb_tls(
+        &gw,
+        &agent,
+        "prod",
+        "select name from items where id = 2",
+        &[&ca, "--ssl-verify-server-cert"],
+    );
+    assert_eq!(ok_stdout(&out, "a verified TLS session").trim(), "beta");
+    assert!(
+        !gw.dir().join("data").join("tls-key.pem").exists(),
+        "no certificate is generated when one is configured"
+    );
 }

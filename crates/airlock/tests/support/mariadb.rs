@@ -235,16 +235,43 @@ pub fn mariadb_command_with(
     sql: &str,
     options: &[&str],
 ) -> Command {
+    mariadb_through(
+        gw,
+        token,
+        connection,
+        sql,
+        &[&["--skip-ssl"], options].concat(),
+    )
+}
+
+/// `mariadb` through the gateway over TLS, with more options (to verify the certificate, say).
+pub fn mariadb_tls(
+    gw: &Gateway,
+    token: &str,
+    connection: &str,
+    sql: &str,
+    options: &[&str],
+) -> Output {
+    run_with_timeout(
+        mariadb_through(gw, token, connection, sql, &[&["--ssl"], options].concat()),
+        COMMAND_TIMEOUT,
+        &format!("mariadb --ssl -e {sql:?}"),
+    )
+}
+
+fn mariadb_through(
+    gw: &Gateway,
+    token: &str,
+    connection: &str,
+    sql: &str,
+    options: &[&str],
+) -> Command {
     let mut cmd = Command::new("mariadb");
     cmd.arg("--no-defaults")
         .args(options)
         .args(["-h", "127.0.0.1", "-P", &mysql_port(gw).to_string()])
         .args(["-u", "agent", &format!("-p{token}")])
-        .args([
-            "--protocol=TCP",
-            "--skip-ssl",
-            "--default-auth=mysql_clear_password",
-        ])
+        .args(["--protocol=TCP", "--default-auth=mysql_clear_password"])
         .args(["--batch", "--skip-column-names"])
         .args(["--connect-timeout=10", "-e", sql, connection]);
     cmd
