@@ -1031,7 +1031,7 @@ impl Store for SqliteStore {
 /// Splits rows into chunks of power-of-two sizes (at most 512 rows: SQLite allows 32766 bound
 /// values per statement, 7 per event), so that a multi-row INSERT has one of ten texts and its
 /// prepared statement is cached, not parsed and planned for every batch size.
-fn insert_chunks<'a, T>(mut rows: &'a [T]) -> impl Iterator<Item = &'a [T]> {
+fn insert_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if rows.is_empty() {
             return None;
