@@ -62,8 +62,11 @@ pub(crate) enum Shaped {
 pub(crate) enum Described {
     /// The gateway's own Describe before an Execute: it sets the shape and is not forwarded.
     Ours,
-    /// The client's Describe: forwarded as is.
+    /// The client's Describe of a statement: forwarded as is.
     Client,
+    /// The client's Describe of a portal: it sets the shape (an Execute of that portal right
+    /// after it uses it) and is forwarded.
+    ClientPortal,
     /// A result of a simple Query: it sets the shape and is forwarded.
     Result,
 }
@@ -80,6 +83,9 @@ pub(crate) struct Shaper {
     catalog: Arc<Catalog>,
     pub(crate) capture: ResponseCapture,
     shape: Option<Shape>,
+    /// Why the last client-described portal has no shape: the reason its rows are refused
+    /// if they follow.
+    unshapeable: Option<String>,
     /// Why the current result is refused.
     refusal: Option<String>,
     in_copy: bool,
@@ -97,6 +103,7 @@ impl Shaper {
             catalog,
             capture,
             shape: None,
+            unshapeable: None,
             refusal: None,
             in_copy: false,
             out: BytesMut::new(),
@@ -131,8 +138,14 @@ impl Shaper {
             }
         };
         self.capture.columns(fields.iter().map(|f| f.name.clone()));
+        self.unshapeable = None;
         match self.plan(&fields).await {
             Ok(shape) => self.shape = Some(shape),
+            // The client may never execute the portal it described: only its rows are refused.
+            Err(reason) if matches!(from, Described::ClientPortal) => {
+                self.shape = None;
+                self.unshapeable = Some(reason);
+            }
             Err(reason) => {
                 self.shape = None;
                 self.refuse(reason);
@@ -196,7 +209,11 @@ impl Shaper {
                 self.shape = None;
                 Shaped::Drop
             }
-            _ => Shaped::Forward,
+            Described::ClientPortal => {
+                self.shape = None;
+                Shaped::Forward
+            }
+            Described::Client | Described::Result => Shaped::Forward,
         }
     }
 
@@ -207,7 +224,13 @@ impl Shaper {
         let wants = self.capture.wants_row();
         let (masker, shape) = match (&self.masker, &self.shape) {
             (Some(masker), Some(shape)) => (masker.clone(), shape),
-            (Some(_), None) => return self.refuse("rows arrived without a row description"),
+            (Some(_), None) => {
+                let reason = self
+                    .unshapeable
+                    .take()
+                    .unwrap_or_else(|| "rows arrived without a row description".into());
+                return self.refuse(reason);
+            }
             (None, Some(shape)) if shape.untouched && !wants => return Shaped::Forward,
             (None, _) => {
                 if wants {

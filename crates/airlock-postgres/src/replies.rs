@@ -345,9 +345,8 @@ fn row_shape_source(local: &mut VecDeque<Expect>) -> Described {
         .take_while(|e| !matches!(e, Expect::SyncPoint))
         .position(|e| matches!(e, Expect::RowShape { .. }));
     match index.and_then(|i| local.remove(i)) {
-        Some(Expect::RowShape { ours: true }) => Described::Ours,
-        Some(_) => Described::Client,
-        None => Described::Result,
+        Some(Expect::RowShape { from }) => from,
+        _ => Described::Result,
     }
 }
 

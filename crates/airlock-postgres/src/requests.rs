@@ -3,6 +3,7 @@
 //! holds statements awaiting approval, and realises refusals on the upstream (see `session`).
 
 use crate::codec::{self, Severity};
+use crate::masking::Described;
 use crate::names::{Lookup, Space};
 use crate::session::{
     fatal, violation, DescribedTypes, End, Expect, Expectations, Portal, Prepared, Relay,
@@ -63,6 +64,9 @@ pub(crate) struct ClientSide<'r, 'a, R, W> {
     pub(crate) catalog: FunctionCatalog,
     /// Replies are masked or recorded: every result's row shape must be known (see `masking`).
     pub(crate) shaping: bool,
+    /// The portal the message just handled asked to describe (while shaping): an Execute of
+    /// it right after takes its row shape from that description.
+    pub(crate) described_portal: Option<String>,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
@@ -209,6 +213,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
             };
             let range = pos..pos + len;
             pos += len;
+            let described_portal = self.described_portal.take();
             if self.skip_until_sync && tag != b'S' {
                 self.drop_message(range).await?;
                 continue;
@@ -227,7 +232,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 b'Q' => self.on_query(range).await?,
                 b'P' => self.on_parse(range)?,
                 b'B' => self.on_bind(range).await?,
-                b'E' => self.on_execute(range).await?,
+                b'E' => self.on_execute(range, described_portal).await?,
                 b'C' => self.on_close(range)?,
                 b'S' => {
                     self.skip_until_sync = false;
@@ -281,7 +286,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
             params: Vec::new(),
             classification,
         };
-        self.decide_and_forward(range, op, true).await
+        self.decide_and_forward(range, op, true, false).await
     }
 
     fn on_parse(&mut self, range: Range<usize>) -> Result<(), End> {
@@ -309,12 +314,20 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
     fn on_describe(&mut self, range: Range<usize>) -> Result<(), End> {
         let (kind, name) = codec::decode_target(&self.buf[range], "Describe")
             .map_err(|e| violation(&e.to_string()))?;
+        let name = name.to_string();
         if kind == b'S' {
-            let statement = name.to_string();
-            self.expect([Expect::Describe { statement }]);
+            self.expect([Expect::Describe {
+                statement: name.clone(),
+            }]);
         }
         if self.shaping {
-            self.expect([Expect::RowShape { ours: false }]);
+            let from = if kind == b'P' {
+                self.described_portal = Some(name);
+                Described::ClientPortal
+            } else {
+                Described::Client
+            };
+            self.expect([Expect::RowShape { from }]);
         }
         Ok(())
     }
@@ -371,10 +384,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
         Ok(())
     }
 
-    async fn on_execute(&mut self, range: Range<usize>) -> Result<(), End> {
+    /// `described_portal`: the portal the client's previous message described, if any.
+    async fn on_execute(
+        &mut self,
+        range: Range<usize>,
+        described_portal: Option<String>,
+    ) -> Result<(), End> {
         let name = codec::decode_execute_portal(&self.buf[range.clone()])
             .map_err(|e| violation(&e.to_string()))?
             .to_string();
+        let shape_known = described_portal.as_deref() == Some(name.as_str());
         let op = match self.portal(&name, range.start).await? {
             Some(Portal {
                 statement: Some(prepared),
@@ -401,15 +420,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 return self.refuse(&denial, false).await;
             }
         };
-        self.decide_and_forward(range, op, false).await
+        self.decide_and_forward(range, op, false, shape_known).await
     }
 
     /// Asks the gate; forwards on a permit, holds on require-approval, refuses otherwise.
+    /// `shape_known`: an Execute whose rows' shape the client's own Describe just gave.
     async fn decide_and_forward(
         &mut self,
         range: Range<usize>,
         op: Operation,
         simple: bool,
+        shape_known: bool,
     ) -> Result<(), End> {
         let relay = self.relay;
         let verdict = match relay.gate.submit(relay.session, &op).await {
@@ -469,14 +490,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                     return self.forward_replacement(range, &permit, sql, simple).await;
                 }
                 self.forget_names_changed_by(&op.classification);
-                if self.shaping && !simple {
-                    // The rows of an Execute are shaped by the portal's description, which
-                    // the gateway asks for right before it (and keeps from the client).
+                if self.shaping && !simple && !shape_known {
+                    // The rows of an Execute are shaped by the portal's description: the
+                    // client's, when it asked right before (as libpq does), else the gateway's
+                    // own, asked for right before it and kept from the client.
                     let name = codec::decode_execute_portal(&self.buf[range.clone()])
                         .map_err(|e| violation(&e.to_string()))?
                         .to_string();
                     self.flush_until(range.start).await?;
-                    self.expect([Expect::RowShape { ours: true }]);
+                    self.expect([Expect::RowShape {
+                        from: Described::Ours,
+                    }]);
                     self.upstream
                         .write_all(&codec::describe_portal(&name))
                         .await?;

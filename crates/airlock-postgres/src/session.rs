@@ -12,7 +12,7 @@
 use crate::cancel::CancelSlot;
 use crate::catalog::Catalog;
 use crate::codec::{self, Severity};
-use crate::masking::Shaper;
+use crate::masking::{Described, Shaper};
 use crate::names::{Names, Space};
 use crate::replies::UpstreamSide;
 use crate::requests::ClientSide;
@@ -38,10 +38,9 @@ pub(crate) enum Expect {
     /// A Describe of a prepared statement: its ParameterDescription tells the parameter types
     /// (for showing reviewers binary parameters as values).
     Describe { statement: String },
-    /// A Describe whose RowDescription or NoData shapes the rows that follow (only while
-    /// replies are masked or recorded): the gateway's own (`ours`), sent before an Execute and
-    /// not forwarded, or the client's.
-    RowShape { ours: bool },
+    /// A Describe whose RowDescription or NoData is looked at (only while replies are masked
+    /// or recorded): see [`Described`] for who asked and what it shapes.
+    RowShape { from: Described },
     /// A Sync or Query: the upstream answers with ReadyForQuery.
     SyncPoint,
 }
@@ -143,6 +142,7 @@ impl Relay<'_> {
             inject: inject_tx,
             catalog: FunctionCatalog::new(self.target.clone()),
             shaping: shaper.is_some(),
+            described_portal: None,
         };
         let mut to_client = UpstreamSide {
             relay: self,

@@ -1112,3 +1112,91 @@ fn psql_sessions_still_work() {
     let text = all_output(&out);
     assert!(!text.contains("ERROR"), "psql session: {}", describe(&out));
 }
+
+/// Bind with every result column in binary format.
+fn bind_binary_results(portal: &str, statement: &str) -> Vec<u8> {
+    let mut body = cs(portal);
+    body.extend(cs(statement));
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&1i16.to_be_bytes());
+    body.extend_from_slice(&1i16.to_be_bytes());
+    msg(b'B', &body)
+}
+
+/// libpq's extended-protocol batch (Parse, Bind, Describe portal, Execute, Sync): the
+/// client's own description of the portal shapes the masking of the Execute right after it,
+/// and a portal that cannot be masked refuses only its own rows.
+#[test]
+fn a_portal_the_client_describes_before_executing_it_is_masked_by_that_description() {
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    let yaml = format!(
+        "connections:\n{}policies:\n  - name: agents-on-prod\n    groups: [agents]\n    \
+         connections: [prod]\n    rules:\n      - match: SELECT\n        action: allow\n    \
+         record: true\nmasking:\n  - connections: [prod]\n    columns: [\"items.name\", \"items.id\"]\n    \
+         style: redact\n",
+        connection_yaml("prod", pg.port(), &format!("${{env:{PASSWORD_ENV}}}")),
+    );
+    let gw = Gateway::for_pg_config(&pg, &yaml);
+    let agent = gw.mint("agent-1", &["agents"]);
+    let mut fe = Fe::login(gw.pg_port, &agent);
+    let described_batch = |sql: &str, bind_msg: Vec<u8>| {
+        cat(&[
+            parse("", sql),
+            bind_msg,
+            describe_msg(b'P', ""),
+            execute(""),
+            sync(),
+        ])
+    };
+
+    let reply = fe.round(
+        &described_batch("SELECT name, id FROM items ORDER BY id", bind("", "", &[])),
+        1,
+    );
+    assert_no_errors(&reply, "described text portal");
+    let names = reply.first_values();
+    assert_eq!(names.len(), 3, "{}", reply.show());
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.contains("alpha") && !n.contains("beta")),
+        "masked names: {names:?}"
+    );
+
+    // A masked int column asked for in binary cannot be rewritten: its rows are refused.
+    let reply = fe.round(
+        &described_batch("SELECT id, name FROM items", bind_binary_results("", "")),
+        1,
+    );
+    assert!(!reply.has(b'D'), "{}", reply.show());
+    assert!(
+        reply
+            .errors()
+            .iter()
+            .any(|e| e.message.contains("cannot mask")),
+        "{}",
+        reply.show()
+    );
+
+    // A described portal that is never executed refuses nothing after it.
+    let reply = fe.round(
+        &cat(&[
+            parse("", "SELECT id, name FROM items"),
+            bind_binary_results("", ""),
+            describe_msg(b'P', ""),
+            parse("", "SELECT name FROM items WHERE id = 2"),
+            bind("", "", &[]),
+            execute(""),
+            sync(),
+        ]),
+        1,
+    );
+    assert_no_errors(
+        &reply,
+        "an undescribed Execute after a described, unexecuted portal",
+    );
+    let values = reply.first_values();
+    assert_eq!(values.len(), 1, "{}", reply.show());
+    assert!(!values[0].contains("beta"), "masked: {values:?}");
+}
