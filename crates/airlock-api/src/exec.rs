@@ -6,7 +6,7 @@
 //! `GET /api/v1/exec/{request_id}` or withdraw it with `DELETE`.
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::upstream::{self, StatementResult};
 use crate::ApiState;
 use airlock_core::classify::{Classification, StatementKind};
@@ -37,7 +37,7 @@ const KEEP_FINISHED: Duration = Duration::from_secs(3600);
 /// approval queue itself.
 const MAX_FINISHED: usize = 1000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     connection: String,
@@ -53,7 +53,7 @@ pub struct ExecRequest {
     via: Via,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Via {
     #[default]
@@ -95,8 +95,9 @@ impl PollQuery {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PollQuery {
     /// Seconds to wait for a pending exec to finish before answering.
     wait: Option<u64>,
@@ -106,7 +107,7 @@ pub struct PollQuery {
 }
 
 /// Every answer of the exec routes; `status` tells them apart.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum ExecAnswer {
     Ok {
@@ -361,6 +362,24 @@ async fn run_permitted(
     }
 }
 
+/// Runs one SQL text through the gate. A held statement answers `pending` (at once, or after
+/// waiting up to `timeout` seconds with `wait`) and lives on: poll `GET /exec/{id}`.
+#[utoipa::path(
+    post,
+    path = "/exec",
+    operation_id = "exec",
+    tag = "exec",
+    request_body = ExecRequest,
+    responses(
+        (status = 200, description = "Run: `status` is `ok`", body = ExecAnswer),
+        (status = 202, description = "Held for approval: `status` is `pending`", body = ExecAnswer),
+        (status = 403, description = "Refused: `status` is `denied` or `expired`", body = ExecAnswer),
+        (status = 502, description = "The upstream failed it or could not be reached: `status` is `error`", body = ExecAnswer),
+        (status = 503, description = "The gateway could not record or mask it, so it was not run: `status` is `error`", body = ExecAnswer),
+        (status = 400, description = "Invalid body, empty SQL or not a SQL connection", body = ErrorBody),
+        (status = 404, description = "No such connection", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<ApiState>,
     Extension(jobs): Extension<Arc<Jobs>>,
@@ -470,6 +489,22 @@ pub async fn submit(
     Ok(answer_within(rx, wait).await)
 }
 
+/// A held exec's answer: `pending` until it is decided and run, then its result.
+#[utoipa::path(
+    get,
+    path = "/exec/{id}",
+    operation_id = "execStatus",
+    tag = "exec",
+    params(("id" = i64, Path, description = "The exec's approval request id"), PollQuery),
+    responses(
+        (status = 200, description = "Run: `status` is `ok`", body = ExecAnswer),
+        (status = 202, description = "Held for approval: `status` is `pending`", body = ExecAnswer),
+        (status = 403, description = "Refused: `status` is `denied` or `expired`", body = ExecAnswer),
+        (status = 502, description = "The upstream failed it or could not be reached: `status` is `error`", body = ExecAnswer),
+        (status = 503, description = "The gateway could not record or mask it, so it was not run: `status` is `error`", body = ExecAnswer),
+        (status = 404, description = "No such exec known here, or not the caller's", body = ErrorBody),
+    )
+)]
 pub async fn poll(
     State(state): State<ApiState>,
     Extension(jobs): Extension<Arc<Jobs>>,
@@ -487,6 +522,21 @@ pub async fn poll(
 
 /// Withdraws a pending exec (its approval request ends `canceled`); a finished one is
 /// answered as it stands.
+#[utoipa::path(
+    delete,
+    path = "/exec/{id}",
+    operation_id = "execWithdraw",
+    tag = "exec",
+    params(("id" = i64, Path, description = "The exec's approval request id")),
+    responses(
+        (status = 200, description = "Run: `status` is `ok`", body = ExecAnswer),
+        (status = 202, description = "Held for approval: `status` is `pending`", body = ExecAnswer),
+        (status = 403, description = "Refused: `status` is `denied` or `expired`", body = ExecAnswer),
+        (status = 502, description = "The upstream failed it or could not be reached: `status` is `error`", body = ExecAnswer),
+        (status = 503, description = "The gateway could not record or mask it, so it was not run: `status` is `error`", body = ExecAnswer),
+        (status = 404, description = "No such exec known here, or not the caller's", body = ErrorBody),
+    )
+)]
 pub async fn withdraw(
     Extension(jobs): Extension<Arc<Jobs>>,
     caller: Caller,
