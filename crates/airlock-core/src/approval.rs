@@ -4,7 +4,7 @@
 //! outcome with a deadline, a withdrawal signal and a poll of the store (so a vote taken on
 //! another replica is seen too). While a request is pending its timed events happen here:
 //! escalation, reminders and expiry, also for a request whose client went away and that waits
-//! on for its reviewers (`approval_window`).
+//! on for its reviewers (`approval_window`), and for those a restarted gateway finds pending.
 
 use crate::identity::Identity;
 use crate::notify::Notifier;
@@ -199,6 +199,23 @@ impl Approvals {
             .await;
         abandoned.approvals = None;
         result
+    }
+
+    /// Picks up the requests an earlier run of the gateway left pending (it stopped or was
+    /// killed while they waited): no session waits for them any more, so each is watched by a
+    /// task of its own until it settles, and its escalation, reminders and expiry happen as if
+    /// the gateway had not stopped (an expiry that fell due meanwhile, at once). The number of
+    /// requests picked up.
+    pub async fn watch_pending(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let pending = self
+            .store
+            .list_approvals(Some(ApprovalState::Pending))
+            .await?;
+        for record in &pending {
+            let (approvals, id) = (self.clone(), record.id);
+            tokio::spawn(async move { approvals.watch_unattended(id).await });
+        }
+        Ok(pending.len())
     }
 
     /// Whether the request's client went away and a task of its own watches it.

@@ -371,3 +371,60 @@ fn reviewers_are_reminded_of_pending_requests() {
         .count();
     assert_eq!(before, after, "reminders stop once the request is decided");
 }
+
+/// A gateway killed while a request waits picks the request up when it starts again: no
+/// session waits for it any more, yet its reminders go on and it expires at its timeout with no
+/// vote, announced like any expiry.
+#[test]
+fn a_request_left_pending_by_a_killed_gateway_is_reminded_and_expires_after_a_restart() {
+    let receiver = WebhookReceiver::start(0);
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    let rules = "      - match: DELETE\n        action: require-approval\n        reviewers: [dba]\n        \
+                 timeout: 15s\n        remind_after: 1s\n";
+    let extra = format!("notify:\n  - webhook: {}\n", receiver.url("/json"));
+    let mut gw = Gateway::for_pg_config(&pg, &config(&pg, rules, &extra));
+    let agent = gw.mint("agent-restart", &["agents"]);
+    let sql = "DELETE FROM items WHERE id = 1";
+    let psql = gw.psql_spawn(&agent, "prod", sql);
+    let id = gw.wait_for_pending(sql);
+    receiver.wait_for("/json", 1, requested(&id));
+
+    gw.kill();
+    // Still pending once the gateway is gone: only the restarted one can settle it.
+    assert_eq!(stored_state(&gw, &id), "pending");
+    let reminded = |b: &Value| {
+        b["event"] == "reminder" && id_text(&b["request"]["id"]).as_deref() == Some(id.as_str())
+    };
+    let before = receiver
+        .bodies("/json")
+        .iter()
+        .filter(|b| reminded(b))
+        .count();
+    gw.restart();
+
+    receiver.wait_for("/json", before + 1, reminded);
+    let expired = receiver.wait_for("/json", 1, |b| {
+        b["event"] == "expired" && id_text(&b["request"]["id"]).as_deref() == Some(id.as_str())
+    });
+    assert_eq!(expired[0]["request"]["state"], "expired");
+    assert_eq!(gw.approval_state(&id), "expired");
+    assert!(gw.approval(&id)["votes"].as_array().unwrap().is_empty());
+    drop(psql);
+    assert_eq!(pg.item_ids(), "1,2,3");
+}
+
+/// A request's state as the store holds it, read from the SQLite file: the gateway may be down.
+fn stored_state(gw: &Gateway, id: &str) -> String {
+    let url = format!("sqlite://{}", gw.db_file().display());
+    let id: i64 = id.parse().unwrap();
+    runtime().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let state = sqlx::query_scalar("SELECT state FROM approvals WHERE id = ?")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        state
+    })
+}
