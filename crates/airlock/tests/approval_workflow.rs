@@ -372,6 +372,54 @@ fn reviewers_are_reminded_of_pending_requests() {
     assert_eq!(before, after, "reminders stop once the request is decided");
 }
 
+/// A statement sent with bound parameters (tokio-postgres, extended protocol) is previewed with
+/// its values: the count runs on the real table with the same `$1`, and the write does not.
+#[test]
+fn preview_counts_a_statement_with_bound_parameters_using_their_values() {
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    let gw = Gateway::for_pg_config(&pg, &config(&pg, HELD, ""));
+    let agent = gw.mint("agent-1", &["agents"]);
+    let dba = gw.mint("dba-1", &["dba"]);
+    let rt = runtime();
+    let (client, notices) = rt.block_on(gw.connect(&agent, "prod")).unwrap();
+    let sql = "DELETE FROM items WHERE id < $1";
+    let held = rt.spawn(async move { client.execute(sql, &[&3i32]).await });
+    let id = gw.wait_for_pending(sql);
+
+    let request = gw.approval(&id);
+    assert_eq!(request["params"], serde_json::json!(["3"]));
+    let impact = &request["preview"]["impacts"][0];
+    assert_eq!(impact["kind"], "rows", "{impact}");
+    assert_eq!(impact["rows"], 2, "{impact}");
+    assert_eq!(impact["exact"], true, "{impact}");
+    let shown = gw.cli(&["approvals", "show", &id]);
+    assert!(
+        stdout_of(&shown).contains("DELETE items: 2 rows (counted)"),
+        "{}",
+        describe(&shown)
+    );
+    assert_eq!(pg.item_ids(), "1,2,3", "counting never runs the write");
+
+    assert_ok(
+        &gw.cli_as(&dba, &["approve", &id, "--reason", "two rows, as expected"]),
+        "approve",
+    );
+    let deleted = rt
+        .block_on(held)
+        .unwrap()
+        .expect("the approved DELETE runs");
+    assert_eq!(deleted, 2);
+    assert_eq!(pg.item_ids(), "3");
+    assert!(
+        notices
+            .all()
+            .iter()
+            .any(|n| n.contains("Blast radius: DELETE items: 2 rows (counted)")),
+        "the agent's NOTICE carries the preview: {:?}",
+        notices.all()
+    );
+}
+
 /// A gateway killed while a request waits picks the request up when it starts again: no
 /// session waits for it any more, yet its reminders go on and it expires at its timeout with no
 /// vote, announced like any expiry.

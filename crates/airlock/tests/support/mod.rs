@@ -1086,7 +1086,15 @@ impl Gateway {
             loop {
                 match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
                     Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
-                        sink.push(format!("{}: {}", notice.code().code(), notice.message()))
+                        let detail = notice
+                            .detail()
+                            .map(|d| format!(" (DETAIL: {d})"))
+                            .unwrap_or_default();
+                        sink.push(format!(
+                            "{}: {}{detail}",
+                            notice.code().code(),
+                            notice.message()
+                        ))
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => break,
@@ -1116,7 +1124,7 @@ fn conninfo_quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// Notices a tokio-postgres connection received, as `SQLSTATE: message`.
+/// Notices a tokio-postgres connection received, as `SQLSTATE: message (DETAIL: detail)`.
 #[derive(Clone, Default)]
 pub struct Notices(Arc<Mutex<Vec<String>>>);
 
