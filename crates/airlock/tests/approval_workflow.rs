@@ -461,6 +461,48 @@ fn a_request_left_pending_by_a_killed_gateway_is_reminded_and_expires_after_a_re
     assert_eq!(pg.item_ids(), "1,2,3");
 }
 
+/// An escalation that fell due while the gateway was down is announced when it starts again.
+#[test]
+fn an_escalation_due_while_the_gateway_was_down_is_announced_after_a_restart() {
+    let receiver = WebhookReceiver::start(0);
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    let rules = "      - match: DELETE\n        action: require-approval\n        reviewers: [dba]\n        \
+                 timeout: 60s\n        escalate_after: 5s\n        escalate_to: [security]\n";
+    let extra = format!("notify:\n  - webhook: {}\n", receiver.url("/json"));
+    let mut gw = Gateway::for_pg_config(&pg, &config(&pg, rules, &extra));
+    let agent = gw.mint("agent-restart", &["agents"]);
+    let sql = "DELETE FROM items WHERE id = 1";
+    let psql = gw.psql_spawn(&agent, "prod", sql);
+    let id = gw.wait_for_pending(sql);
+    let escalate_at = gw.approval(&id)["escalate_at"].as_i64().unwrap();
+    gw.kill();
+    drop(psql);
+    let escalated = |b: &Value| {
+        b["event"] == "escalated" && id_text(&b["request"]["id"]).as_deref() == Some(id.as_str())
+    };
+    assert_eq!(
+        receiver
+            .bodies("/json")
+            .iter()
+            .filter(|b| escalated(b))
+            .count(),
+        0,
+        "not escalated before the gateway was killed"
+    );
+    wait_until(WAIT, "the escalation time to pass", || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        (now > escalate_at).then_some(())
+    });
+
+    gw.restart();
+    let announced = receiver.wait_for("/json", 1, escalated);
+    assert_eq!(announced[0]["request"]["state"], "pending");
+    assert_eq!(stored_state(&gw, &id), "pending");
+}
+
 /// A request's state as the store holds it, read from the SQLite file: the gateway may be down.
 fn stored_state(gw: &Gateway, id: &str) -> String {
     let url = format!("sqlite://{}", gw.db_file().display());
