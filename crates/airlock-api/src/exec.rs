@@ -1,15 +1,17 @@
-//! `/api/v1/exec`: one-off SQL through the gate, for pipelines and `airlock exec`. The caller's
-//! statement takes the PostgreSQL path's exact steps (session with protocol `api`, classify,
-//! [`Gate::submit`], record the outcome), so identity, policy, approval and recording do not
-//! differ. A held statement lives on in a background task that waits for the reviewers and runs
+//! `/api/v1/exec`: one-off SQL through the gate, for pipelines and `airlock exec`, on
+//! PostgreSQL and MySQL connections. The caller's statement takes the protocol adapter's exact
+//! steps (session with protocol `api`, classify as that adapter reads SQL, [`Gate::submit`],
+//! record the outcome), so identity, policy, approval and recording do not differ. A held statement lives on in a background task that waits for the reviewers and runs
 //! it once if approved; its answer is kept in memory for a while so the caller can poll
 //! `GET /api/v1/exec/{request_id}` or withdraw it with `DELETE`.
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::mysql_upstream;
 use crate::upstream::{self, StatementResult};
 use crate::ApiState;
 use airlock_core::classify::{Classification, StatementKind};
+use airlock_core::classify_mysql::classify_for;
 use airlock_core::config::{Config, ConnectionConfig, ConnectionKind};
 use airlock_core::gate::{Denial, DenialKind, Gate, Permit, Session, Submission};
 use airlock_core::operation::{Operation, Protocol};
@@ -246,6 +248,15 @@ async fn answer_within(mut rx: watch::Receiver<ExecAnswer>, wait: Duration) -> E
     }
 }
 
+/// `sql` as the adapter of a `kind` connection reads it, with [`resolve_runs`] applied.
+fn classify(gate: &Gate, kind: ConnectionKind, sql: &str) -> Arc<Classification> {
+    let classification = match kind {
+        ConnectionKind::Postgres => gate.classifier().classify(sql),
+        kind => Arc::new(classify_for(kind, sql)),
+    };
+    resolve_runs(classification)
+}
+
 /// `EXECUTE name` / `FETCH … FROM name` run something defined earlier in the same upstream
 /// session; an exec has a fresh session where the gateway knows no names, so (as in the
 /// PostgreSQL adapter for unknown names) they count as `OTHER`.
@@ -311,23 +322,46 @@ async fn run_permitted(
             };
         }
     };
+    if let (ConnectionKind::Mysql, Some(sql)) = (conn.kind, &permit.replacement) {
+        // Replacements are judged as PostgreSQL reads them, and MySQL can read the same text
+        // otherwise: as in the MySQL adapter, it is not run in place of the statement.
+        let reason = format!(
+            "approval request {} was approved with a modified statement, which the gateway does \
+             not run in place of yours on MySQL; send it yourself: {sql}",
+            request_id.unwrap_or_default()
+        );
+        if let Some(event) = permit.event() {
+            gate.record_outcome(
+                session,
+                event,
+                OutcomeStatus::NotRun,
+                None,
+                None,
+                Some(reason.clone()),
+            );
+        }
+        return ExecAnswer::Denied {
+            session_id: session.id,
+            request_id,
+            reason,
+        };
+    }
     let mut capture = gate.response_capture();
     // A reviewer who approved a modified statement approved only that one: it runs instead.
-    let result = match &permit.replacement {
-        Some(sql) => {
-            let classification = resolve_runs(gate.classifier().classify(sql));
-            upstream::run(conn, sql, &classification, masker.as_deref(), &mut capture).await
+    let replacement = permit
+        .replacement
+        .as_deref()
+        .map(|sql| (sql, classify(gate, conn.kind, sql)));
+    let (sql, classification) = match &replacement {
+        Some((sql, classification)) => (*sql, classification.as_ref()),
+        None => (op.text.as_ref(), op.classification.as_ref()),
+    };
+    let masker = masker.as_deref();
+    let result = match conn.kind {
+        ConnectionKind::Mysql => {
+            mysql_upstream::run(conn, sql, classification, masker, &mut capture).await
         }
-        None => {
-            upstream::run(
-                conn,
-                &op.text,
-                &op.classification,
-                masker.as_deref(),
-                &mut capture,
-            )
-            .await
-        }
+        _ => upstream::run(conn, sql, classification, masker, &mut capture).await,
     };
     if let Some(event) = permit.event() {
         gate.record_response(session, event, capture);
@@ -409,9 +443,9 @@ pub async fn submit(
             caller.identity.name, conn.name
         )));
     }
-    if conn.kind != ConnectionKind::Postgres {
+    if !matches!(conn.kind, ConnectionKind::Postgres | ConnectionKind::Mysql) {
         return Err(ApiError::BadRequest(format!(
-            "connection `{}` is not a PostgreSQL connection; exec runs SQL only",
+            "connection `{}` is not a SQL connection (postgres or mysql); exec runs SQL only",
             conn.name
         )));
     }
@@ -424,10 +458,17 @@ pub async fn submit(
         .open_session(caller.identity.clone(), &conn.name, protocol, client)
         .await?;
     let text: Arc<str> = Arc::from(body.sql.as_str());
-    let classification = resolve_runs(gate.classifier().classify(&text));
+    let classification = match conn.kind {
+        // Calls to user-defined functions are judged by the upstream's catalog, as in the
+        // PostgreSQL adapter.
+        ConnectionKind::Postgres => {
+            upstream::judge_functions(conn, classify(&gate, conn.kind, &text)).await
+        }
+        kind => classify(&gate, kind, &text),
+    };
     let op = Operation {
         connection: conn.name.clone(),
-        classification: upstream::judge_functions(conn, classification).await,
+        classification,
         text,
         params: Vec::new(),
     };

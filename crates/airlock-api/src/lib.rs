@@ -12,6 +12,7 @@ mod error;
 mod exec;
 mod health;
 mod mcp;
+mod mysql_upstream;
 mod openapi;
 mod policies;
 mod sessions;

@@ -74,7 +74,7 @@ fn pg_config(conn: &ConnectionConfig) -> Result<tokio_postgres::Config, String> 
 }
 
 /// The tag of the `index`th statement, from its classified kind.
-fn tag_for(classification: &Classification, index: usize, rows: u64) -> String {
+pub(crate) fn tag_for(classification: &Classification, index: usize, rows: u64) -> String {
     let kind = match classification {
         Classification::Parsed(statements) => statements
             .get(index)
