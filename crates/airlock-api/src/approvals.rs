@@ -3,7 +3,7 @@
 //! rule's reviewer groups) are enforced by the core; this module only maps their answers.
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::ApiState;
 use airlock_core::approval::can_view;
 use airlock_core::store::{ApprovalRecord, ApprovalState, DeliveryRecord};
@@ -14,21 +14,25 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only requests in this state.
+    #[param(value_type = Option<ApprovalState>)]
     state: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct VoteBody {
+pub struct VoteBody {
+    /// Why; a denial needs one.
     reason: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ApproveBody {
+pub struct ApproveBody {
     reason: Option<String>,
     /// A statement to run instead of the requested one.
     replace_with: Option<String>,
@@ -61,6 +65,19 @@ fn parse_state(state: Option<&str>) -> Result<Option<ApprovalState>, ApiError> {
     }
 }
 
+/// The approval requests the caller may see: admins all, requesters their own, reviewers those
+/// naming their groups; newest first.
+#[utoipa::path(
+    get,
+    path = "/approvals",
+    operation_id = "listApprovals",
+    tag = "approvals",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Newest first", body = Vec<ApprovalRecord>),
+        (status = 400, description = "Unknown state", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -78,13 +95,26 @@ pub async fn list(
 }
 
 /// One request with its webhook notification delivery attempts.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ApprovalDetail {
     #[serde(flatten)]
     record: ApprovalRecord,
     deliveries: Vec<DeliveryRecord>,
 }
 
+/// One approval request, with its webhook notification delivery attempts.
+#[utoipa::path(
+    get,
+    path = "/approvals/{id}",
+    operation_id = "getApproval",
+    tag = "approvals",
+    params(("id" = i64, Path, description = "Approval request id")),
+    responses(
+        (status = 200, description = "The request", body = ApprovalDetail),
+        (status = 400, description = "Invalid id", body = ErrorBody),
+        (status = 404, description = "No such request, or not visible to the caller", body = ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<ApiState>,
     caller: Caller,
@@ -103,6 +133,23 @@ pub async fn show(
     }
 }
 
+/// A vote to approve, by a member of the rule's reviewer groups (never the requester);
+/// optionally approving a replacement statement instead. The body may be left out.
+#[utoipa::path(
+    post,
+    path = "/approvals/{id}/approve",
+    operation_id = "approve",
+    tag = "approvals",
+    params(("id" = i64, Path, description = "Approval request id")),
+    request_body(content = Option<ApproveBody>, description = "Optional: a vote needs no body"),
+    responses(
+        (status = 200, description = "The request after the vote", body = ApprovalRecord),
+        (status = 400, description = "Invalid body or replacement", body = ErrorBody),
+        (status = 403, description = "Not a reviewer of this request, the requester, or a replacement more dangerous than the reviewer may allow", body = ErrorBody),
+        (status = 404, description = "No such request", body = ErrorBody),
+        (status = 409, description = "The request is no longer pending", body = ErrorBody),
+    )
+)]
 pub async fn approve(
     State(state): State<ApiState>,
     caller: Caller,
@@ -131,6 +178,22 @@ pub async fn approve(
     Ok(Json(record))
 }
 
+/// A vote to deny, with a reason; one denial ends the request.
+#[utoipa::path(
+    post,
+    path = "/approvals/{id}/deny",
+    operation_id = "deny",
+    tag = "approvals",
+    params(("id" = i64, Path, description = "Approval request id")),
+    request_body(content = VoteBody),
+    responses(
+        (status = 200, description = "The request after the vote", body = ApprovalRecord),
+        (status = 400, description = "No reason given", body = ErrorBody),
+        (status = 403, description = "Not a reviewer of this request", body = ErrorBody),
+        (status = 404, description = "No such request", body = ErrorBody),
+        (status = 409, description = "The request is no longer pending", body = ErrorBody),
+    )
+)]
 pub async fn deny(
     State(state): State<ApiState>,
     caller: Caller,

@@ -2,13 +2,23 @@
 //! event ids across every session.
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::ApiState;
 use airlock_core::chain::{self, ChainReport};
 use axum::extract::State;
 use axum::Json;
 
 /// Walks the tamper-evident chain over every recorded event and reports its first break.
+#[utoipa::path(
+    get,
+    path = "/audit/verify",
+    operation_id = "verifyAudit",
+    tag = "audit",
+    responses(
+        (status = 200, description = "The report; `ok` is false when the chain is broken", body = ChainReport),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    )
+)]
 pub async fn verify(
     State(state): State<ApiState>,
     caller: Caller,

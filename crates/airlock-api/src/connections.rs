@@ -9,9 +9,10 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ConnectionView {
     name: String,
+    /// `postgres`, `mysql`, `ssh`, `http` or `kubernetes`.
     #[serde(rename = "type")]
     kind: &'static str,
     address: String,
@@ -33,6 +34,14 @@ fn kind_name(kind: ConnectionKind) -> &'static str {
     }
 }
 
+/// The connections a policy lets the caller use (admins: every one); never a password.
+#[utoipa::path(
+    get,
+    path = "/connections",
+    operation_id = "listConnections",
+    tag = "connections",
+    responses((status = 200, description = "In config order", body = Vec<ConnectionView>))
+)]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,

@@ -9,6 +9,20 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
+
+/// The body of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, meant for the caller.
+    pub error: String,
+}
+
+impl ErrorBody {
+    fn response(status: StatusCode, error: String) -> Response {
+        (status, Json(ErrorBody { error })).into_response()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -45,8 +59,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.to_string() });
-        let mut response = (self.status(), Json(body)).into_response();
+        let mut response = ErrorBody::response(self.status(), self.to_string());
         if matches!(self, ApiError::Unauthenticated) {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -109,8 +122,8 @@ pub async fn no_route() -> ApiError {
 }
 
 pub async fn wrong_method() -> Response {
-    let body = serde_json::json!({
-        "error": "this endpoint does not accept that method; see /api/openapi.json"
-    });
-    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+    ErrorBody::response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not accept that method; see /api/openapi.json".into(),
+    )
 }

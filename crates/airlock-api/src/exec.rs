@@ -1,15 +1,17 @@
-//! `/api/v1/exec`: one-off SQL through the gate, for pipelines and `airlock exec`. The caller's
-//! statement takes the PostgreSQL path's exact steps (session with protocol `api`, classify,
-//! [`Gate::submit`], record the outcome), so identity, policy, approval and recording do not
-//! differ. A held statement lives on in a background task that waits for the reviewers and runs
+//! `/api/v1/exec`: one-off SQL through the gate, for pipelines and `airlock exec`, on
+//! PostgreSQL and MySQL connections. The caller's statement takes the protocol adapter's exact
+//! steps (session with protocol `api`, classify as that adapter reads SQL, [`Gate::submit`],
+//! record the outcome), so identity, policy, approval and recording do not differ. A held statement lives on in a background task that waits for the reviewers and runs
 //! it once if approved; its answer is kept in memory for a while so the caller can poll
 //! `GET /api/v1/exec/{request_id}` or withdraw it with `DELETE`.
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
+use crate::mysql_upstream;
 use crate::upstream::{self, StatementResult};
 use crate::ApiState;
 use airlock_core::classify::{Classification, StatementKind};
+use airlock_core::classify_mysql::classify_for;
 use airlock_core::config::{Config, ConnectionConfig, ConnectionKind};
 use airlock_core::gate::{Denial, DenialKind, Gate, Permit, Session, Submission};
 use airlock_core::operation::{Operation, Protocol};
@@ -37,7 +39,7 @@ const KEEP_FINISHED: Duration = Duration::from_secs(3600);
 /// approval queue itself.
 const MAX_FINISHED: usize = 1000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     connection: String,
@@ -53,7 +55,7 @@ pub struct ExecRequest {
     via: Via,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Via {
     #[default]
@@ -95,8 +97,9 @@ impl PollQuery {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PollQuery {
     /// Seconds to wait for a pending exec to finish before answering.
     wait: Option<u64>,
@@ -106,7 +109,7 @@ pub struct PollQuery {
 }
 
 /// Every answer of the exec routes; `status` tells them apart.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum ExecAnswer {
     Ok {
@@ -245,6 +248,15 @@ async fn answer_within(mut rx: watch::Receiver<ExecAnswer>, wait: Duration) -> E
     }
 }
 
+/// `sql` as the adapter of a `kind` connection reads it, with [`resolve_runs`] applied.
+fn classify(gate: &Gate, kind: ConnectionKind, sql: &str) -> Arc<Classification> {
+    let classification = match kind {
+        ConnectionKind::Postgres => gate.classifier().classify(sql),
+        kind => Arc::new(classify_for(kind, sql)),
+    };
+    resolve_runs(classification)
+}
+
 /// `EXECUTE name` / `FETCH … FROM name` run something defined earlier in the same upstream
 /// session; an exec has a fresh session where the gateway knows no names, so (as in the
 /// PostgreSQL adapter for unknown names) they count as `OTHER`.
@@ -310,23 +322,46 @@ async fn run_permitted(
             };
         }
     };
+    if let (ConnectionKind::Mysql, Some(sql)) = (conn.kind, &permit.replacement) {
+        // Replacements are judged as PostgreSQL reads them, and MySQL can read the same text
+        // otherwise: as in the MySQL adapter, it is not run in place of the statement.
+        let reason = format!(
+            "approval request {} was approved with a modified statement, which the gateway does \
+             not run in place of yours on MySQL; send it yourself: {sql}",
+            request_id.unwrap_or_default()
+        );
+        if let Some(event) = permit.event() {
+            gate.record_outcome(
+                session,
+                event,
+                OutcomeStatus::NotRun,
+                None,
+                None,
+                Some(reason.clone()),
+            );
+        }
+        return ExecAnswer::Denied {
+            session_id: session.id,
+            request_id,
+            reason,
+        };
+    }
     let mut capture = gate.response_capture();
     // A reviewer who approved a modified statement approved only that one: it runs instead.
-    let result = match &permit.replacement {
-        Some(sql) => {
-            let classification = resolve_runs(gate.classifier().classify(sql));
-            upstream::run(conn, sql, &classification, masker.as_deref(), &mut capture).await
+    let replacement = permit
+        .replacement
+        .as_deref()
+        .map(|sql| (sql, classify(gate, conn.kind, sql)));
+    let (sql, classification) = match &replacement {
+        Some((sql, classification)) => (*sql, classification.as_ref()),
+        None => (op.text.as_ref(), op.classification.as_ref()),
+    };
+    let masker = masker.as_deref();
+    let result = match conn.kind {
+        ConnectionKind::Mysql => {
+            mysql_upstream::run(conn, sql, classification, masker, &mut capture).await
         }
-        None => {
-            upstream::run(
-                conn,
-                &op.text,
-                &op.classification,
-                masker.as_deref(),
-                &mut capture,
-            )
-            .await
-        }
+        _ => upstream::run(conn, sql, classification, masker, &mut capture).await,
     };
     if let Some(event) = permit.event() {
         gate.record_response(session, event, capture);
@@ -361,6 +396,24 @@ async fn run_permitted(
     }
 }
 
+/// Runs one SQL text through the gate. A held statement answers `pending` (at once, or after
+/// waiting up to `timeout` seconds with `wait`) and lives on: poll `GET /exec/{id}`.
+#[utoipa::path(
+    post,
+    path = "/exec",
+    operation_id = "exec",
+    tag = "exec",
+    request_body = ExecRequest,
+    responses(
+        (status = 200, description = "Run: `status` is `ok`", body = ExecAnswer),
+        (status = 202, description = "Held for approval: `status` is `pending`", body = ExecAnswer),
+        (status = 403, description = "Refused: `status` is `denied` or `expired`", body = ExecAnswer),
+        (status = 502, description = "The upstream failed it or could not be reached: `status` is `error`", body = ExecAnswer),
+        (status = 503, description = "The gateway could not record or mask it, so it was not run: `status` is `error`", body = ExecAnswer),
+        (status = 400, description = "Invalid body, empty SQL or not a SQL connection", body = ErrorBody),
+        (status = 404, description = "No such connection", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<ApiState>,
     Extension(jobs): Extension<Arc<Jobs>>,
@@ -390,9 +443,9 @@ pub async fn submit(
             caller.identity.name, conn.name
         )));
     }
-    if conn.kind != ConnectionKind::Postgres {
+    if !matches!(conn.kind, ConnectionKind::Postgres | ConnectionKind::Mysql) {
         return Err(ApiError::BadRequest(format!(
-            "connection `{}` is not a PostgreSQL connection; exec runs SQL only",
+            "connection `{}` is not a SQL connection (postgres or mysql); exec runs SQL only",
             conn.name
         )));
     }
@@ -405,10 +458,17 @@ pub async fn submit(
         .open_session(caller.identity.clone(), &conn.name, protocol, client)
         .await?;
     let text: Arc<str> = Arc::from(body.sql.as_str());
-    let classification = resolve_runs(gate.classifier().classify(&text));
+    let classification = match conn.kind {
+        // Calls to user-defined functions are judged by the upstream's catalog, as in the
+        // PostgreSQL adapter.
+        ConnectionKind::Postgres => {
+            upstream::judge_functions(conn, classify(&gate, conn.kind, &text)).await
+        }
+        kind => classify(&gate, kind, &text),
+    };
     let op = Operation {
         connection: conn.name.clone(),
-        classification: upstream::judge_functions(conn, classification).await,
+        classification,
         text,
         params: Vec::new(),
     };
@@ -470,6 +530,22 @@ pub async fn submit(
     Ok(answer_within(rx, wait).await)
 }
 
+/// A held exec's answer: `pending` until it is decided and run, then its result.
+#[utoipa::path(
+    get,
+    path = "/exec/{id}",
+    operation_id = "execStatus",
+    tag = "exec",
+    params(("id" = i64, Path, description = "The exec's approval request id"), PollQuery),
+    responses(
+        (status = 200, description = "Run: `status` is `ok`", body = ExecAnswer),
+        (status = 202, description = "Held for approval: `status` is `pending`", body = ExecAnswer),
+        (status = 403, description = "Refused: `status` is `denied` or `expired`", body = ExecAnswer),
+        (status = 502, description = "The upstream failed it or could not be reached: `status` is `error`", body = ExecAnswer),
+        (status = 503, description = "The gateway could not record or mask it, so it was not run: `status` is `error`", body = ExecAnswer),
+        (status = 404, description = "No such exec known here, or not the caller's", body = ErrorBody),
+    )
+)]
 pub async fn poll(
     State(state): State<ApiState>,
     Extension(jobs): Extension<Arc<Jobs>>,
@@ -487,6 +563,21 @@ pub async fn poll(
 
 /// Withdraws a pending exec (its approval request ends `canceled`); a finished one is
 /// answered as it stands.
+#[utoipa::path(
+    delete,
+    path = "/exec/{id}",
+    operation_id = "execWithdraw",
+    tag = "exec",
+    params(("id" = i64, Path, description = "The exec's approval request id")),
+    responses(
+        (status = 200, description = "Run: `status` is `ok`", body = ExecAnswer),
+        (status = 202, description = "Held for approval: `status` is `pending`", body = ExecAnswer),
+        (status = 403, description = "Refused: `status` is `denied` or `expired`", body = ExecAnswer),
+        (status = 502, description = "The upstream failed it or could not be reached: `status` is `error`", body = ExecAnswer),
+        (status = 503, description = "The gateway could not record or mask it, so it was not run: `status` is `error`", body = ExecAnswer),
+        (status = 404, description = "No such exec known here, or not the caller's", body = ErrorBody),
+    )
+)]
 pub async fn withdraw(
     Extension(jobs): Extension<Arc<Jobs>>,
     caller: Caller,

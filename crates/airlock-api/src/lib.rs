@@ -1,7 +1,8 @@
 //! Airlock's REST API: the JSON-over-HTTP face of the gate that the CLI and the web console use.
 //! This crate owns the routes, bearer-token authentication of API callers, who may see what
 //! (admins, reviewers, an agent's own records), the mapping of core errors to HTTP statuses and
-//! `{"error": …}` bodies, and the OpenAPI document served at `/api/openapi.json`.
+//! `{"error": …}` bodies, and the OpenAPI document served at `/api/openapi.json`, generated
+//! from the handlers.
 
 mod approvals;
 mod audit;
@@ -11,6 +12,8 @@ mod error;
 mod exec;
 mod health;
 mod mcp;
+mod mysql_upstream;
+mod openapi;
 mod policies;
 mod sessions;
 mod tokens;
@@ -19,9 +22,11 @@ mod whoami;
 
 use airlock_core::config::Config;
 use airlock_core::gate::Gate;
-use axum::routing::{delete, get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What every handler reads: the gate (store, identity, approvals, policies) and the config the
 /// gateway was started with (admin groups, connections).
@@ -31,37 +36,41 @@ pub struct ApiState {
     pub config: Arc<Config>,
 }
 
-/// Every API route, ready to be served on the `api` listener.
+/// Every API route, ready to be served on the `api` listener, with the OpenAPI document that
+/// describes them: a handler is mounted only through its `#[utoipa::path]` description.
 pub fn router(state: ApiState) -> Router {
     // Shared by the REST exec routes and the MCP tools, which answer each other's requests.
     let jobs = Arc::new(exec::Jobs::default());
-    let v1 = Router::new()
-        .route("/approvals", get(approvals::list))
-        .route("/audit/verify", get(audit::verify))
-        .route("/approvals/{id}", get(approvals::show))
-        .route("/approvals/{id}/approve", post(approvals::approve))
-        .route("/approvals/{id}/deny", post(approvals::deny))
-        .route("/sessions", get(sessions::list))
-        .route("/sessions/export", get(sessions::export))
-        .route("/sessions/{id}", get(sessions::show))
-        .route("/sessions/{id}/events", get(sessions::events))
-        .route("/tokens", get(tokens::list).post(tokens::create))
-        .route("/tokens/{id}", delete(tokens::revoke))
-        .route("/connections", get(connections::list))
-        .route("/policies", get(policies::show).put(policies::replace))
-        .route("/policies/changes", get(policies::changes))
-        .route("/policies/explain", post(policies::explain))
-        .route("/whoami", get(whoami::show))
-        .route("/exec", post(exec::submit))
-        .route("/exec/{id}", get(exec::poll).delete(exec::withdraw))
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(approvals::list))
+        .routes(routes!(approvals::show))
+        .routes(routes!(approvals::approve))
+        .routes(routes!(approvals::deny))
+        .routes(routes!(audit::verify))
+        .routes(routes!(sessions::list))
+        .routes(routes!(sessions::export))
+        .routes(routes!(sessions::show))
+        .routes(routes!(sessions::events))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(connections::list))
+        .routes(routes!(policies::show, policies::replace))
+        .routes(routes!(policies::changes))
+        .routes(routes!(policies::explain))
+        .routes(routes!(whoami::show))
+        .routes(routes!(exec::submit))
+        .routes(routes!(exec::poll, exec::withdraw))
         // Background execs live as long as the router, which is the API's lifetime.
-        .layer(axum::Extension(jobs.clone()));
-    Router::new()
+        .layer(Extension(jobs.clone()));
+    let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(mcp::routes(state.clone(), jobs))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/api/openapi.json", get(health::openapi))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(openapi::serve))
         .nest("/api/v1", v1)
+        .split_for_parts();
+    routes
+        .layer(Extension(openapi::Document::new(api)))
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::wrong_method)
         .with_state(state)

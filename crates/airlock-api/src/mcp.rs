@@ -14,10 +14,12 @@ use async_trait::async_trait;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 /// The identity an HTTP request to `/mcp` authenticated, for the tool calls it carries.
 #[derive(Clone)]
@@ -26,7 +28,22 @@ struct Authenticated {
     admin: bool,
 }
 
-/// Refuses a request to `/mcp` without a valid bearer token, and hands the identity on.
+/// Refuses a request to `/mcp` without a valid bearer token, and hands the identity on. Every
+/// request to `/mcp` passes here, so the route is described on this function.
+#[utoipa::path(
+    method(post, get, delete),
+    path = "/mcp",
+    summary = "The MCP tools over streamable HTTP: JSON-RPC messages (POST), the server's event stream (GET), the end of an MCP session (DELETE)",
+    tag = "mcp",
+    request_body(
+        content = Object,
+        description = "A JSON-RPC message of MCP's streamable HTTP transport"
+    ),
+    responses(
+        (status = 200, description = "A JSON-RPC answer, or a server-sent event stream (`text/event-stream`)"),
+        (status = 202, description = "A notification or response was accepted"),
+    )
+)]
 pub async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     match Caller::from_request_parts(&mut parts, &state).await {
@@ -124,13 +141,39 @@ impl Connect for FromRequest {
     }
 }
 
+/// The description of the `/mcp` route, which is a service rather than a handler.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(authenticate))]
+struct McpRoute;
+
+/// One annotation describes the three methods of `/mcp`; each gets its own operation id, and
+/// only POST carries a body.
+fn described_per_method(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    if let Some(item) = api.paths.paths.get_mut("/mcp") {
+        let methods = [
+            (&mut item.post, "mcpPost"),
+            (&mut item.get, "mcpGet"),
+            (&mut item.delete, "mcpDelete"),
+        ];
+        for (operation, id) in methods {
+            if let Some(operation) = operation {
+                operation.operation_id = Some(id.into());
+                if id != "mcpPost" {
+                    operation.request_body = None;
+                }
+            }
+        }
+    }
+    api
+}
+
 /// The `/mcp` route, behind [`authenticate`].
-pub fn routes(state: ApiState, jobs: Arc<Jobs>) -> Router<ApiState> {
+pub fn routes(state: ApiState, jobs: Arc<Jobs>) -> OpenApiRouter<ApiState> {
     let service = airlock_mcp::http_service(Arc::new(FromRequest {
         state: state.clone(),
         jobs,
     }));
-    Router::new()
+    OpenApiRouter::with_openapi(described_per_method(McpRoute::openapi()))
         .route_service("/mcp", service)
         .route_layer(axum::middleware::from_fn_with_state(state, authenticate))
 }

@@ -7,37 +7,87 @@
 //! functions on the upstream as the gateway does; nothing is run or recorded.
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::upstream;
 use crate::ApiState;
 use airlock_core::classify_mysql::classify_for;
-use airlock_core::config::{Config, ConnectionKind};
+use airlock_core::config::{Config, ConnectionKind, DangerousFunctionsConfig, PolicyConfig};
 use airlock_core::gate::PolicyAuthor;
 use airlock_core::policy::{self, Explanation};
 use airlock_core::store::PolicyChangeRecord;
 use axum::extract::rejection::{JsonRejection, StringRejection};
 use axum::extract::State;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-pub async fn show(State(state): State<ApiState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+/// The live policies as a `policies:` document, in the form `PUT` takes back.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PolicyDocument {
+    policies: Vec<PolicyConfig>,
+    /// Changes to the built-in list of dangerous functions, when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dangerous_functions: Option<DangerousFunctionsConfig>,
+}
+
+/// What a `PUT` did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Replaced {
+    /// Whether the policies differ from the live ones (an identical document changes nothing).
+    changed: bool,
+    /// How many policies are live now.
+    policies: usize,
+    /// The audited change, when there was one.
+    change: Option<PolicyChangeRecord>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/policies",
+    operation_id = "getPolicies",
+    tag = "policies",
+    responses(
+        (status = 200, description = "The live policies", body = PolicyDocument),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    )
+)]
+pub async fn show(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<PolicyDocument>, ApiError> {
     caller.require_admin()?;
     let policies = state.gate.policies();
-    let mut shown = json!({ "policies": policies.configs() });
-    if !policies.dangerous_functions().is_default() {
-        shown["dangerous_functions"] = json!(policies.dangerous_functions());
-    }
-    Ok(Json(shown))
+    let dangerous = policies.dangerous_functions();
+    Ok(Json(PolicyDocument {
+        policies: policies.configs().to_vec(),
+        dangerous_functions: (!dangerous.is_default()).then(|| dangerous.clone()),
+    }))
 }
 
 /// Replaces every policy. Only the policies change: connections and the rest of the config are
 /// the ones the gateway started with, and the new policies are checked against them.
+#[utoipa::path(
+    put,
+    path = "/policies",
+    operation_id = "replacePolicies",
+    tag = "policies",
+    request_body(
+        description = "A `policies:` document, in YAML or JSON (which is YAML too)",
+        content(
+            (PolicyDocument = "application/json"),
+            (String = "application/yaml"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Live on every replica from now on", body = Replaced),
+        (status = 400, description = "The policies are not valid; the message says where", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    )
+)]
 pub async fn replace(
     State(state): State<ApiState>,
     caller: Caller,
     body: Result<String, StringRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Replaced>, ApiError> {
     caller.require_admin()?;
     let body =
         body.map_err(|e| ApiError::BadRequest(format!("invalid request body: {}", e.body_text())))?;
@@ -48,13 +98,24 @@ pub async fn replace(
         .gate
         .change_policies(policies, PolicyAuthor::admin(&caller.identity))
         .await?;
-    Ok(Json(json!({
-        "changed": change.is_some(),
-        "policies": count,
-        "change": change,
-    })))
+    Ok(Json(Replaced {
+        changed: change.is_some(),
+        policies: count,
+        change,
+    }))
 }
 
+/// Every audited change of the live policies, newest first.
+#[utoipa::path(
+    get,
+    path = "/policies/changes",
+    operation_id = "listPolicyChanges",
+    tag = "policies",
+    responses(
+        (status = 200, description = "The changes", body = Vec<PolicyChangeRecord>),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    )
+)]
 pub async fn changes(
     State(state): State<ApiState>,
     caller: Caller,
@@ -63,7 +124,7 @@ pub async fn changes(
     Ok(Json(state.gate.store().list_policy_changes().await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainBody {
     groups: Vec<String>,
@@ -74,6 +135,20 @@ pub struct ExplainBody {
     rows: Option<u64>,
 }
 
+/// What the live policy would decide for a member of `groups` running `sql` on `connection`,
+/// and the rule that decides it; nothing is run or recorded.
+#[utoipa::path(
+    post,
+    path = "/policies/explain",
+    operation_id = "explainPolicy",
+    tag = "policies",
+    request_body = ExplainBody,
+    responses(
+        (status = 200, description = "The decision", body = Explanation),
+        (status = 400, description = "Invalid body or unknown connection", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    )
+)]
 pub async fn explain(
     State(state): State<ApiState>,
     caller: Caller,

@@ -4,7 +4,7 @@
 //! an export of any size runs in constant memory.
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::ApiState;
 use airlock_core::store::{
     EventFilter, EventRecord, Millis, NewSession, SessionFilter, SessionRecord, Store, StoreError,
@@ -22,17 +22,24 @@ use std::sync::Arc;
 /// More rows than this in one listing is a job for `export`.
 const MAX_LIMIT: i64 = 10_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only sessions started at or after this time (Unix milliseconds).
     since: Option<Millis>,
+    /// At most this many sessions (1 to 10000).
     limit: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
+    /// `jsonl` (the default) or `csv`.
+    #[param(example = "csv")]
     format: Option<String>,
+    /// Only events at or after this time (Unix milliseconds).
     since: Option<Millis>,
     /// Only sessions on this connection.
     connection: Option<String>,
@@ -60,6 +67,18 @@ async fn visible_session(
     }
 }
 
+/// The sessions the caller may read (admins: all; others: their own), newest first.
+#[utoipa::path(
+    get,
+    path = "/sessions",
+    operation_id = "listSessions",
+    tag = "sessions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Newest first", body = Vec<SessionRecord>),
+        (status = 400, description = "Invalid query", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -83,6 +102,18 @@ pub async fn list(
     Ok(Json(state.gate.store().list_sessions(&filter).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/sessions/{id}",
+    operation_id = "getSession",
+    tag = "sessions",
+    params(("id" = i64, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "The session", body = SessionRecord),
+        (status = 400, description = "Invalid id", body = ErrorBody),
+        (status = 404, description = "No such session, or not the caller's", body = ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<ApiState>,
     caller: Caller,
@@ -93,6 +124,20 @@ pub async fn show(
     Ok(Json(visible_session(&state, &caller, id).await?))
 }
 
+/// The session's events in order: statements and their decisions, resolutions of held ones,
+/// outcomes and masked responses.
+#[utoipa::path(
+    get,
+    path = "/sessions/{id}/events",
+    operation_id = "getSessionEvents",
+    tag = "sessions",
+    params(("id" = i64, Path, description = "Session id")),
+    responses(
+        (status = 200, description = "In order", body = Vec<EventRecord>),
+        (status = 400, description = "Invalid id", body = ErrorBody),
+        (status = 404, description = "No such session, or not the caller's", body = ErrorBody),
+    )
+)]
 pub async fn events(
     State(state): State<ApiState>,
     caller: Caller,
@@ -271,6 +316,23 @@ impl Export {
     }
 }
 
+/// Every event the caller may read, one row per event with its session's fields, streamed.
+#[utoipa::path(
+    get,
+    path = "/sessions/export",
+    operation_id = "exportSessions",
+    tag = "sessions",
+    params(ExportQuery),
+    responses(
+        (status = 200, description = "One JSON object per line (`jsonl`) or CSV rows with a header (`csv`)",
+            content(
+                (String = "application/x-ndjson"),
+                (String = "text/csv"),
+            )
+        ),
+        (status = 400, description = "Unknown format", body = ErrorBody),
+    )
+)]
 pub async fn export(
     State(state): State<ApiState>,
     caller: Caller,

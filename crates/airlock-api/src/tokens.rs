@@ -2,7 +2,7 @@
 //! plaintext is in the creation response only; the store keeps its hash.
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::ApiState;
 use airlock_core::store::{now_millis, Millis, TokenRecord};
 use axum::extract::rejection::{JsonRejection, PathRejection};
@@ -11,27 +11,40 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
     name: String,
     groups: Vec<String>,
+    /// How long the token is valid (`24h`, `30d`); forever when absent.
+    #[schema(example = "30d")]
     ttl: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Created {
+    /// The token itself, shown this once: the store keeps only its hash.
     token: String,
     #[serde(flatten)]
     record: TokenRecord,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Revoked {
     id: String,
     revoked_at: Millis,
 }
 
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    operation_id = "listTokens",
+    tag = "tokens",
+    responses(
+        (status = 200, description = "Every agent token, revoked ones included", body = Vec<TokenRecord>),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -40,6 +53,18 @@ pub async fn list(
     Ok(Json(state.gate.store().list_tokens().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    operation_id = "createToken",
+    tag = "tokens",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "The new token", body = Created),
+        (status = 400, description = "Invalid name, groups or ttl", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<ApiState>,
     caller: Caller,
@@ -91,6 +116,18 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/tokens/{id}",
+    operation_id = "revokeToken",
+    tag = "tokens",
+    params(("id" = String, Path, description = "Token id")),
+    responses(
+        (status = 200, description = "Revoked", body = Revoked),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "No such token, or already revoked", body = ErrorBody),
+    )
+)]
 pub async fn revoke(
     State(state): State<ApiState>,
     caller: Caller,

@@ -27,7 +27,7 @@ pub const MAX_ROWS: usize = 1000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one statement of the exec produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatementResult {
     /// The statement's kind and row count, as a command tag reads (`DELETE 1`, `SELECT 3`).
     /// `tokio-postgres` does not expose the upstream's own tag, so it is rebuilt from the
@@ -74,7 +74,7 @@ fn pg_config(conn: &ConnectionConfig) -> Result<tokio_postgres::Config, String> 
 }
 
 /// The tag of the `index`th statement, from its classified kind.
-fn tag_for(classification: &Classification, index: usize, rows: u64) -> String {
+pub(crate) fn tag_for(classification: &Classification, index: usize, rows: u64) -> String {
     let kind = match classification {
         Classification::Parsed(statements) => statements
             .get(index)

@@ -8,7 +8,7 @@ use airlock_core::store::Millis;
 use axum::Json;
 use serde::Serialize;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct WhoAmI {
     subject: String,
     name: String,
@@ -18,6 +18,13 @@ pub struct WhoAmI {
     admin: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/whoami",
+    operation_id = "whoami",
+    tag = "identity",
+    responses((status = 200, description = "The caller's identity", body = WhoAmI))
+)]
 pub async fn show(caller: Caller) -> Json<WhoAmI> {
     let identity = caller.identity;
     Json(WhoAmI {

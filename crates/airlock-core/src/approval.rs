@@ -4,10 +4,10 @@
 //! outcome with a deadline, a withdrawal signal and a poll of the store (so a vote taken on
 //! another replica is seen too). While a request is pending its timed events happen here:
 //! escalation, reminders and expiry, also for a request whose client went away and that waits
-//! on for its reviewers (`approval_window`).
+//! on for its reviewers (`approval_window`), and for those a restarted gateway finds pending.
 
 use crate::identity::Identity;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, NotifyEvent};
 use crate::store::{
     now_millis, ApprovalRecord, ApprovalState, Millis, NewApproval, Store, StoreError, Vote,
 };
@@ -199,6 +199,43 @@ impl Approvals {
             .await;
         abandoned.approvals = None;
         result
+    }
+
+    /// Picks up the requests an earlier run of the gateway left pending (it stopped or was
+    /// killed while they waited): no session waits for them any more, so each is watched by a
+    /// task of its own until it settles, and its escalation, reminders and expiry happen as if
+    /// the gateway had not stopped (an expiry that fell due meanwhile, at once; an escalation
+    /// that fell due is announced now unless a delivery of it was recorded). The number of
+    /// requests picked up.
+    pub async fn watch_pending(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let pending = self
+            .store
+            .list_approvals(Some(ApprovalState::Pending))
+            .await?;
+        for record in &pending {
+            if record.request.escalated_at(now_millis())
+                && !self.escalation_announced(record.id).await
+            {
+                self.notifier.announce_escalation(record);
+            }
+            let (approvals, id) = (self.clone(), record.id);
+            tokio::spawn(async move { approvals.watch_unattended(id).await });
+        }
+        Ok(pending.len())
+    }
+
+    /// Whether a delivery of the request's escalation was recorded. When the record cannot be
+    /// read, no: a repeated notice is better than none.
+    async fn escalation_announced(&self, id: i64) -> bool {
+        match self.store.list_deliveries(id).await {
+            Ok(deliveries) => deliveries
+                .iter()
+                .any(|d| d.delivery.event == NotifyEvent::Escalated.as_str()),
+            Err(e) => {
+                tracing::warn!(request = id, error = %e, "cannot read the deliveries of a request left pending");
+                false
+            }
+        }
     }
 
     /// Whether the request's client went away and a task of its own watches it.

@@ -76,14 +76,14 @@ pub struct ChainLink {
 }
 
 /// Where and why the chain first breaks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChainBreak {
     pub id: i64,
     pub reason: String,
 }
 
 /// The result of walking the chain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChainReport {
     pub ok: bool,
     /// Chained events checked (up to and including the broken one).

@@ -329,7 +329,7 @@ impl ConnectionConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActionName {
     Allow,
@@ -339,7 +339,7 @@ pub enum ActionName {
 
 /// A policy as written. It also serializes back to the same form, so the live policies can be
 /// shown (`GET /api/v1/policies`), PUT back, and compared as text when they change.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub name: String,
@@ -359,10 +359,11 @@ pub struct PolicyConfig {
         serialize_with = "write_human_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "15m")]
     pub approval_window: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -380,6 +381,7 @@ pub struct RuleConfig {
         serialize_with = "write_human_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "15m")]
     pub timeout: Option<Duration>,
     /// Shown to the agent when the rule denies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -406,6 +408,7 @@ pub struct RuleConfig {
         serialize_with = "write_human_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "15m")]
     pub escalate_after: Option<Duration>,
     /// The groups that may also decide once `escalate_after` has passed (and are notified).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -418,6 +421,7 @@ pub struct RuleConfig {
         serialize_with = "write_human_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "15m")]
     pub approval_window: Option<Duration>,
     /// Reviewers are reminded of a request still pending after this long (and every such
     /// period until it settles).
@@ -427,6 +431,7 @@ pub struct RuleConfig {
         serialize_with = "write_human_duration",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(value_type = Option<String>, example = "15m")]
     pub remind_after: Option<Duration>,
     /// The rule matches an UPDATE or DELETE only when the gateway counted, just before
     /// deciding, that the operation changes at most this many rows (see the README).
@@ -456,7 +461,7 @@ impl ResultsLimit {
 }
 
 /// The condition of a rule's `where`.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum WhereCondition {
     /// An UPDATE or DELETE without a WHERE clause: it touches every row.
@@ -466,7 +471,7 @@ pub enum WhereCondition {
 /// Additions to and removals from the built-in list of dangerous functions (see
 /// [`crate::classify::DANGEROUS_FUNCTIONS`]). Part of the policies: reloaded, replaced through
 /// the API and recorded with them.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DangerousFunctionsConfig {
     /// Globs over function names (`name` or `schema.name`) that count as dangerous too.

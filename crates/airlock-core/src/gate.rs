@@ -354,6 +354,12 @@ impl Gate {
         &self.approvals
     }
 
+    /// Watches the requests left pending by an earlier run until they settle (see
+    /// [`Approvals::watch_pending`]); call once the notifier is in place.
+    pub async fn watch_pending_approvals(&self) -> Result<usize, StoreError> {
+        self.approvals.watch_pending().await
+    }
+
     pub fn classifier(&self) -> &ClassifierCache {
         &self.classifier
     }

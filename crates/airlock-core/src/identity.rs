@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// Every Airlock agent token starts with this, which tells it apart from a JWT (`eyJ…`).
 pub const AGENT_TOKEN_PREFIX: &str = "alk_";
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
     AgentToken,

@@ -16,26 +16,30 @@ use std::time::Duration;
 
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ApprovalSpec {
     pub reviewers: Vec<String>,
     pub approvals: u32,
     #[serde(with = "duration_secs")]
+    #[schema(value_type = u64)]
     pub timeout: Duration,
     /// An approval from a member of each `reviewers` group is needed, on top of `approvals`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub all_groups_must_approve: bool,
     /// When `escalate_to` may decide too (and is notified), counted from the request.
     #[serde(with = "opt_duration_secs", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
     pub escalate_after: Option<Duration>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub escalate_to: Vec<String>,
     /// How long an approved request stays runnable by its requester re-sending it after its
     /// client went away (rule, else policy `approval_window`).
     #[serde(with = "opt_duration_secs", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
     pub approval_window: Option<Duration>,
     /// Reviewers are reminded of a still pending request every `remind_after`.
     #[serde(with = "opt_duration_secs", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
     pub remind_after: Option<Duration>,
 }
 
@@ -60,7 +64,7 @@ mod opt_duration_secs {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
     Allow,
@@ -87,7 +91,7 @@ impl Action {
 }
 
 /// The verdict of the policy on one operation, and where it came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Decision {
     #[serde(flatten)]
     pub action: Action,
@@ -921,7 +925,7 @@ fn rule_action(rule: &CompiledRule, kind: StatementKind, connection: &str, polic
 
 /// What the policy would decide for a member of `groups` running `sql` on `connection`, for
 /// `airlock policy explain`: nothing runs and nothing is recorded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Explanation {
     pub decision: Decision,
     pub statement_kinds: Vec<String>,

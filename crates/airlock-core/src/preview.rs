@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 /// What one statement of an operation would touch.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Impact {
     /// The rows an UPDATE or DELETE would change.
@@ -80,7 +80,7 @@ impl Impact {
 }
 
 /// The preview of one operation: one [`Impact`] per statement that changes data.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct BlastRadius {
     pub impacts: Vec<Impact>,
 }

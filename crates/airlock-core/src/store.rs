@@ -29,7 +29,7 @@ pub enum StoreError {
 }
 
 /// An Airlock-issued agent token as stored: the token itself is never stored, only its hash.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TokenRecord {
     pub id: String,
     pub name: String,
@@ -39,7 +39,7 @@ pub struct TokenRecord {
     pub revoked_at: Option<Millis>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct NewSession {
     pub protocol: String,
     pub connection: String,
@@ -51,7 +51,7 @@ pub struct NewSession {
     pub started_at: Millis,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SessionRecord {
     pub id: i64,
     #[serde(flatten)]
@@ -71,7 +71,7 @@ pub struct SessionFilter {
 }
 
 /// What happened in a session, appended in order and never changed.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum EventDetail {
     /// An operation and the decision taken on it, stored before anything is forwarded.
@@ -161,7 +161,7 @@ impl JournalEvent {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutcomeStatus {
     Ok,
@@ -177,7 +177,7 @@ pub struct NewEvent {
     pub detail: EventDetail,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct EventRecord {
     pub id: i64,
     pub session_id: i64,
@@ -191,7 +191,7 @@ pub struct EventRecord {
     pub hash: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ApprovalState {
     Pending,
@@ -225,7 +225,7 @@ impl ApprovalState {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct NewApproval {
     pub session_id: i64,
     pub requester_subject: String,
@@ -310,7 +310,7 @@ pub fn settle(request: &NewApproval, votes: &[Vote]) -> Option<ApprovalState> {
     Some(ApprovalState::Approved)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Vote {
     pub reviewer_subject: String,
     pub reviewer_name: String,
@@ -323,7 +323,7 @@ pub struct Vote {
     pub replacement: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ApprovalRecord {
     pub id: i64,
     #[serde(flatten)]
@@ -357,7 +357,7 @@ impl ApprovalRecord {
 }
 
 /// One attempt to deliver a webhook notification about an approval request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct NewDelivery {
     pub request_id: i64,
     /// `requested`, `decided`, `expired` or `canceled`.
@@ -378,7 +378,7 @@ pub struct NewDelivery {
     pub delivered: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct DeliveryRecord {
     pub id: i64,
     #[serde(flatten)]
@@ -398,7 +398,7 @@ pub struct StoredConnection {
 
 /// A change of the live policies, as audited: who made it, when, and the policies before and
 /// after (each a `policies:` YAML document), with a one-line summary by policy name.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct NewPolicyChange {
     pub at: Millis,
     /// `api` or `config-file`.
@@ -412,7 +412,7 @@ pub struct NewPolicyChange {
     pub new_policies: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PolicyChangeRecord {
     pub id: i64,
     #[serde(flatten)]

@@ -250,14 +250,20 @@ pub async fn connect(
     Ok(upstream)
 }
 
+/// The statement that removes the SQL modes that change how SQL text is read (see
+/// [`READING_MODES`]) from an upstream session: run first on every session the gateway opens.
+pub fn pin_reading_statement() -> String {
+    let mut mode = "CONCAT(',', @@SESSION.sql_mode, ',')".to_string();
+    for name in READING_MODES {
+        mode = format!("REPLACE({mode}, ',{name},', ',')");
+    }
+    format!("SET SESSION sql_mode = TRIM(BOTH ',' FROM {mode})")
+}
+
 impl Upstream {
     /// Removes the SQL modes that change how SQL text is read (see [`READING_MODES`]).
     async fn pin_reading(&mut self) -> Result<(), UpstreamError> {
-        let mut mode = "CONCAT(',', @@SESSION.sql_mode, ',')".to_string();
-        for name in READING_MODES {
-            mode = format!("REPLACE({mode}, ',{name},', ',')");
-        }
-        let sql = format!("SET SESSION sql_mode = TRIM(BOTH ',' FROM {mode})");
+        let sql = pin_reading_statement();
         let mut payload = vec![0x03];
         payload.extend_from_slice(sql.as_bytes());
         codec::write_payload(&mut self.writer, &payload, 0)

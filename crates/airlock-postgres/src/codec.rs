@@ -407,6 +407,25 @@ pub fn describe_portal(portal: &str) -> Bytes {
     Builder::new(b'D').u8(b'P').cstr(portal).finish()
 }
 
+/// Parse, Bind and Execute of `sql` through the unnamed statement and portal, with no
+/// parameters: how the gateway runs a reviewer's replacement in place of a held Execute.
+pub fn run_unnamed(sql: &str) -> Bytes {
+    let parse = Builder::new(b'P').cstr("").cstr(sql).u8(0).u8(0).finish();
+    // No parameter formats, no parameters, no result formats.
+    let bind = Builder::new(b'B')
+        .cstr("")
+        .cstr("")
+        .u8(0)
+        .u8(0)
+        .u8(0)
+        .u8(0)
+        .u8(0)
+        .u8(0)
+        .finish();
+    let execute = Builder::new(b'E').cstr("").i32(0).finish();
+    [parse, bind, execute].concat().into()
+}
+
 /// One field of a RowDescription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowField {

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod masking;
 pub mod names;
 pub mod preview;
+mod replacement;
 pub mod replies;
 pub mod requests;
 pub mod session;

@@ -1,7 +1,8 @@
 //! The blast-radius preview on a PostgreSQL upstream ([`PgPreviewer`]): for each top-level
 //! UPDATE or DELETE, a `SELECT count(*)` built from the statement's own parse tree (same
 //! FROM/USING, WHERE and WITH, deparsed by `pg_query`), and for DROP TABLE and TRUNCATE the
-//! table's row estimate and total size. It runs on a side connection of its own with the
+//! table's row estimate and total size. Bound parameters of the extended protocol are measured
+//! with their values, placed in the derived query as literals. It runs on a side connection of its own with the
 //! connection's stored credential, in a READ ONLY transaction (the session itself defaults to
 //! read-only) with a short `statement_timeout`; when the count takes too long, or would call a
 //! function the preview does not run, the planner's EXPLAIN estimate stands in. The write
@@ -162,13 +163,7 @@ impl Previewer for PgPreviewer {
         } else {
             probes
                 .into_iter()
-                .map(|probe| match probe {
-                    Probe::Rows { statement, .. } => Probe::Unavailable {
-                        statement,
-                        reason: "statements with bound parameters are not counted".into(),
-                    },
-                    other => other,
-                })
+                .map(|probe| with_params(probe, &op.params))
                 .collect()
         };
         let client = match connect(target).await {
@@ -364,6 +359,68 @@ fn rows_probe(
         },
         Err(reason) => Probe::Unavailable { statement, reason },
     }
+}
+
+/// A row probe of a statement with bound parameters, measured with the same values.
+fn with_params(probe: Probe, params: &[Option<String>]) -> Probe {
+    let Probe::Rows {
+        statement,
+        count,
+        estimate,
+    } = probe
+    else {
+        return probe;
+    };
+    match bind_params(&estimate, params) {
+        Ok(estimate) => Probe::Rows {
+            statement,
+            count: count
+                .and_then(|count| bind_params(&count, params))
+                .and_then(|count| safe_to_run(&count).map(|()| count)),
+            estimate,
+        },
+        Err(reason) => Probe::Unavailable { statement, reason },
+    }
+}
+
+/// `sql` with each `$n` replaced by the n-th bound value: a string literal, which like a
+/// parameter sent without a type takes its type from where it stands, or NULL. The parameters
+/// are found by PostgreSQL's own scanner, so a `$1` inside a literal or a comment stays as it is.
+fn bind_params(sql: &str, params: &[Option<String>]) -> Result<String, String> {
+    let unreadable = || "the parameters could not be placed in the preview query".to_string();
+    let scanned = pg_query::scan(sql).map_err(|_| unreadable())?;
+    let mut bound = String::with_capacity(sql.len());
+    let mut copied = 0;
+    for token in scanned
+        .tokens
+        .iter()
+        .filter(|t| t.token == protobuf::Token::Param as i32)
+    {
+        let start = usize::try_from(token.start).map_err(|_| unreadable())?;
+        let end = usize::try_from(token.end).map_err(|_| unreadable())?;
+        let number: usize = sql
+            .get(start..end)
+            .and_then(|text| text.strip_prefix('$'))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(unreadable)?;
+        let value = number
+            .checked_sub(1)
+            .and_then(|i| params.get(i))
+            .ok_or_else(|| format!("parameter ${number} has no bound value"))?;
+        bound.push_str(sql.get(copied..start).ok_or_else(unreadable)?);
+        match value {
+            // The side connection reads literals with standard_conforming_strings on.
+            Some(text) => {
+                bound.push('\'');
+                bound.push_str(&text.replace('\'', "''"));
+                bound.push('\'');
+            }
+            None => bound.push_str("NULL"),
+        }
+        copied = end;
+    }
+    bound.push_str(sql.get(copied..).ok_or_else(unreadable)?);
+    Ok(bound)
 }
 
 /// A derived count runs only when it reads and computes: a plain SELECT calling only
@@ -581,6 +638,34 @@ mod tests {
             count_of("WITH d AS (DELETE FROM a RETURNING id) DELETE FROM items USING d WHERE items.id = d.id");
         assert!(refused.unwrap_err().contains("WITH"));
         assert!(count_of("DELETE FROM items WHERE lower(name) = 'x' AND created < now()").is_ok());
+    }
+
+    #[test]
+    fn bound_parameters_are_counted_with_their_values() {
+        let count =
+            count_of("DELETE FROM items WHERE id < $1 AND name <> $2 AND note = '$1'").unwrap();
+        assert_eq!(
+            bind_params(&count, &[Some("3".into()), Some("it's".into())]).unwrap(),
+            "SELECT count(*) FROM items WHERE id < '3' AND name <> 'it''s' AND note = '$1'"
+        );
+        assert_eq!(
+            bind_params("SELECT count(*) FROM t WHERE a = $1", &[None]).unwrap(),
+            "SELECT count(*) FROM t WHERE a = NULL"
+        );
+        assert!(bind_params("SELECT count(*) FROM t WHERE a = $2", &[None])
+            .unwrap_err()
+            .contains("$2"));
+        let refused = with_params(
+            probes("DELETE FROM items WHERE id = $1 AND pg_sleep(10) IS NULL")
+                .unwrap()
+                .remove(0),
+            &[Some("1".into())],
+        );
+        assert!(
+            matches!(&refused, Probe::Rows { count: Err(reason), estimate, .. }
+                if reason.contains("pg_sleep") && estimate.contains("'1'")),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -240,12 +240,18 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                     .iter()
                     .take_while(|e| !matches!(e, Expect::SyncPoint))
                     .position(|e| matches!(e, Expect::Confirm { .. }));
-                if let Some(Expect::Confirm { space, name, id }) =
-                    confirmed.and_then(|i| self.local.remove(i))
-                {
-                    self.names.confirm(space, &name, id);
+                match confirmed.and_then(|i| self.local.remove(i)) {
+                    Some(Expect::Confirm {
+                        space,
+                        name,
+                        id,
+                        ours,
+                    }) => {
+                        self.names.confirm(space, &name, id);
+                        ours.then(Bytes::new)
+                    }
+                    _ => None,
                 }
-                None
             }
             b't' => {
                 let describe = self
@@ -295,7 +301,9 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                             simple: false,
                         } => self.outcome(event, OutcomeStatus::NotRun, None, None),
                         // Skipped after an error: the name keeps its old meaning.
-                        Expect::Confirm { space, name, id } => self.names.reject(space, &name, id),
+                        Expect::Confirm {
+                            space, name, id, ..
+                        } => self.names.reject(space, &name, id),
                         // The upstream skipped it after an earlier error, which the client saw.
                         Expect::Refusal { .. }
                         | Expect::Describe { .. }

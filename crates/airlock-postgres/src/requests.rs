@@ -5,6 +5,7 @@
 use crate::codec::{self, Severity};
 use crate::masking::Described;
 use crate::names::{Lookup, Space};
+use crate::replacement;
 use crate::session::{
     fatal, violation, DescribedTypes, End, Expect, Expectations, Portal, Prepared, Relay,
     SessionNames, READ_CHUNK,
@@ -307,6 +308,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
             space: Space::Statement,
             name,
             id,
+            ours: false,
         }]);
         Ok(())
     }
@@ -363,6 +365,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
             space: Space::Portal,
             name,
             id,
+            ours: false,
         }]);
         Ok(())
     }
@@ -380,7 +383,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
                 self.names.propose_portal(&name, self.batch, None),
             )
         };
-        self.expect([Expect::Confirm { space, name, id }]);
+        self.expect([Expect::Confirm {
+            space,
+            name,
+            id,
+            ours: false,
+        }]);
         Ok(())
     }
 
@@ -487,7 +495,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
         match verdict {
             Ok(permit) => {
                 if let Some(sql) = permit.replacement.clone() {
-                    return self.forward_replacement(range, &permit, sql, simple).await;
+                    return self
+                        .forward_replacement(range, &permit, &op.text, sql, simple)
+                        .await;
                 }
                 self.forget_names_changed_by(&op.classification);
                 if self.shaping && !simple && !shape_known {
@@ -530,14 +540,16 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
         }
     }
 
-    /// Runs the statement a reviewer approved in place of the held one, telling the agent.
-    /// Only a simple Query is replaced: an Execute's portal was bound upstream from the
-    /// agent's Parse and Bind, and a Query cannot stand in the middle of that batch, so an
-    /// approved replacement of an Execute is refused with the replacement in the message.
+    /// Runs the statement a reviewer approved in place of the held one, telling the agent. A
+    /// simple Query is replaced by a Query; an Execute, whose portal the client bound upstream,
+    /// by the replacement parsed, bound and executed in the unnamed statement and portal, when
+    /// the client can read its answer as its own (see [`replacement::can_stand_in`]); otherwise
+    /// it is refused with the replacement in the message.
     async fn forward_replacement(
         &mut self,
         range: Range<usize>,
         permit: &Permit,
+        original: &str,
         sql: String,
         simple: bool,
     ) -> Result<(), End> {
@@ -547,15 +559,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
             .unwrap_or_else(|| "?".into());
         self.drop_message(range).await?;
         if !simple {
-            let denial = Denial {
-                kind: DenialKind::Rejected,
-                message: format!(
-                    "approval request {id} was approved with a modified statement, which the \
-                     extended query protocol cannot run in place of yours; send it as a simple \
-                     query: {sql}"
-                ),
-            };
-            return self.refuse(&denial, false).await;
+            if let Err(why) = replacement::can_stand_in(original, &sql) {
+                let denial = Denial {
+                    kind: DenialKind::Rejected,
+                    message: format!(
+                        "approval request {id} was approved with a modified statement, which \
+                         cannot run in place of yours in the extended query protocol ({why}); \
+                         send it as a simple query: {sql}"
+                    ),
+                };
+                return self.refuse(&denial, false).await;
+            }
         }
         let notice = codec::error_response(
             Severity::Notice,
@@ -569,14 +583,54 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
         let _ = self.inject.send(notice);
         let classification = self.relay.gate.classifier().classify(&sql);
         self.forget_names_changed_by(&classification);
+        if simple {
+            self.expect([
+                Expect::Outcome {
+                    event: permit.event(),
+                    simple: true,
+                },
+                Expect::SyncPoint,
+            ]);
+            self.upstream.write_all(&codec::query(&sql)).await?;
+            return Ok(());
+        }
+        // The unnamed statement and portal now hold the replacement: a later Bind or Execute of
+        // them is judged as what they run.
+        let prepared = Prepared {
+            sql: Arc::from(sql.as_str()),
+            classification,
+            param_types: Vec::new(),
+        };
+        let statement = self
+            .names
+            .propose_statement("", self.batch, Some(prepared.clone()));
+        let portal = self.names.propose_portal(
+            "",
+            self.batch,
+            Some(Portal {
+                statement: Some(prepared),
+                params: Vec::new(),
+            }),
+        );
         self.expect([
+            Expect::Confirm {
+                space: Space::Statement,
+                name: String::new(),
+                id: statement,
+                ours: true,
+            },
+            Expect::Confirm {
+                space: Space::Portal,
+                name: String::new(),
+                id: portal,
+                ours: true,
+            },
             Expect::Outcome {
                 event: permit.event(),
-                simple: true,
+                simple: false,
             },
-            Expect::SyncPoint,
         ]);
-        self.upstream.write_all(&codec::query(&sql)).await?;
+        self.upstream.write_all(&codec::run_unnamed(&sql)).await?;
         Ok(())
     }
 

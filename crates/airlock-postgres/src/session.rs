@@ -33,8 +33,14 @@ pub(crate) enum Expect {
     Outcome { event: Option<i64>, simple: bool },
     /// A refusal: the upstream error carrying `marker` is replaced by `error`.
     Refusal { marker: String, error: Bytes },
-    /// A Parse, Bind or Close whose name takes its new meaning once the upstream confirms it.
-    Confirm { space: Space, name: String, id: u64 },
+    /// A Parse, Bind or Close whose name takes its new meaning once the upstream confirms it;
+    /// the confirmation of the gateway's own (`ours`) is not forwarded.
+    Confirm {
+        space: Space,
+        name: String,
+        id: u64,
+        ours: bool,
+    },
     /// A Describe of a prepared statement: its ParameterDescription tells the parameter types
     /// (for showing reviewers binary parameters as values).
     Describe { statement: String },

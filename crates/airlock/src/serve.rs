@@ -91,6 +91,16 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     bootstrap_admin(&gate, &config).await?;
+    let resumed = gate
+        .watch_pending_approvals()
+        .await
+        .context("reading the approval requests left pending")?;
+    if resumed > 0 {
+        tracing::info!(
+            requests = resumed,
+            "approval requests left pending by an earlier run are watched again until they settle"
+        );
+    }
     if let Some(watcher) = watcher {
         tokio::spawn(watcher.watch(gate.clone()));
     }

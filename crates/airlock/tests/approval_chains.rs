@@ -198,3 +198,69 @@ fn a_more_dangerous_replacement_is_refused() {
     assert_eq!(pg.item_ids(), "1,2");
     assert_eq!(pg.psql_admin("SELECT count(*) FROM items"), "2");
 }
+
+/// In the extended protocol (tokio-postgres, a bound parameter) the reviewer's replacement runs
+/// in place of the agent's Execute when the client can read its answer as its own: both return
+/// no rows and the replacement needs no parameters. A replacement returning rows is refused.
+#[test]
+fn approve_with_replacement_in_the_extended_protocol() {
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    let held = "        reviewers: [dba]\n        timeout: 60s\n";
+    let gw = Gateway::for_pg_config(&pg, &config(&pg, held, ""));
+    let agent = gw.mint("agent-1", &["agents"]);
+    let dba = gw.mint("dba-1", &["dba"]);
+    let rt = runtime();
+    let (client, notices) = rt.block_on(gw.connect(&agent, "prod")).unwrap();
+    let client = std::sync::Arc::new(client);
+
+    let sql = "DELETE FROM items WHERE id < $1";
+    let agent_client = client.clone();
+    let held_delete = rt.spawn(async move { agent_client.execute(sql, &[&3i32]).await });
+    let id = gw.wait_for_pending(sql);
+    let replacement = "DELETE FROM items WHERE id = 1";
+    assert_ok(
+        &gw.cli_as(&dba, &["approve", &id, "--replace-with", replacement]),
+        "approve with a replacement",
+    );
+    let deleted = rt
+        .block_on(held_delete)
+        .unwrap()
+        .expect("the replacement runs in place of the Execute");
+    assert_eq!(deleted, 1, "the replacement's row count");
+    assert_eq!(pg.item_ids(), "2,3", "only the replacement ran");
+    assert!(
+        notices.all().iter().any(|n| n.contains(&format!(
+            "approval request {id} was approved with a modified statement: {replacement}"
+        ))),
+        "the agent is told: {:?}",
+        notices.all()
+    );
+    // The session goes on, its unnamed statement no longer the agent's.
+    let count: i64 = rt
+        .block_on(client.query_one("SELECT count(*) FROM items WHERE id > $1", &[&0i32]))
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2);
+
+    // A replacement that returns rows cannot answer an Execute that returns none.
+    let agent_client = client.clone();
+    let held_delete = rt.spawn(async move { agent_client.execute(sql, &[&3i32]).await });
+    let id = gw.wait_for_pending(sql);
+    let returning = "DELETE FROM items WHERE id = 2 RETURNING id";
+    assert_ok(
+        &gw.cli_as(&dba, &["approve", &id, "--replace-with", returning]),
+        "approve with a replacement returning rows",
+    );
+    let refused = rt
+        .block_on(held_delete)
+        .unwrap()
+        .expect_err("refused in the extended protocol");
+    let db = refused.as_db_error().expect("an error from the gateway");
+    assert_eq!(db.code().code(), "42501");
+    assert!(
+        db.message().contains("RETURNING") && db.message().contains(returning),
+        "{}",
+        db.message()
+    );
+    assert_eq!(pg.item_ids(), "2,3", "nothing ran");
+}

@@ -371,3 +371,150 @@ fn reviewers_are_reminded_of_pending_requests() {
         .count();
     assert_eq!(before, after, "reminders stop once the request is decided");
 }
+
+/// A statement sent with bound parameters (tokio-postgres, extended protocol) is previewed with
+/// its values: the count runs on the real table with the same `$1`, and the write does not.
+#[test]
+fn preview_counts_a_statement_with_bound_parameters_using_their_values() {
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    let gw = Gateway::for_pg_config(&pg, &config(&pg, HELD, ""));
+    let agent = gw.mint("agent-1", &["agents"]);
+    let dba = gw.mint("dba-1", &["dba"]);
+    let rt = runtime();
+    let (client, notices) = rt.block_on(gw.connect(&agent, "prod")).unwrap();
+    let sql = "DELETE FROM items WHERE id < $1";
+    let held = rt.spawn(async move { client.execute(sql, &[&3i32]).await });
+    let id = gw.wait_for_pending(sql);
+
+    let request = gw.approval(&id);
+    assert_eq!(request["params"], serde_json::json!(["3"]));
+    let impact = &request["preview"]["impacts"][0];
+    assert_eq!(impact["kind"], "rows", "{impact}");
+    assert_eq!(impact["rows"], 2, "{impact}");
+    assert_eq!(impact["exact"], true, "{impact}");
+    let shown = gw.cli(&["approvals", "show", &id]);
+    assert!(
+        stdout_of(&shown).contains("DELETE items: 2 rows (counted)"),
+        "{}",
+        describe(&shown)
+    );
+    assert_eq!(pg.item_ids(), "1,2,3", "counting never runs the write");
+
+    assert_ok(
+        &gw.cli_as(&dba, &["approve", &id, "--reason", "two rows, as expected"]),
+        "approve",
+    );
+    let deleted = rt
+        .block_on(held)
+        .unwrap()
+        .expect("the approved DELETE runs");
+    assert_eq!(deleted, 2);
+    assert_eq!(pg.item_ids(), "3");
+    assert!(
+        notices
+            .all()
+            .iter()
+            .any(|n| n.contains("Blast radius: DELETE items: 2 rows (counted)")),
+        "the agent's NOTICE carries the preview: {:?}",
+        notices.all()
+    );
+}
+
+/// A gateway killed while a request waits picks the request up when it starts again: no
+/// session waits for it any more, yet its reminders go on and it expires at its timeout with no
+/// vote, announced like any expiry.
+#[test]
+fn a_request_left_pending_by_a_killed_gateway_is_reminded_and_expires_after_a_restart() {
+    let receiver = WebhookReceiver::start(0);
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    let rules = "      - match: DELETE\n        action: require-approval\n        reviewers: [dba]\n        \
+                 timeout: 15s\n        remind_after: 1s\n";
+    let extra = format!("notify:\n  - webhook: {}\n", receiver.url("/json"));
+    let mut gw = Gateway::for_pg_config(&pg, &config(&pg, rules, &extra));
+    let agent = gw.mint("agent-restart", &["agents"]);
+    let sql = "DELETE FROM items WHERE id = 1";
+    let psql = gw.psql_spawn(&agent, "prod", sql);
+    let id = gw.wait_for_pending(sql);
+    receiver.wait_for("/json", 1, requested(&id));
+
+    gw.kill();
+    // Still pending once the gateway is gone: only the restarted one can settle it.
+    assert_eq!(stored_state(&gw, &id), "pending");
+    let reminded = |b: &Value| {
+        b["event"] == "reminder" && id_text(&b["request"]["id"]).as_deref() == Some(id.as_str())
+    };
+    let before = receiver
+        .bodies("/json")
+        .iter()
+        .filter(|b| reminded(b))
+        .count();
+    gw.restart();
+
+    receiver.wait_for("/json", before + 1, reminded);
+    let expired = receiver.wait_for("/json", 1, |b| {
+        b["event"] == "expired" && id_text(&b["request"]["id"]).as_deref() == Some(id.as_str())
+    });
+    assert_eq!(expired[0]["request"]["state"], "expired");
+    assert_eq!(gw.approval_state(&id), "expired");
+    assert!(gw.approval(&id)["votes"].as_array().unwrap().is_empty());
+    drop(psql);
+    assert_eq!(pg.item_ids(), "1,2,3");
+}
+
+/// An escalation that fell due while the gateway was down is announced when it starts again.
+#[test]
+fn an_escalation_due_while_the_gateway_was_down_is_announced_after_a_restart() {
+    let receiver = WebhookReceiver::start(0);
+    let pg = PgServer::start(UpstreamAuth::ScramSha256);
+    let rules = "      - match: DELETE\n        action: require-approval\n        reviewers: [dba]\n        \
+                 timeout: 60s\n        escalate_after: 5s\n        escalate_to: [security]\n";
+    let extra = format!("notify:\n  - webhook: {}\n", receiver.url("/json"));
+    let mut gw = Gateway::for_pg_config(&pg, &config(&pg, rules, &extra));
+    let agent = gw.mint("agent-restart", &["agents"]);
+    let sql = "DELETE FROM items WHERE id = 1";
+    let psql = gw.psql_spawn(&agent, "prod", sql);
+    let id = gw.wait_for_pending(sql);
+    let escalate_at = gw.approval(&id)["escalate_at"].as_i64().unwrap();
+    gw.kill();
+    drop(psql);
+    let escalated = |b: &Value| {
+        b["event"] == "escalated" && id_text(&b["request"]["id"]).as_deref() == Some(id.as_str())
+    };
+    assert_eq!(
+        receiver
+            .bodies("/json")
+            .iter()
+            .filter(|b| escalated(b))
+            .count(),
+        0,
+        "not escalated before the gateway was killed"
+    );
+    wait_until(WAIT, "the escalation time to pass", || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        (now > escalate_at).then_some(())
+    });
+
+    gw.restart();
+    let announced = receiver.wait_for("/json", 1, escalated);
+    assert_eq!(announced[0]["request"]["state"], "pending");
+    assert_eq!(stored_state(&gw, &id), "pending");
+}
+
+/// A request's state as the store holds it, read from the SQLite file: the gateway may be down.
+fn stored_state(gw: &Gateway, id: &str) -> String {
+    let url = format!("sqlite://{}", gw.db_file().display());
+    let id: i64 = id.parse().unwrap();
+    runtime().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let state = sqlx::query_scalar("SELECT state FROM approvals WHERE id = ?")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        state
+    })
+}

@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// Shared with the MySQL adapter's tests, which use the rest of it.
+#[allow(dead_code)]
+#[path = "support/mariadb.rs"]
+mod mariadb;
 mod support;
 
 use serde_json::Value;
@@ -287,4 +291,105 @@ fn the_api_waits_for_a_decision_and_answers_polls_of_background_execs() {
     assert_eq!(status, 403, "{denied}");
     assert_eq!(denied["status"], "denied");
     assert_eq!(denied["reason"], TRUNCATE_REASON);
+}
+
+/// `exec` on a MySQL connection goes through the same gate, reading SQL as the MySQL adapter
+/// does: reads run, TRUNCATE is denied, a DELETE waits for its reviewer and runs once approved,
+/// and a DROP hidden behind a backslash-escaped quote (invisible to a PostgreSQL reading) is
+/// held as the DROP MySQL would run. A reviewer's replacement is not run on MySQL.
+#[test]
+fn exec_on_a_mysql_connection_goes_through_the_same_gate() {
+    let db = mariadb::MariaDb::start();
+    let yaml = format!(
+        "connections:\n{}{}",
+        mariadb::mysql_connection_yaml("shop", db.port(), &format!("${{env:{PASSWORD_ENV}}}")),
+        policy_yaml(&["shop"], "60s")
+    );
+    let gw = Gateway::start_with_env(&yaml, &[(PASSWORD_ENV, db.password())]);
+    let agent = gw.mint("pipeline-1", &["agents"]);
+    let dba = gw.mint("dba-1", &["dba"]);
+
+    let out = gw.cli_as(
+        &agent,
+        &[
+            "exec",
+            "shop",
+            "--sql",
+            "SELECT id, name FROM items ORDER BY id",
+            "--output",
+            "json",
+        ],
+    );
+    assert_code(&out, 0, "allowed SELECT on MySQL");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["results"][0]["columns"],
+        serde_json::json!(["id", "name"])
+    );
+    assert_eq!(
+        doc["results"][0]["rows"],
+        serde_json::json!([["1", "alpha"], ["2", "beta"], ["3", "gamma"]])
+    );
+    assert!(!all_output(&out).contains(db.password()));
+
+    let out = gw.cli_as(&agent, &["exec", "shop", "--sql", "TRUNCATE items"]);
+    assert_code(&out, 2, "denied TRUNCATE on MySQL");
+
+    // A backslash escapes a quote in MySQL: one string to MySQL, a DROP to PostgreSQL...
+    let quoted = "SELECT 'a\\'; DROP TABLE items; -- '";
+    let out = gw.cli_as(&agent, &["exec", "shop", "--sql", quoted]);
+    assert_code(&out, 0, "a string to MySQL runs as the SELECT it is");
+    assert_eq!(db.item_ids(), "1,2,3");
+    // ...and a DROP to MySQL, one string to PostgreSQL.
+    let hidden = "SELECT 'a\\'' ; DROP TABLE items; -- '";
+    let out = gw.cli_as(&agent, &["exec", "shop", "--sql", hidden]);
+    assert_code(&out, 4, "a DROP hidden from a PostgreSQL reading is held");
+    let id = gw.wait_for_pending(hidden);
+    assert_ok_vote(&gw.cli_as(&dba, &["deny", &id, "--reason", "no"]));
+    assert_eq!(db.item_ids(), "1,2,3");
+
+    let sql = "DELETE FROM items WHERE id = 3";
+    let out = gw.cli_as(&agent, &["exec", "shop", "--sql", sql]);
+    assert_code(&out, 4, "held DELETE on MySQL");
+    let id = gw.wait_for_pending(sql);
+    assert_eq!(db.item_ids(), "1,2,3", "nothing runs before approval");
+    assert_ok_vote(&gw.cli_as(&dba, &["approve", &id]));
+    wait_until(WAIT, "the approved DELETE to run on MySQL", || {
+        (db.item_ids() == "1,2").then_some(())
+    });
+
+    let sql = "DELETE FROM items WHERE id = 2";
+    let out = gw.cli_as(&agent, &["exec", "shop", "--sql", sql]);
+    assert_code(&out, 4, "held DELETE on MySQL");
+    let id = gw.wait_for_pending(sql);
+    assert_ok_vote(&gw.cli_as(
+        &dba,
+        &[
+            "approve",
+            &id,
+            "--replace-with",
+            "DELETE FROM items WHERE id = 1",
+        ],
+    ));
+    let (status, answer) = api(
+        &gw,
+        &agent,
+        reqwest::Method::GET,
+        &format!("/api/v1/exec/{id}?wait=30"),
+        None,
+    );
+    assert_eq!(
+        (status, &answer["status"]),
+        (403, &Value::from("denied")),
+        "{answer}"
+    );
+    assert!(answer["reason"]
+        .as_str()
+        .unwrap()
+        .contains("send it yourself"));
+    assert_eq!(db.item_ids(), "1,2", "neither statement ran");
+}
+
+fn assert_ok_vote(out: &Output) {
+    assert!(out.status.success(), "{}", describe(out));
 }

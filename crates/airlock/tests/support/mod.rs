@@ -649,6 +649,31 @@ pub struct Gateway {
     pub admin_token: String,
     config_path: PathBuf,
     log_path: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+/// `airlock serve` on `config_path` in `dir`, its output in `log_path`, with `env` added.
+fn serve_command<K: AsRef<str>, V: AsRef<str>>(
+    dir: &Path,
+    config_path: &Path,
+    log_path: &Path,
+    env: &[(K, V)],
+) -> Command {
+    let log = fs::File::create(log_path).expect("create the gateway log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_airlock"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .current_dir(dir)
+        .env_remove("AIRLOCK_SERVER")
+        .env_remove("AIRLOCK_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log);
+    for (key, value) in env {
+        cmd.env(key.as_ref(), value.as_ref());
+    }
+    cmd
 }
 
 impl Gateway {
@@ -691,21 +716,9 @@ impl Gateway {
             );
             fs::write(&config_path, config).expect("write the gateway config");
             let log_path = dir.path().join(format!("gateway-{attempt}.log"));
-            let log = fs::File::create(&log_path).expect("create the gateway log");
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_airlock"));
-            cmd.arg("serve")
-                .arg("--config")
-                .arg(&config_path)
-                .current_dir(dir.path())
-                .env_remove("AIRLOCK_SERVER")
-                .env_remove("AIRLOCK_TOKEN")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log);
-            for (key, value) in env {
-                cmd.env(key, value);
-            }
-            let mut child = cmd.spawn().expect("start `airlock serve`");
+            let mut child = serve_command(dir.path(), &config_path, &log_path, env)
+                .spawn()
+                .expect("start `airlock serve`");
             let deadline = Instant::now() + WAIT;
             let ready = loop {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -743,6 +756,10 @@ impl Gateway {
                         admin_token,
                         config_path,
                         log_path,
+                        env: env
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
                     };
                 }
                 Err(why) => {
@@ -784,6 +801,40 @@ impl Gateway {
 
     pub fn readyz(&self) -> Option<u16> {
         http_status(self.api_port, "/readyz")
+    }
+
+    /// Kills the gateway with SIGKILL: nothing of it runs on, as after a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the gateway again on the same config, data and ports, until `/readyz` answers 200;
+    /// its output goes to a new log.
+    pub fn restart(&mut self) {
+        let restarts = fs::read_dir(self.dir.path())
+            .map(|entries| entries.count())
+            .unwrap_or(0);
+        self.log_path = self
+            .dir
+            .path()
+            .join(format!("gateway-restart-{restarts}.log"));
+        self.child = serve_command(
+            self.dir.path(),
+            &self.config_path,
+            &self.log_path,
+            &self.env,
+        )
+        .spawn()
+        .expect("restart `airlock serve`");
+        let api_port = self.api_port;
+        let child = &mut self.child;
+        wait_until(WAIT, "the restarted gateway's /readyz", || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the restarted gateway exited with {status}");
+            }
+            (http_status(api_port, "/readyz") == Some(200)).then_some(())
+        });
     }
 
     /// Whether the gateway process is still running.
@@ -1035,7 +1086,15 @@ impl Gateway {
             loop {
                 match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
                     Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
-                        sink.push(format!("{}: {}", notice.code().code(), notice.message()))
+                        let detail = notice
+                            .detail()
+                            .map(|d| format!(" (DETAIL: {d})"))
+                            .unwrap_or_default();
+                        sink.push(format!(
+                            "{}: {}{detail}",
+                            notice.code().code(),
+                            notice.message()
+                        ))
                     }
                     Some(Ok(_)) => {}
                     Some(Err(_)) | None => break,
@@ -1065,7 +1124,7 @@ fn conninfo_quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// Notices a tokio-postgres connection received, as `SQLSTATE: message`.
+/// Notices a tokio-postgres connection received, as `SQLSTATE: message (DETAIL: detail)`.
 #[derive(Clone, Default)]
 pub struct Notices(Arc<Mutex<Vec<String>>>);
 
