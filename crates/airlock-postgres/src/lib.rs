@@ -39,11 +39,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-/// A client has this long to finish the startup exchange and log in.
+/// A client has this long to finish the startup exchange (a TLS handshake included), and as
+/// long again to log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_SESSIONS: usize = 10_000;
 /// Parsing SQL recurses as deep as the statement nests; a generous stack keeps a hostile
@@ -223,12 +225,14 @@ impl PgGateway {
     async fn handle(&self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let mut buf = BytesMut::with_capacity(8192);
-        let direct = match is_direct_tls(&mut stream).await {
+        // One budget for the whole startup exchange, TLS handshake included.
+        let deadline = Instant::now() + LOGIN_TIMEOUT;
+        let direct = match is_direct_tls(&mut stream, deadline).await {
             Some(direct) => direct,
             None => return,
         };
         if !direct {
-            match open(&mut stream, &mut buf, false).await {
+            match open(&mut stream, &mut buf, false, deadline).await {
                 Some(Opening::Cancel(key)) => return self.cancel(key).await,
                 Some(Opening::Startup(startup)) => {
                     return self.start(stream, buf, startup, peer).await
@@ -237,7 +241,7 @@ impl PgGateway {
                 None => return,
             }
         }
-        let mut tls = match tokio::time::timeout(LOGIN_TIMEOUT, self.tls.accept(stream)).await {
+        let mut tls = match tokio::time::timeout_at(deadline, self.tls.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "TLS handshake with the client failed");
@@ -257,7 +261,7 @@ impl PgGateway {
             refuse(&mut tls, &e).await;
             return;
         }
-        match open(&mut tls, &mut buf, true).await {
+        match open(&mut tls, &mut buf, true, deadline).await {
             Some(Opening::Cancel(key)) => self.cancel(key).await,
             Some(Opening::Startup(startup)) => self.start(tls, buf, startup, peer).await,
             // A second encryption request is refused inside `open`.
@@ -517,10 +521,10 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &LoginError) {
 }
 
 /// Whether the client opens with a TLS handshake rather than a startup packet (without reading
-/// it); `None` when the client goes away or stays silent past the login timeout.
-async fn is_direct_tls(stream: &mut TcpStream) -> Option<bool> {
+/// it); `None` when the client goes away or stays silent past `deadline`.
+async fn is_direct_tls(stream: &mut TcpStream, deadline: Instant) -> Option<bool> {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(LOGIN_TIMEOUT, stream.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) => Some(first[0] == TLS_HANDSHAKE),
         Ok(_) => None,
         Err(_) => {
@@ -531,19 +535,20 @@ async fn is_direct_tls(stream: &mut TcpStream) -> Option<bool> {
     }
 }
 
-/// Reads the opening packets under the login timeout; `None` when the connection ends here
-/// (the client was told why when it could be). `encrypted`: the client is already through TLS.
+/// Reads the opening packets until `deadline`; `None` when the connection ends here (the
+/// client was told why when it could be). `encrypted`: the client is already through TLS.
 async fn open<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     encrypted: bool,
+    deadline: Instant,
 ) -> Option<Opening> {
-    let error =
-        match tokio::time::timeout(LOGIN_TIMEOUT, read_opening(stream, buf, encrypted)).await {
-            Ok(Ok(opening)) => return opening,
-            Ok(Err(e)) => e,
-            Err(_) => LoginError::new("08P01", "the startup exchange timed out"),
-        };
+    let error = match tokio::time::timeout_at(deadline, read_opening(stream, buf, encrypted)).await
+    {
+        Ok(Ok(opening)) => return opening,
+        Ok(Err(e)) => e,
+        Err(_) => LoginError::new("08P01", "the startup exchange timed out"),
+    };
     tracing::info!(code = error.code, reason = %error.message, "startup refused");
     refuse(stream, &error).await;
     None
