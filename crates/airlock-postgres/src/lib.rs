@@ -1,15 +1,15 @@
 //! The PostgreSQL adapter: a listener that speaks the PostgreSQL wire protocol to agents,
-//! takes them through TLS when they ask (SSLRequest, or PostgreSQL 17's direct TLS), logs them in with their Airlock token
-//! (sent as the password), logs in to the upstream with the connection's own credential, and
-//! relays every message through the gate.
+//! takes them through TLS when they ask (SSLRequest, or PostgreSQL 17's direct TLS), logs them
+//! in with their Airlock token (sent as the password), logs in to the upstream with the
+//! connection's own credential, and relays every message through the gate.
 //!
-//! This module owns the listener, the encryption requests and the login. Modules: `codec` (framing and messages),
-//! `upstream` (login to the real server), `volatility` (function volatility from the upstream's
-//! catalog), `session` (the relay, with its halves `requests` and
-//! `replies`), `names` (statement and portal names as the upstream confirmed them), `cancel`
-//! (cancel requests and held statements), `preview` (the blast-radius preview of held
+//! This module owns the listener, the encryption requests and the login. Modules: `codec`
+//! (framing and messages), `upstream` (login to the real server), `volatility` (function
+//! volatility from the upstream's catalog), `session` (the relay, with its halves `requests`
+//! and `replies`), `names` (statement and portal names as the upstream confirmed them),
+//! `cancel` (cancel requests and held statements), `preview` (the blast-radius preview of held
 //! statements, on a side connection), `masking` (masking and recording of replies) and
-//! `catalog` (where result columns come from).
+//! `catalog` (where result columns come from). The certificate is `airlock_core::tls`'s.
 
 pub mod cancel;
 pub mod catalog;
