@@ -22,4 +22,5 @@ pub mod sealer;
 pub mod secret;
 pub mod shape;
 pub mod store;
+pub mod tls;
 pub mod upkeep;

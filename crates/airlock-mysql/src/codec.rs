@@ -199,6 +199,8 @@ pub async fn write_payload<W: AsyncWrite + Unpin>(
     let mut out = Vec::with_capacity(payload.len() + 8);
     let next = frame(&mut out, payload, seq);
     writer.write_all(&out).await?;
+    // Through TLS, written bytes can wait in the session's buffer until flushed.
+    writer.flush().await?;
     Ok(next)
 }
 

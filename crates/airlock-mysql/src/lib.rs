@@ -4,15 +4,14 @@
 //! connection's own credential, and relays every command through the gate.
 //!
 //! This module owns the listener and the login. Modules: `codec` (packet framing and the
-//! packets the gateway writes), `tls` (the certificate clients are shown), `upstream` (login to
-//! the real server), `session` (the relay), `masking` (masking and recording of result rows),
-//! `kill` (`KILL QUERY` across sessions and held statements).
+//! packets the gateway writes), `upstream` (login to the real server), `session` (the relay),
+//! `masking` (masking and recording of result rows), `kill` (`KILL QUERY` across sessions and
+//! held statements). The certificate clients are shown is `airlock_core::tls`'s.
 
 pub mod codec;
 pub mod kill;
 mod masking;
 pub mod session;
-pub mod tls;
 pub mod upstream;
 
 use crate::codec::{CodecError, Message, PacketReader};

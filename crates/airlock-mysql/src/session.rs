@@ -690,6 +690,8 @@ impl<'a> Relay<'a> {
     async fn flush(&mut self) -> Result<(), End> {
         if !self.out.is_empty() {
             self.client_out.write_all(&self.out).await?;
+            // Through TLS, written bytes can wait in the session's buffer until flushed.
+            self.client_out.flush().await?;
             self.out.clear();
         }
         Ok(())

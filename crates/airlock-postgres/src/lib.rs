@@ -1,14 +1,15 @@
 //! The PostgreSQL adapter: a listener that speaks the PostgreSQL wire protocol to agents,
-//! logs them in with their Airlock token (sent as the password), logs in to the upstream with
-//! the connection's own credential, and relays every message through the gate.
+//! takes them through TLS when they ask (SSLRequest, or PostgreSQL 17's direct TLS), logs them
+//! in with their Airlock token (sent as the password), logs in to the upstream with the
+//! connection's own credential, and relays every message through the gate.
 //!
-//! This module owns the listener and the login. Modules: `codec` (framing and messages),
-//! `upstream` (login to the real server), `volatility` (function volatility from the upstream's
-//! catalog), `session` (the relay, with its halves `requests` and
-//! `replies`), `names` (statement and portal names as the upstream confirmed them), `cancel`
-//! (cancel requests and held statements), `preview` (the blast-radius preview of held
+//! This module owns the listener, the encryption requests and the login. Modules: `codec`
+//! (framing and messages), `upstream` (login to the real server), `volatility` (function
+//! volatility from the upstream's catalog), `session` (the relay, with its halves `requests`
+//! and `replies`), `names` (statement and portal names as the upstream confirmed them),
+//! `cancel` (cancel requests and held statements), `preview` (the blast-radius preview of held
 //! statements, on a side connection), `masking` (masking and recording of replies) and
-//! `catalog` (where result columns come from).
+//! `catalog` (where result columns come from). The certificate is `airlock_core::tls`'s.
 
 pub mod cancel;
 pub mod catalog;
@@ -26,7 +27,7 @@ pub mod volatility;
 use crate::cancel::{CancelAction, CancelRegistry};
 use crate::catalog::Catalog;
 use crate::codec::Severity;
-use crate::session::{End, Relay};
+use crate::session::{ClientStream, End, Relay};
 use crate::upstream::UpstreamTarget;
 use airlock_core::gate::Gate;
 use airlock_core::identity::AuthError;
@@ -36,17 +37,29 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-/// A client has this long to finish the startup exchange and log in.
+/// A client has this long to finish the startup exchange (a TLS handshake included), and as
+/// long again to log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_SESSIONS: usize = 10_000;
 /// Parsing SQL recurses as deep as the statement nests; a generous stack keeps a hostile
 /// statement from overflowing it (memory is only committed as it is used).
 const CLASSIFY_STACK: usize = 1024 * 1024 * 1024;
+
+/// The ALPN protocol of PostgreSQL. Direct TLS clients must offer it (so that a TLS connection
+/// meant for another service is not taken for a PostgreSQL one); clients that ask with
+/// SSLRequest may.
+const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+/// The first byte of a TLS handshake record. A startup packet starts with its length, which is
+/// never that large, so this byte tells a direct TLS client apart.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Startup parameters passed on to the upstream; anything else (notably `options`, which can
 /// set arbitrary server settings, and `replication`) stays at the gateway.
@@ -72,6 +85,7 @@ pub struct PgGateway {
     catalogs: HashMap<String, Arc<Catalog>>,
     cancels: Arc<CancelRegistry>,
     sessions: Arc<Semaphore>,
+    tls: TlsAcceptor,
 }
 
 /// A refusal during login: sent as a FATAL ErrorResponse, then the connection closes.
@@ -106,16 +120,27 @@ impl LoginError {
     }
 }
 
+/// What a client's first packet asks for.
 enum Opening {
     Cancel((i32, i32)),
-    Startup {
-        minor: i32,
-        params: Vec<(String, String)>,
-    },
+    Startup(Startup),
+    /// SSLRequest, answered with 'S': the TLS handshake comes next.
+    Tls,
+}
+
+struct Startup {
+    minor: i32,
+    params: Vec<(String, String)>,
 }
 
 impl PgGateway {
-    pub fn new(gate: Arc<Gate>, targets: HashMap<String, UpstreamTarget>) -> Arc<PgGateway> {
+    pub fn new(
+        gate: Arc<Gate>,
+        targets: HashMap<String, UpstreamTarget>,
+        tls: Arc<ServerConfig>,
+    ) -> Arc<PgGateway> {
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
         let catalogs = targets
             .iter()
             .map(|(name, target)| (name.clone(), Arc::new(Catalog::new(target.clone()))))
@@ -126,6 +151,7 @@ impl PgGateway {
             catalogs,
             cancels: Arc::new(CancelRegistry::default()),
             sessions: Arc::new(Semaphore::new(MAX_SESSIONS)),
+            tls: TlsAcceptor::from(Arc::new(tls)),
         })
     }
 
@@ -200,36 +226,69 @@ impl PgGateway {
     async fn handle(&self, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
         let mut buf = BytesMut::with_capacity(8192);
-        let opening =
-            match tokio::time::timeout(LOGIN_TIMEOUT, read_opening(&mut stream, &mut buf)).await {
-                Ok(Ok(Some(opening))) => opening,
-                Ok(Ok(None)) => return,
-                Ok(Err(e)) => {
-                    let _ = stream.write_all(&e.to_bytes()).await;
-                    return;
+        // One budget for the whole startup exchange, TLS handshake included.
+        let deadline = Instant::now() + LOGIN_TIMEOUT;
+        let direct = match is_direct_tls(&mut stream, deadline).await {
+            Some(direct) => direct,
+            None => return,
+        };
+        if !direct {
+            match open(&mut stream, &mut buf, false, deadline).await {
+                Some(Opening::Cancel(key)) => return self.cancel(key).await,
+                Some(Opening::Startup(startup)) => {
+                    return self.start(stream, buf, startup, peer).await
                 }
-                Err(_) => {
-                    let e = LoginError::new("08P01", "the startup exchange timed out");
-                    let _ = stream.write_all(&e.to_bytes()).await;
-                    return;
-                }
-            };
-        match opening {
-            Opening::Cancel(key) => self.cancel(key).await,
-            Opening::Startup { minor, params } => {
-                let login = tokio::time::timeout(
-                    LOGIN_TIMEOUT,
-                    self.login(&mut stream, &mut buf, minor, &params, peer),
-                )
-                .await
-                .unwrap_or_else(|_| Err(LoginError::new("08P01", "login timed out")));
-                match login {
-                    Ok(ready) => self.run_session(stream, buf, ready).await,
-                    Err(e) => {
-                        tracing::info!(code = e.code, reason = %e.message, "login refused");
-                        let _ = stream.write_all(&e.to_bytes()).await;
-                    }
-                }
+                Some(Opening::Tls) => {}
+                None => return,
+            }
+        }
+        let mut tls = match tokio::time::timeout_at(deadline, self.tls.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "TLS handshake with the client failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("TLS handshake with the client timed out");
+                return;
+            }
+        };
+        if direct && tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+            let e = LoginError::new(
+                "08P01",
+                "direct TLS connections must negotiate the \"postgresql\" ALPN protocol",
+            );
+            tracing::info!(reason = %e.message, "startup refused");
+            refuse(&mut tls, &e).await;
+            return;
+        }
+        match open(&mut tls, &mut buf, true, deadline).await {
+            Some(Opening::Cancel(key)) => self.cancel(key).await,
+            Some(Opening::Startup(startup)) => self.start(tls, buf, startup, peer).await,
+            // A second encryption request is refused inside `open`.
+            Some(Opening::Tls) | None => {}
+        }
+    }
+
+    /// Logs the client in and relays its session.
+    async fn start<S: ClientStream>(
+        &self,
+        mut stream: S,
+        mut buf: BytesMut,
+        startup: Startup,
+        peer: SocketAddr,
+    ) {
+        let login = tokio::time::timeout(
+            LOGIN_TIMEOUT,
+            self.login(&mut stream, &mut buf, &startup, peer),
+        )
+        .await
+        .unwrap_or_else(|_| Err(LoginError::new("08P01", "login timed out")));
+        match login {
+            Ok(ready) => self.run_session(stream, buf, ready).await,
+            Err(e) => {
+                tracing::info!(code = e.code, reason = %e.message, "login refused");
+                refuse(&mut stream, &e).await;
             }
         }
     }
@@ -246,14 +305,14 @@ impl PgGateway {
         }
     }
 
-    async fn login(
+    async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut S,
         buf: &mut BytesMut,
-        minor: i32,
-        params: &[(String, String)],
+        startup: &Startup,
         peer: SocketAddr,
     ) -> Result<Ready, LoginError> {
+        let Startup { minor, params } = startup;
         let param = |name: &str| {
             params
                 .iter()
@@ -265,7 +324,7 @@ impl PgGateway {
             .filter(|(k, _)| k.starts_with("_pq_."))
             .map(|(k, _)| k.clone())
             .collect();
-        if minor > 0 || !unsupported.is_empty() {
+        if *minor > 0 || !unsupported.is_empty() {
             write(stream, &codec::negotiate_protocol_version(0, &unsupported)).await?;
         }
         if param("replication").is_some_and(|v| v != "false" && v != "0") {
@@ -376,7 +435,12 @@ impl PgGateway {
         })
     }
 
-    async fn run_session(&self, mut client: TcpStream, client_buf: BytesMut, ready: Ready) {
+    async fn run_session<S: ClientStream>(
+        &self,
+        mut client: S,
+        client_buf: BytesMut,
+        ready: Ready,
+    ) {
         let Ready {
             session,
             upstream,
@@ -396,7 +460,7 @@ impl PgGateway {
         let span = tracing::info_span!("session", id = session.id, connection = %session.connection, who = %session.identity.name);
         let end = async {
             tracing::info!("session opened");
-            if let Err(e) = client.write_all(&hello).await {
+            if let Err(e) = write_flushed(&mut client, &hello).await {
                 return End::Io(e);
             }
             let mut upstream_stream = upstream.stream;
@@ -425,6 +489,8 @@ impl PgGateway {
             End::Io(e) => format!("i/o error: {e}"),
         };
         span.in_scope(|| tracing::info!(%reason, "session closed"));
+        // Through TLS this says goodbye properly (close_notify), so clients see a clean end.
+        let _ = client.shutdown().await;
         self.gate.close_session(&session, &reason).await;
     }
 }
@@ -437,11 +503,56 @@ struct Ready {
     catalog: Arc<Catalog>,
 }
 
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), LoginError> {
-    stream
-        .write_all(bytes)
+/// Writes and flushes: through TLS, written bytes wait in the session's buffer until flushed.
+async fn write_flushed<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<(), LoginError> {
+    write_flushed(stream, bytes)
         .await
         .map_err(|e| LoginError::new("08006", e.to_string()))
+}
+
+/// Sends a login refusal and closes the connection.
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &LoginError) {
+    let _ = write_flushed(stream, &e.to_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Whether the client opens with a TLS handshake rather than a startup packet (without reading
+/// it); `None` when the client goes away or stays silent past `deadline`.
+async fn is_direct_tls(stream: &mut TcpStream, deadline: Instant) -> Option<bool> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0] == TLS_HANDSHAKE),
+        Ok(_) => None,
+        Err(_) => {
+            let e = LoginError::new("08P01", "the startup exchange timed out");
+            refuse(stream, &e).await;
+            None
+        }
+    }
+}
+
+/// Reads the opening packets until `deadline`; `None` when the connection ends here (the
+/// client was told why when it could be). `encrypted`: the client is already through TLS.
+async fn open<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    encrypted: bool,
+    deadline: Instant,
+) -> Option<Opening> {
+    let error = match tokio::time::timeout_at(deadline, read_opening(stream, buf, encrypted)).await
+    {
+        Ok(Ok(opening)) => return opening,
+        Ok(Err(e)) => e,
+        Err(_) => LoginError::new("08P01", "the startup exchange timed out"),
+    };
+    tracing::info!(code = error.code, reason = %error.message, "startup refused");
+    refuse(stream, &error).await;
+    None
 }
 
 async fn refuse_busy(mut stream: TcpStream) {
@@ -452,11 +563,13 @@ async fn refuse_busy(mut stream: TcpStream) {
     let _ = stream.write_all(&e.to_bytes()).await;
 }
 
-/// Reads the opening packet, answering SSL and GSS encryption requests with "not supported"
-/// (so clients continue in clear). `None` when the client went away.
-async fn read_opening(
-    stream: &mut TcpStream,
+/// Reads the opening packet. SSLRequest is answered with 'S' (TLS follows) unless the client is
+/// already `encrypted`; GSSENCRequest with 'N' (not supported, so the client goes on in clear or
+/// asks for TLS). `None` when the client went away.
+async fn read_opening<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
+    encrypted: bool,
 ) -> Result<Option<Opening>, LoginError> {
     loop {
         let packet = loop {
@@ -480,16 +593,24 @@ async fn read_opening(
             .i32()
             .map_err(|e| LoginError::new("08P01", e.to_string()))?;
         match code {
-            codec::SSL_REQUEST | codec::GSSENC_REQUEST => {
-                if !buf.is_empty() {
-                    // Bytes sent before our answer could be spliced into a later TLS session.
-                    return Err(LoginError::new(
-                        "08P01",
-                        "unexpected data after an encryption request",
-                    ));
-                }
-                write(stream, b"N").await?;
+            codec::SSL_REQUEST | codec::GSSENC_REQUEST if encrypted => {
+                return Err(LoginError::new(
+                    "08P01",
+                    "encryption request on a connection that is already encrypted",
+                ));
             }
+            codec::SSL_REQUEST | codec::GSSENC_REQUEST if !buf.is_empty() => {
+                // Bytes sent before our answer could be spliced into a later TLS session.
+                return Err(LoginError::new(
+                    "08P01",
+                    "unexpected data after an encryption request",
+                ));
+            }
+            codec::SSL_REQUEST => {
+                write(stream, b"S").await?;
+                return Ok(Some(Opening::Tls));
+            }
+            codec::GSSENC_REQUEST => write(stream, b"N").await?,
             codec::CANCEL_REQUEST => {
                 let (Ok(pid), Ok(secret)) = (r.i32(), r.i32()) else {
                     return Err(LoginError::new("08P01", "malformed cancel request"));
@@ -510,10 +631,10 @@ async fn read_opening(
                         .map_err(|_| LoginError::new("08P01", "malformed startup packet"))?;
                     params.push((key.to_string(), value.to_string()));
                 }
-                return Ok(Some(Opening::Startup {
+                return Ok(Some(Opening::Startup(Startup {
                     minor: version & 0xffff,
                     params,
-                }));
+                })));
             }
             other => {
                 return Err(LoginError::new(
@@ -530,7 +651,10 @@ async fn read_opening(
 }
 
 /// Reads the PasswordMessage that answers our cleartext password request.
-async fn read_password(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<String, LoginError> {
+async fn read_password<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<String, LoginError> {
     loop {
         match codec::next_message(buf) {
             Ok(Some((b'p', len))) => {

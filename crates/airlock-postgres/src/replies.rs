@@ -40,6 +40,11 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
             if let Err(end) = self.forward_buffered(client).await {
                 return end;
             }
+            // Through TLS, written bytes can wait in the session's buffer until flushed (in
+            // clear, flushing does nothing).
+            if let Err(e) = client.flush().await {
+                return End::Io(e);
+            }
             self.buf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;

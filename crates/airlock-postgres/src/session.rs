@@ -1,7 +1,8 @@
 //! One agent session after login: runs the relay's two halves — `requests` (client →
 //! upstream) and `replies` (upstream → client) — in one task, and owns what they share: the
 //! queue of what the upstream will answer (`Expect`), the session's statement and portal
-//! names, and how a session ends (`End`).
+//! names, how a session ends (`End`), and how the client's connection, in clear or through
+//! TLS, splits into the halves the two directions use (`ClientStream`).
 //!
 //! A refusal is realised on the upstream itself: instead of the refused message the gateway sends
 //! a message that can only fail, carrying a random marker, and rewrites the resulting error into
@@ -23,9 +24,11 @@ use airlock_core::gate::{Gate, Session};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
 
 /// What the upstream will answer, in order, for what the client side forwarded.
 pub(crate) enum Expect {
@@ -78,6 +81,36 @@ impl From<std::io::Error> for End {
     }
 }
 
+/// A client connection the relay reads from and writes to at once. In clear the socket splits
+/// into two borrowed halves at no cost; a TLS session is one state that both halves share.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin {
+    type Reader<'s>: AsyncRead + Unpin
+    where
+        Self: 's;
+    type Writer<'s>: AsyncWrite + Unpin
+    where
+        Self: 's;
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>);
+}
+
+impl ClientStream for TcpStream {
+    type Reader<'s> = ReadHalf<'s>;
+    type Writer<'s> = WriteHalf<'s>;
+
+    fn halves(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
+        self.split()
+    }
+}
+
+impl ClientStream for TlsStream<TcpStream> {
+    type Reader<'s> = tokio::io::ReadHalf<&'s mut Self>;
+    type Writer<'s> = tokio::io::WriteHalf<&'s mut Self>;
+
+    fn halves(&mut self) -> (Self::Reader<'_>, Self::Writer<'_>) {
+        tokio::io::split(self)
+    }
+}
+
 pub(crate) type SessionNames = Arc<Names<Prepared, Portal>>;
 
 #[derive(Clone)]
@@ -105,9 +138,9 @@ pub struct Relay<'a> {
 
 impl Relay<'_> {
     /// Relays until either side closes. `client_buf` holds bytes already read from the client.
-    pub async fn run(
+    pub async fn run<C: ClientStream>(
         &self,
-        client: &mut TcpStream,
+        client: &mut C,
         upstream: &mut TcpStream,
         client_buf: BytesMut,
         upstream_buf: BytesMut,
@@ -131,7 +164,7 @@ impl Relay<'_> {
         let described: DescribedTypes = Arc::new(Mutex::new(HashMap::new()));
         let names: SessionNames = Names::new();
         let (inject_tx, inject_rx) = mpsc::unbounded_channel::<Bytes>();
-        let (client_read, mut client_write) = client.split();
+        let (client_read, mut client_write) = client.halves();
         let (upstream_read, upstream_write) = upstream.split();
         let mut to_upstream = ClientSide {
             relay: self,
@@ -181,6 +214,7 @@ impl Relay<'_> {
             }
             _ => {}
         }
+        let _ = client_write.flush().await;
         end
     }
 }

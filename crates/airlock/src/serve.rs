@@ -24,6 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let (LoadedConfig { config, policies }, watcher) = match &config_path {
@@ -124,8 +125,12 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         })
         .collect();
 
-    let mysql_tls = airlock_mysql::tls::acceptor(config.tls.as_ref(), &config.data_dir())
-        .context("preparing TLS for MySQL clients")?;
+    let tls = airlock_core::tls::server_config(
+        config.tls.as_ref(),
+        &config.data_dir(),
+        &[&config.listen.postgres, &config.listen.mysql],
+    )
+    .context("preparing TLS for client connections")?;
     let api_listener = bind(&config.listen.api, "api").await?;
     let mysql_listener = bind(&config.listen.mysql, "mysql").await?;
     let pg_listener = bind(&config.listen.postgres, "postgres")
@@ -145,8 +150,8 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         gate: gate.clone(),
         config: Arc::new(config),
     });
-    let pg = PgGateway::new(gate.clone(), targets);
-    let mysql = MysqlGateway::new(gate.clone(), mysql_targets, mysql_tls);
+    let pg = PgGateway::new(gate.clone(), targets, tls.clone());
+    let mysql = MysqlGateway::new(gate.clone(), mysql_targets, TlsAcceptor::from(tls));
     tokio::select! {
         result = mysql.serve(mysql_listener) => result.context("MySQL listener failed")?,
         result = axum::serve(api_listener, api) => result.context("API listener failed")?,

@@ -975,8 +975,13 @@ impl Gateway {
     // --- psql ----------------------------------------------------------------------------------
 
     fn psql_command(&self, token: &str, connection: &str, sql: &str) -> Command {
+        self.psql_command_with(token, connection, "", sql)
+    }
+
+    /// The psql command with `extra` appended to its connection string (`sslmode=require`, …).
+    fn psql_command_with(&self, token: &str, connection: &str, extra: &str, sql: &str) -> Command {
         let conninfo = format!(
-            "host=127.0.0.1 port={} dbname={} user=agent password={}",
+            "host=127.0.0.1 port={} dbname={} user=agent password={} {extra}",
             self.pg_port,
             conninfo_quote(connection),
             conninfo_quote(token)
@@ -1013,6 +1018,15 @@ impl Gateway {
         )
     }
 
+    /// [`Gateway::psql`] with `extra` appended to the connection string.
+    pub fn psql_with(&self, token: &str, connection: &str, extra: &str, sql: &str) -> Output {
+        run_with_timeout(
+            self.psql_command_with(token, connection, extra, sql),
+            COMMAND_TIMEOUT,
+            &format!("psql ({extra}) -c {sql:?}"),
+        )
+    }
+
     /// psql with several `-c` commands in one session; no ON_ERROR_STOP, so it goes on after
     /// errors.
     pub fn psql_session(&self, token: &str, connection: &str, commands: &[&str]) -> Output {
@@ -1038,10 +1052,21 @@ impl Gateway {
 
     /// psql in the background (for statements that are held), output going to files.
     pub fn psql_spawn(&self, token: &str, connection: &str, sql: &str) -> BackgroundPsql {
+        self.psql_spawn_with(token, connection, "", sql)
+    }
+
+    /// [`Gateway::psql_spawn`] with `extra` appended to the connection string.
+    pub fn psql_spawn_with(
+        &self,
+        token: &str,
+        connection: &str,
+        extra: &str,
+        sql: &str,
+    ) -> BackgroundPsql {
         let n = unique_suffix();
         let stdout_path = self.dir.path().join(format!("psql-{n}.stdout"));
         let stderr_path = self.dir.path().join(format!("psql-{n}.stderr"));
-        let mut cmd = self.psql_command(token, connection, sql);
+        let mut cmd = self.psql_command_with(token, connection, extra, sql);
         cmd.stdin(Stdio::null())
             .stdout(fs::File::create(&stdout_path).expect("create psql stdout file"))
             .stderr(fs::File::create(&stderr_path).expect("create psql stderr file"));

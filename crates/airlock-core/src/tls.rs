@@ -1,11 +1,13 @@
-//! TLS toward clients: the certificate of the `tls:` config section, or else a self-signed one
-//! the gateway generates on first start into its data directory ([`GENERATED_CERT`], and
-//! [`GENERATED_KEY`] with mode 0600) and reuses afterwards; and the rustls acceptor built from
-//! it. Clients that ask for TLS (the SSL request of the MySQL handshake) get it, so their token
-//! does not cross the network in clear.
+//! TLS toward clients, shared by the PostgreSQL and MySQL listeners: the certificate of the
+//! `tls:` config section, or else a self-signed one the gateway generates on first start into
+//! its data directory ([`GENERATED_CERT`], and [`GENERATED_KEY`] with mode 0600) and reuses
+//! afterwards; and the rustls server configuration built from it, from which each listener
+//! makes its acceptor. Clients that ask for TLS (PostgreSQL's SSLRequest or direct TLS, the SSL
+//! request of the MySQL handshake) get it, so their token does not cross the network in clear.
 
-use airlock_core::config::TlsConfig;
+use crate::config::TlsConfig;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,14 +15,13 @@ use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::TlsAcceptor;
 
 /// The generated certificate and key, in the data directory.
 pub const GENERATED_CERT: &str = "tls-cert.pem";
 pub const GENERATED_KEY: &str = "tls-key.pem";
-/// The names the generated certificate is valid for: loopback only, since it is for clients
-/// that skip verification or pin it.
-const GENERATED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+/// The names the generated certificate is valid for besides the listeners' own hosts: the
+/// loopback ones, so that a client on the gateway's machine can verify it by its usual name.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -36,11 +37,17 @@ pub enum TlsError {
     Unusable(String),
 }
 
-/// The acceptor for the configured certificate, or for the generated one.
-pub fn acceptor(config: Option<&TlsConfig>, data_dir: &Path) -> Result<TlsAcceptor, TlsError> {
+/// The server configuration for the configured certificate, or for the generated one. `listen`
+/// are the listeners' addresses (`host:port`): a certificate generated now is valid for their
+/// hosts too (one generated earlier is kept as it is).
+pub fn server_config(
+    config: Option<&TlsConfig>,
+    data_dir: &Path,
+    listen: &[&str],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let (cert_file, key_file) = match config {
         Some(tls) => (tls.cert_file.clone(), tls.key_file.clone()),
-        None => generated(data_dir)?,
+        None => generated(data_dir, listen)?,
     };
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| TlsError::Read {
@@ -63,11 +70,11 @@ pub fn acceptor(config: Option<&TlsConfig>, data_dir: &Path) -> Result<TlsAccept
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Unusable(e.to_string()))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// The generated certificate and key files, created when neither exists.
-fn generated(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+fn generated(data_dir: &Path, listen: &[&str]) -> Result<(PathBuf, PathBuf), TlsError> {
     let cert = data_dir.join(GENERATED_CERT);
     let key = data_dir.join(GENERATED_KEY);
     match (cert.exists(), key.exists()) {
@@ -86,9 +93,8 @@ fn generated(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
         }
         (false, false) => {}
     }
-    let names: Vec<String> = GENERATED_NAMES.iter().map(|n| n.to_string()).collect();
-    let generated =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let generated = rcgen::generate_simple_self_signed(certificate_names(listen))
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
     // The key first, so that a certificate never exists without its key.
     write_new(&key, generated.key_pair.serialize_pem().as_bytes(), 0o600)?;
     write_new(&cert, generated.cert.pem().as_bytes(), 0o644)?;
@@ -97,6 +103,26 @@ fn generated(data_dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
         "generated a self-signed TLS certificate for client connections (set `tls:` to use your own)"
     );
     Ok((cert, key))
+}
+
+/// The loopback names and the hosts the listeners are bound to, less the wildcard ones (which
+/// name no host a client could ask for).
+fn certificate_names(listen: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = LOOPBACK_NAMES.iter().map(|n| n.to_string()).collect();
+    for address in listen {
+        let host = match address.parse::<SocketAddr>() {
+            Ok(socket) if socket.ip().is_unspecified() => continue,
+            Ok(socket) => socket.ip().to_string(),
+            Err(_) => match address.rsplit_once(':') {
+                Some((host, _)) if !host.is_empty() && host.is_ascii() => host.to_string(),
+                _ => continue,
+            },
+        };
+        if !names.contains(&host) {
+            names.push(host);
+        }
+    }
+    names
 }
 
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -122,12 +148,12 @@ mod tests {
     #[test]
     fn a_certificate_is_generated_once_with_a_private_key_file() {
         let dir = tempfile::tempdir().unwrap();
-        acceptor(None, dir.path()).unwrap();
+        server_config(None, dir.path(), &[]).unwrap();
         let key = dir.path().join(GENERATED_KEY);
         let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let first = std::fs::read(dir.path().join(GENERATED_CERT)).unwrap();
-        acceptor(None, dir.path()).unwrap();
+        server_config(None, dir.path(), &[]).unwrap();
         assert_eq!(
             std::fs::read(dir.path().join(GENERATED_CERT)).unwrap(),
             first
@@ -135,8 +161,31 @@ mod tests {
 
         std::fs::remove_file(&key).unwrap();
         assert!(matches!(
-            acceptor(None, dir.path()),
+            server_config(None, dir.path(), &[]),
             Err(TlsError::HalfPair { .. })
         ));
+    }
+
+    #[test]
+    fn the_generated_certificate_names_loopback_and_the_listening_hosts() {
+        let names = certificate_names(&[
+            "0.0.0.0:15432",
+            "[::]:13306",
+            "10.1.2.3:15432",
+            "[fe80::1]:1",
+            "gw.example:8700",
+            "127.0.0.1:1",
+        ]);
+        assert_eq!(
+            names,
+            [
+                "localhost",
+                "127.0.0.1",
+                "::1",
+                "10.1.2.3",
+                "fe80::1",
+                "gw.example"
+            ]
+        );
     }
 }
