@@ -234,7 +234,9 @@ def pgbench(target: Target, work: Path, args: list[str]) -> tuple[float, list[in
     logdir = Path(tempfile.mkdtemp(dir=work))
     if IS_ROOT:
         shutil.chown(logdir, "postgres")
-    env = dict(os.environ)
+    # Every target in clear: PostgreSQL and PgBouncer here offer no TLS, and libpq's default
+    # (sslmode=prefer) would otherwise take TLS with the gateway alone.
+    env = dict(os.environ, PGSSLMODE="disable")
     if target.password:
         env["PGPASSWORD"] = target.password
     out = subprocess.run(["pgbench", "-n", "-j", "2", *args, "-l", "--log-prefix",
