@@ -5,10 +5,10 @@
 //! connection is closed. No LOCAL INFILE handler is set, so the server cannot read client files.
 //! Errors that could describe the credential are logged here and replaced by a generic message.
 
-use crate::upstream::{tag_for, RunError, StatementResult, MAX_ROWS};
+use crate::upstream::{tag_for, RunError, StatementResult};
 use airlock_core::classify::Classification;
 use airlock_core::config::ConnectionConfig;
-use airlock_core::mask::{ColumnAction, ColumnOrigin, ColumnSource, Masked, SessionMasker};
+use airlock_core::mask::{ColumnAction, ColumnOrigin, ColumnSource, SessionMasker};
 use airlock_core::response::ResponseCapture;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Column, Conn, OptsBuilder, Row, Value};
@@ -149,23 +149,15 @@ async fn collect(
             truncated: false,
         };
         for row in &rows {
-            let values: Vec<Option<String>> = (0..row.len())
-                .map(|i| {
-                    let value = row.as_ref(i).and_then(text_of)?;
-                    let action = actions.get(i).copied().unwrap_or(ColumnAction::Scan);
-                    match masker.map(|m| m.apply(action, value.as_bytes(), &mut capture.masked)) {
-                        None | Some(Masked::Unchanged) => Some(value),
-                        Some(Masked::Null) => None,
-                        Some(Masked::Text(text)) => Some(text),
-                    }
-                })
+            let texts: Vec<Option<String>> = (0..row.len())
+                .map(|i| row.as_ref(i).and_then(text_of))
                 .collect();
-            capture.row(values.iter().map(|v| v.as_deref().map(str::as_bytes)));
-            if result.rows.len() < MAX_ROWS {
-                result.rows.push(values);
-            } else {
-                result.truncated = true;
-            }
+            result.push_masked_row(
+                texts.iter().map(Option::as_deref),
+                &actions,
+                masker,
+                capture,
+            );
         }
         result.rows_affected = if columns.is_empty() {
             answer.affected_rows()

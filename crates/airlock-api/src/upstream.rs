@@ -42,6 +42,37 @@ pub struct StatementResult {
     pub truncated: bool,
 }
 
+impl StatementResult {
+    /// Masks one row's text values by the column `actions` (counting into `capture`), lets the
+    /// capture see it, and keeps it when there is room.
+    pub(crate) fn push_masked_row<'v>(
+        &mut self,
+        values: impl Iterator<Item = Option<&'v str>>,
+        actions: &[ColumnAction],
+        masker: Option<&SessionMasker>,
+        capture: &mut ResponseCapture,
+    ) {
+        let values: Vec<Option<String>> = values
+            .enumerate()
+            .map(|(i, value)| {
+                let value = value?;
+                let action = actions.get(i).copied().unwrap_or(ColumnAction::Scan);
+                match masker.map(|m| m.apply(action, value.as_bytes(), &mut capture.masked)) {
+                    None | Some(Masked::Unchanged) => Some(value.to_string()),
+                    Some(Masked::Null) => None,
+                    Some(Masked::Text(text)) => Some(text),
+                }
+            })
+            .collect();
+        capture.row(values.iter().map(|v| v.as_deref().map(str::as_bytes)));
+        if self.rows.len() < MAX_ROWS {
+            self.rows.push(values);
+        } else {
+            self.truncated = true;
+        }
+    }
+}
+
 /// Why the statement produced no result.
 #[derive(Debug)]
 pub enum RunError {
@@ -229,25 +260,12 @@ pub async fn run(
                 current = Some(result);
             }
             SimpleQueryMessage::Row(row) => {
-                let result = current.get_or_insert_with(fresh);
-                let values: Vec<Option<String>> = (0..row.len())
-                    .map(|i| {
-                        let value = row.get(i)?;
-                        let action = actions.get(i).copied().unwrap_or(ColumnAction::Scan);
-                        match masker.map(|m| m.apply(action, value.as_bytes(), &mut capture.masked))
-                        {
-                            None | Some(Masked::Unchanged) => Some(value.to_string()),
-                            Some(Masked::Null) => None,
-                            Some(Masked::Text(text)) => Some(text),
-                        }
-                    })
-                    .collect();
-                capture.row(values.iter().map(|v| v.as_deref().map(str::as_bytes)));
-                if result.rows.len() < MAX_ROWS {
-                    result.rows.push(values);
-                } else {
-                    result.truncated = true;
-                }
+                current.get_or_insert_with(fresh).push_masked_row(
+                    (0..row.len()).map(|i| row.get(i)),
+                    &actions,
+                    masker,
+                    capture,
+                );
             }
             SimpleQueryMessage::CommandComplete(rows) => {
                 let mut result = current.take().unwrap_or_else(fresh);

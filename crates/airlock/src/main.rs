@@ -21,12 +21,6 @@ mod tokens;
 mod when;
 mod whoami;
 
-// glibc's malloc serializes on arena locks and consolidates on free; the relay and the record
-// copier allocate per message on different threads, where mimalloc's thread-local heaps are
-// measurably cheaper (bench/profile.py).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::Parser;
 use cli::{
     ApprovalsCommand, AuditCommand, Cli, Command, ConfigCommand, PolicyCommand, SessionsCommand,

@@ -186,11 +186,6 @@ fn setup() -> Setup {
     }
 }
 
-fn assert_ok(out: &std::process::Output, what: &str) -> String {
-    assert!(out.status.success(), "{what} failed: {}", describe(out));
-    stdout_of(out)
-}
-
 fn assert_refused(out: &std::process::Output, what: &str, code: &str) {
     assert!(
         !out.status.success(),

@@ -36,27 +36,6 @@ fn story() -> Story {
     story_with(UpstreamAuth::ScramSha256, LONG)
 }
 
-fn assert_ok(out: &std::process::Output, what: &str) -> String {
-    assert!(out.status.success(), "{what} failed: {}", describe(out));
-    stdout_of(out)
-}
-
-fn assert_fails_with(out: &std::process::Output, what: &str, needles: &[&str]) {
-    assert!(
-        !out.status.success(),
-        "{what} should have failed: {}",
-        describe(out)
-    );
-    let text = all_output(out);
-    for needle in needles {
-        assert!(
-            text.contains(needle),
-            "{what}: expected {needle:?} in the output: {}",
-            describe(out)
-        );
-    }
-}
-
 /// Whether `text` contains `word` delimited by non-alphanumeric characters.
 fn contains_word(text: &str, word: &str) -> bool {
     text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-')

@@ -45,27 +45,6 @@ fn generated_certificate(gw: &Gateway) -> PathBuf {
     gw.dir().join("data").join("tls-cert.pem")
 }
 
-fn assert_ok(out: &std::process::Output, what: &str) -> String {
-    assert!(out.status.success(), "{what} failed: {}", describe(out));
-    stdout_of(out)
-}
-
-fn assert_fails_with(out: &std::process::Output, what: &str, needles: &[&str]) {
-    assert!(
-        !out.status.success(),
-        "{what} should have failed: {}",
-        describe(out)
-    );
-    let text = all_output(out);
-    for needle in needles {
-        assert!(
-            text.contains(needle),
-            "{what}: expected {needle:?} in the output: {}",
-            describe(out)
-        );
-    }
-}
-
 /// What psql says about its connection (`\conninfo` is answered by psql itself).
 fn conninfo(s: &Story, extra: &str) -> String {
     assert_ok(

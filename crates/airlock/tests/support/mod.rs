@@ -159,6 +159,29 @@ pub fn all_output(out: &Output) -> String {
     format!("{}{}", stdout_of(out), stderr_of(out))
 }
 
+/// `out` succeeded; its stdout.
+pub fn assert_ok(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what} failed: {}", describe(out));
+    stdout_of(out)
+}
+
+/// `out` failed, and its output mentions every one of `needles`.
+pub fn assert_fails_with(out: &Output, what: &str, needles: &[&str]) {
+    assert!(
+        !out.status.success(),
+        "{what} should have failed: {}",
+        describe(out)
+    );
+    let text = all_output(out);
+    for needle in needles {
+        assert!(
+            text.contains(needle),
+            "{what}: expected {needle:?} in the output: {}",
+            describe(out)
+        );
+    }
+}
+
 pub fn describe(out: &Output) -> String {
     format!(
         "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
