@@ -316,20 +316,22 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
     fn on_describe(&mut self, range: Range<usize>) -> Result<(), End> {
         let (kind, name) = codec::decode_target(&self.buf[range], "Describe")
             .map_err(|e| violation(&e.to_string()))?;
-        let name = name.to_string();
-        if kind == b'S' {
-            self.expect([Expect::Describe {
-                statement: name.clone(),
-            }]);
-        }
-        if self.shaping {
-            let from = if kind == b'P' {
-                self.described_portal = Some(name);
-                Described::ClientPortal
-            } else {
+        // Names are copied only where they are kept: unmasked portal describes pass untouched.
+        let shape_from = match kind {
+            b'S' => {
+                self.expect([Expect::Describe {
+                    statement: name.to_string(),
+                }]);
                 Described::Client
-            };
-            self.expect([Expect::RowShape { from }]);
+            }
+            _ if self.shaping => {
+                self.described_portal = Some(name.to_string());
+                Described::ClientPortal
+            }
+            _ => Described::Client,
+        };
+        if self.shaping {
+            self.expect([Expect::RowShape { from: shape_from }]);
         }
         Ok(())
     }
