@@ -9,16 +9,23 @@ Airlock with a masking rule on the column pgbench -S reads, and PgBouncer (sessi
      TPS, average and p99 latency from pgbench's per-transaction log, ratio of direct, and each
      gateway's CPU per transaction;
   2. a write mix (pgbench -N, 8 clients) direct vs Airlock, every write recorded;
-  3. connection scale: 1,000 idle sessions (RSS) and the connection setup rate;
+  3. connection scale: 1,000 idle sessions (RSS) and the connection setup rate, with an agent
+     token and with an OIDC token (RS256, signed by an issuer this script serves on loopback);
   4. approval latency: from POST /approve to the held statement's result at the client.
 
-Standard library only, so it runs on a fresh Debian machine next to pgbench.
+`--only PART` runs one part (read, write, scale, approval) on the same setup.
+
+Standard library only, so it runs on a fresh Debian machine next to pgbench; the OIDC row also
+needs the `cryptography` package to sign its token (bench/pg.sh installs it; without it the row
+is left out).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import glob
+import http.server
 import json
 import os
 import shutil
@@ -28,6 +35,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -77,6 +85,8 @@ def process_rss_kib(pid: int) -> int:
 ALLOW_RULES = ("      - { match: SELECT|UPDATE|INSERT, action: allow }\n"
                "      - { match: DELETE, action: require-approval, reviewers: [dba],"
                " timeout: 5m }")
+# The audience the bench's OIDC issuer puts in its tokens and the gateway accepts.
+OIDC_AUDIENCE = "api://airlock-bench"
 # Masks the one column pgbench -S reads.
 MASKING_YAML = ("masking:\n  - connections: [bench]\n"
                 "    columns: [\"pgbench_accounts.abalance\"]\n    style: redact\n")
@@ -224,6 +234,81 @@ def wait_for_port(port: int) -> None:
     sys.exit(f"nothing listens on port {port}")
 
 
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class OidcIssuer:
+    """A minimal OpenID Connect issuer on a loopback port (discovery document and JWKS), so the
+    gateway verifies the bench's tokens exactly as it would Entra ID's or Okta's. Counts the
+    requests it serves: the gateway should fetch the keys once, not per login."""
+
+    KID = "bench-1"
+
+    def __init__(self):
+        from cryptography.hazmat.primitives.asymmetric import rsa  # only the OIDC row needs it
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.requests = 0
+        issuer = self
+        public = self.key.public_key().public_numbers()
+        jwks = {"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.KID,
+                          "n": b64url(public.n.to_bytes(256, "big")),  # 2048 bits
+                          "e": b64url(public.e.to_bytes(3, "big"))}]}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                issuer.requests += 1
+                docs = {"/.well-known/openid-configuration":
+                        {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/keys"},
+                        "/keys": jwks}
+                body = json.dumps(docs[self.path]).encode() if self.path in docs else b""
+                self.send_response(200 if body else 404)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def identity_yaml(self) -> str:
+        return (f"identity:\n  oidc:\n    - issuer: {self.url}\n"
+                f"      audience: \"{OIDC_AUDIENCE}\"\n      groups_claim: groups\n")
+
+    def token(self, subject: str, groups: list[str]) -> str:
+        """An RS256 ID token valid for an hour, shaped like an Okta one (groups by name)."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        now = int(time.time())
+        header = {"alg": "RS256", "typ": "JWT", "kid": self.KID}
+        claims = {"iss": self.url, "aud": OIDC_AUDIENCE, "sub": subject,
+                  "preferred_username": f"{subject}@bench.example", "groups": groups,
+                  "iat": now, "nbf": now - 5, "exp": now + 3600}
+        signed = ".".join(b64url(json.dumps(part, separators=(",", ":")).encode())
+                          for part in (header, claims))
+        signature = self.key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signed}.{b64url(signature)}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def start_oidc_issuer() -> OidcIssuer | None:
+    """The issuer, or None (the OIDC row left out) when `cryptography` is not installed."""
+    try:
+        return OidcIssuer()
+    except ImportError:
+        log("no Python package `cryptography`: the OIDC setup rate is left out "
+            "(pip install cryptography; bench/pg.sh does)")
+        return None
+
+
 class Target:
     def __init__(self, name: str, port: int, password: str | None, cpu=None):
         self.name, self.port, self.password, self.cpu = name, port, password, cpu
@@ -330,21 +415,44 @@ def send_query(s: socket.socket, sql: str) -> None:
     s.sendall(b"Q" + struct.pack("!i", 4 + len(q)) + q)
 
 
-def connection_scale(gw: Gateway, sessions: int, setups: int) -> list[tuple]:
+def setup_rates(port: int, passwords: dict[str, str], setups: int) -> dict[str, float]:
+    """Sequential setups/s (connect, log in to ReadyForQuery, close) per password; the
+    passwords take turns in four rounds, so machine drift hits them all equally."""
+    seconds = {name: 0.0 for name in passwords}
+    rounds = 4
+    for _ in range(rounds):
+        for name, password in passwords.items():
+            start = time.perf_counter()
+            for _ in range(setups // rounds):
+                pg_connect(port, password).close()
+            seconds[name] += time.perf_counter() - start
+    return {name: (setups // rounds * rounds) / s for name, s in seconds.items()}
+
+
+def connection_scale(gw: Gateway, sessions: int, setups: int,
+                     idp: OidcIssuer | None) -> list[tuple]:
     rss0 = process_rss_kib(gw.proc.pid)
     socks = [pg_connect(gw.port, gw.token) for _ in range(sessions)]
     time.sleep(1)
     rss1 = process_rss_kib(gw.proc.pid)
     for s in socks:
         s.close()
-    start = time.perf_counter()
-    for _ in range(setups):
-        pg_connect(gw.port, gw.token).close()
-    rate = setups / (time.perf_counter() - start)
-    return [("idle sessions", sessions), ("gateway RSS before (MiB)", f"{rss0 / 1024:.1f}"),
+    time.sleep(1)  # the gateway ends those sessions before the timed setups start
+    passwords = {"agent token": gw.token}
+    if idp:
+        # One token for every login: the gateway caches the issuer's keys, not verified
+        # tokens, so each login still checks the signature and the claims.
+        passwords["OIDC token"] = idp.token("bench-agent", ["bench"])
+        requests0 = idp.requests
+    rates = setup_rates(gw.port, passwords, setups)
+    rows = [("idle sessions", sessions), ("gateway RSS before (MiB)", f"{rss0 / 1024:.1f}"),
             ("gateway RSS with them open (MiB)", f"{rss1 / 1024:.1f}"),
-            ("per session (KiB)", f"{(rss1 - rss0) / sessions:.1f}"),
-            ("connection setups/s (agent token, sequential)", f"{rate:.0f}")]
+            ("per session (KiB)", f"{(rss1 - rss0) / sessions:.1f}")]
+    rows += [(f"connection setups/s ({name}, sequential)", f"{rate:.0f}")
+             for name, rate in rates.items()]
+    if idp:
+        rows.append(("requests to the OIDC issuer during the setups", idp.requests - requests0))
+    return rows
 
 
 def approval_latency(gw: Gateway, rounds: int) -> list[tuple]:
@@ -380,6 +488,40 @@ def approval_latency(gw: Gateway, rounds: int) -> list[tuple]:
             ("p99 (ms)", f"{p99(samples):.2f}")]
 
 
+def read_only(targets: list[Target], work: Path, args: argparse.Namespace) -> None:
+    rows = []
+    for mode in args.modes.split(","):
+        for clients in [int(c) for c in args.clients.split(",")]:
+            log(f"pgbench -S -M {mode} -c {clients}")
+            res = measure(targets, work, ["-S", "-M", mode, "-c", str(clients),
+                                          "-T", str(args.seconds)])
+            direct = res["direct"]["tps"]
+            for t in targets:
+                r = res[t.name]
+                rows.append((mode, clients, t.name, f"{r['tps']:.0f}",
+                             f"{r['avg_ms']:.3f}", f"{r['p99_ms']:.3f}",
+                             f"{r['tps'] / direct:.2f}",
+                             f"{r['cpu_us']:.1f}" if t.cpu else "-"))
+    print_table(f"read-only (pgbench -S -j 2 -T {args.seconds}, interleaved, 2 rounds)",
+                rows, ("mode", "clients", "target", "tps", "avg ms", "p99 ms",
+                       "of direct", "proxy CPU µs/tx"))
+
+
+def write_mix(targets: list[Target], work: Path, args: argparse.Namespace) -> None:
+    log("write mix: pgbench -N -c 8")
+    res = measure(targets, work, ["-N", "-M", "extended", "-c", "8", "-T", str(args.seconds)])
+    direct = res["direct"]["tps"]
+    print_table("write mix (pgbench -N -M extended -c 8; every statement recorded)",
+                [(t.name, f"{res[t.name]['tps']:.0f}", f"{res[t.name]['avg_ms']:.3f}",
+                  f"{res[t.name]['p99_ms']:.3f}", f"{res[t.name]['tps'] / direct:.2f}",
+                  f"{res[t.name]['cpu_us']:.1f}" if t.cpu else "-")
+                 for t in targets],
+                ("target", "tps", "avg ms", "p99 ms", "of direct", "proxy CPU µs/tx"))
+
+
+PARTS = ("read", "write", "scale", "approval")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=10, help="per pgbench run (default 10)")
@@ -387,7 +529,11 @@ def main() -> None:
     ap.add_argument("--modes", default="simple,extended,prepared")
     ap.add_argument("--sessions", type=int, default=1000, help="idle sessions to open")
     ap.add_argument("--approvals", type=int, default=100)
+    ap.add_argument("--only", choices=PARTS,
+                    help="run one part: read-only pgbench, write mix, connection scale "
+                         "(idle sessions, setup rates) or approval latency (default: all)")
     args = ap.parse_args()
+    parts = {args.only} if args.only else set(PARTS)
 
     work = Path(tempfile.mkdtemp(prefix="airlock-bench."))
     os.chmod(work, 0o755)
@@ -398,54 +544,35 @@ def main() -> None:
         stoppers.append(pg.stop)
         init_bench_db(pg)
 
-        log("starting the gateways and PgBouncer")
-        plain = Gateway(work, "airlock", pg.port, "", ALLOW_RULES)
+        log("starting the gateways and PgBouncer" if "read" in parts else "starting the gateway")
+        idp = start_oidc_issuer() if "scale" in parts else None
+        if idp:
+            stoppers.append(idp.stop)
+        plain = Gateway(work, "airlock", pg.port, idp.identity_yaml() if idp else "", ALLOW_RULES)
         stoppers.append(plain.stop)
-        masked = Gateway(work, "airlock-masked", pg.port, MASKING_YAML, ALLOW_RULES)
-        stoppers.append(masked.stop)
-        bouncer = PgBouncer(work, pg.port)
-        stoppers.append(bouncer.stop)
-
         targets = [Target("direct", pg.port, None),
-                   Target("airlock", plain.port, plain.token, plain.cpu),
-                   Target("airlock+mask", masked.port, masked.token, masked.cpu),
-                   Target("pgbouncer", bouncer.port, None, bouncer.cpu)]
+                   Target("airlock", plain.port, plain.token, plain.cpu)]
+        if "read" in parts:
+            masked = Gateway(work, "airlock-masked", pg.port, MASKING_YAML, ALLOW_RULES)
+            stoppers.append(masked.stop)
+            bouncer = PgBouncer(work, pg.port)
+            stoppers.append(bouncer.stop)
+            read_only(targets + [Target("airlock+mask", masked.port, masked.token, masked.cpu),
+                                 Target("pgbouncer", bouncer.port, None, bouncer.cpu)],
+                      work, args)
 
-        rows = []
-        for mode in args.modes.split(","):
-            for clients in [int(c) for c in args.clients.split(",")]:
-                log(f"pgbench -S -M {mode} -c {clients}")
-                res = measure(targets, work, ["-S", "-M", mode, "-c", str(clients),
-                                              "-T", str(args.seconds)])
-                direct = res["direct"]["tps"]
-                for t in targets:
-                    r = res[t.name]
-                    rows.append((mode, clients, t.name, f"{r['tps']:.0f}",
-                                 f"{r['avg_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                                 f"{r['tps'] / direct:.2f}",
-                                 f"{r['cpu_us']:.1f}" if t.cpu else "-"))
-        print_table(f"read-only (pgbench -S -j 2 -T {args.seconds}, interleaved, 2 rounds)",
-                    rows, ("mode", "clients", "target", "tps", "avg ms", "p99 ms",
-                           "of direct", "proxy CPU µs/tx"))
+        if "write" in parts:
+            write_mix(targets, work, args)
 
-        log("write mix: pgbench -N -c 8")
-        res = measure(targets[:2], work, ["-N", "-M", "extended", "-c", "8",
-                                          "-T", str(args.seconds)])
-        direct = res["direct"]["tps"]
-        print_table("write mix (pgbench -N -M extended -c 8; every statement recorded)",
-                    [(t.name, f"{res[t.name]['tps']:.0f}", f"{res[t.name]['avg_ms']:.3f}",
-                      f"{res[t.name]['p99_ms']:.3f}", f"{res[t.name]['tps'] / direct:.2f}",
-                      f"{res[t.name]['cpu_us']:.1f}" if t.cpu else "-")
-                     for t in targets[:2]],
-                    ("target", "tps", "avg ms", "p99 ms", "of direct", "proxy CPU µs/tx"))
+        if "scale" in parts:
+            log(f"connection scale: {args.sessions} idle sessions, then setup rates")
+            print_table("connection scale (airlock)",
+                        connection_scale(plain, args.sessions, 500, idp), ("measure", "value"))
 
-        log(f"connection scale: {args.sessions} idle sessions")
-        print_table("connection scale (airlock)", connection_scale(plain, args.sessions, 500),
-                    ("measure", "value"))
-
-        log(f"approval latency over {args.approvals} held statements")
-        print_table("approval latency (airlock)", approval_latency(plain, args.approvals),
-                    ("measure", "value"))
+        if "approval" in parts:
+            log(f"approval latency over {args.approvals} held statements")
+            print_table("approval latency (airlock)", approval_latency(plain, args.approvals),
+                        ("measure", "value"))
         cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo"],
                              capture_output=True, text=True).stdout.split(":")[-1].strip()
         print(f"\nmachine: {os.cpu_count()} CPUs ({cpu}), "
