@@ -13,10 +13,9 @@ use crate::ApiState;
 use airlock_core::classify::{Classification, StatementKind};
 use airlock_core::classify_mysql::classify_for;
 use airlock_core::config::{Config, ConnectionConfig, ConnectionKind};
-use airlock_core::gate::{Denial, DenialKind, Gate, Permit, Session, Submission};
+use airlock_core::gate::{Answered, Denial, DenialKind, Gate, Permit, Session, Submission};
 use airlock_core::operation::{Operation, Protocol};
 use airlock_core::preview::BlastRadius;
-use airlock_core::store::OutcomeStatus;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -334,10 +333,8 @@ async fn run_permitted(
             gate.record_outcome(
                 session,
                 event,
-                OutcomeStatus::NotRun,
+                Answered::not_run(Some(reason.clone())),
                 None,
-                None,
-                Some(reason.clone()),
             );
         }
         return ExecAnswer::Denied {
@@ -364,22 +361,14 @@ async fn run_permitted(
         _ => upstream::run(conn, sql, classification, masker, &mut capture).await,
     };
     if let Some(event) = permit.event() {
-        gate.record_response(session, event, capture);
-        match &result {
-            Ok(results) => {
-                let rows = results.iter().map(|r| r.rows_affected).sum();
-                let tag = results.last().map(|r| r.tag.clone());
-                gate.record_outcome(session, event, OutcomeStatus::Ok, Some(rows), tag, None);
-            }
-            Err(e) => gate.record_outcome(
-                session,
-                event,
-                OutcomeStatus::Error,
-                None,
-                None,
-                Some(e.message(&conn.name)),
+        let answered = match &result {
+            Ok(results) => Answered::ok(
+                Some(results.iter().map(|r| r.rows_affected).sum()),
+                results.last().map(|r| r.tag.clone()),
             ),
-        }
+            Err(e) => Answered::error(e.message(&conn.name)),
+        };
+        gate.record_outcome(session, event, answered, Some(capture));
     }
     match result {
         Ok(results) => ExecAnswer::Ok {

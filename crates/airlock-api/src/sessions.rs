@@ -429,6 +429,7 @@ mod tests {
                 rows: Some(2),
                 tag: Some("SELECT 2".into()),
                 error: None,
+                masked: Default::default(),
             },
         ]
     }

@@ -51,6 +51,45 @@ impl Permit {
     }
 }
 
+/// What the upstream answered to a permitted operation, as its outcome records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    pub status: OutcomeStatus,
+    pub rows: Option<u64>,
+    pub tag: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Answered {
+    pub fn ok(rows: Option<u64>, tag: Option<String>) -> Answered {
+        Answered {
+            status: OutcomeStatus::Ok,
+            rows,
+            tag,
+            error: None,
+        }
+    }
+
+    pub fn error(error: String) -> Answered {
+        Answered {
+            status: OutcomeStatus::Error,
+            rows: None,
+            tag: None,
+            error: Some(error),
+        }
+    }
+
+    /// Not run: an earlier statement failed (`why` is `None`), or the gateway did not run it.
+    pub fn not_run(why: Option<String>) -> Answered {
+        Answered {
+            status: OutcomeStatus::NotRun,
+            rows: None,
+            tag: None,
+            error: why,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenialKind {
     /// The policy refuses it.
@@ -1013,38 +1052,38 @@ impl Gate {
         self.recorder.sync().await;
     }
 
-    /// Records the (masked) response the agent received for statement `event`, when there is
-    /// anything to keep; a failure is only logged, since the agent has the rows already.
-    pub fn record_response(&self, session: &Session, event: i64, capture: ResponseCapture) {
-        if let Some(detail) = capture.into_event(event) {
-            self.recorder.append_or_log(NewEvent {
-                session_id: session.id,
-                at: now_millis(),
-                detail,
-            });
-        }
-    }
-
-    /// Records what the upstream answered to a permitted operation; a failure is only logged,
-    /// since the statement has already run.
+    /// Records what the upstream answered to permitted statement `event` and, from `capture`,
+    /// the (masked) response the agent received: its kept rows as a response event, and the
+    /// masked counts on the outcome. A failure is only logged, since the statement has run.
     pub fn record_outcome(
         &self,
         session: &Session,
         event: i64,
-        status: OutcomeStatus,
-        rows: Option<u64>,
-        tag: Option<String>,
-        error: Option<String>,
+        answered: Answered,
+        capture: Option<ResponseCapture>,
     ) {
-        self.recorder.append_or_log(NewEvent {
+        let (response, masked) = match capture {
+            Some(capture) => capture.into_event(event),
+            None => (None, MaskCounts::default()),
+        };
+        let at = now_millis();
+        if let Some(detail) = response {
+            self.recorder.append_deferred(NewEvent {
+                session_id: session.id,
+                at,
+                detail,
+            });
+        }
+        self.recorder.append_deferred(NewEvent {
             session_id: session.id,
-            at: now_millis(),
+            at,
             detail: EventDetail::Outcome {
                 statement_event: event,
-                status,
-                rows,
-                tag,
-                error,
+                status: answered.status,
+                rows: answered.rows,
+                tag: answered.tag,
+                error: answered.error,
+                masked: masked.0,
             },
         });
     }

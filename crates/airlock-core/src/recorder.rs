@@ -16,7 +16,11 @@
 //! decodes it. Lines of the earlier layout (the detail's fields inline) are still read.
 //!
 //! Durability is that of the operating system's page cache: a record survives a crash of the
-//! gateway the moment `append` returns.
+//! gateway the moment `append` returns. What follows an operation already answered (its
+//! outcome, its response) is appended with [`Recorder::append_deferred`]: chained at once, but
+//! written with the next `append`'s line, or by the copier within [`LINGER`] — one `write` per
+//! statement instead of two. A crash in that window loses only such trailing records, never a
+//! statement, and never leaves a gap in the chain (pending lines precede every later line).
 
 use crate::chain;
 use crate::store::{EventRecord, JournalEvent, NewEvent, Store, StoreError};
@@ -57,6 +61,69 @@ struct Writer {
     last_hash: String,
     /// The line being written, kept to reuse its allocation.
     line: String,
+    /// Deferred lines, chained but not yet written; they go out ahead of the next line.
+    pending: String,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            self.line.clear();
+            if let Err(e) = self.write_out() {
+                tracing::error!(error = %e, "outcomes could not be written at exit");
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Writes the deferred lines followed by `self.line` (which may be empty); on failure
+    /// nothing is left in the file and the deferred lines stay pending.
+    fn write_out(&mut self) -> std::io::Result<()> {
+        let written = if self.pending.is_empty() {
+            self.file.write_all(self.line.as_bytes())
+        } else {
+            let kept = self.pending.len();
+            self.pending.push_str(&self.line);
+            let written = self.file.write_all(self.pending.as_bytes());
+            if written.is_ok() {
+                self.line.clear();
+                std::mem::swap(&mut self.line, &mut self.pending);
+            } else {
+                self.pending.truncate(kept);
+            }
+            written
+        };
+        match written {
+            Ok(()) => {
+                self.len += self.line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Leave no torn line behind.
+                let _ = self.file.set_len(self.len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Chains `event` and formats its line into `self.line`; returns its id and hash, which
+    /// become the writer's once the line is kept.
+    fn format(&mut self, event: &NewEvent, detail: &str) -> (i64, String) {
+        let id = self.next_id;
+        let hash = chain::event_hash(&self.last_hash, id, event.session_id, event.at, detail);
+        self.line.clear();
+        // Writing into a String cannot fail.
+        let _ = writeln!(
+            self.line,
+            "{{\"id\":{id},\"session_id\":{},\"at\":{},\"prev_hash\":\"{}\",\"hash\":\"{hash}\",\"kind\":\"{}\",\"detail\":{detail}}}",
+            event.session_id,
+            event.at,
+            self.last_hash,
+            event.detail.kind(),
+        );
+        (id, hash)
+    }
 }
 
 struct Inner {
@@ -130,6 +197,7 @@ impl Recorder {
                 len: complete_to,
                 last_hash,
                 line: String::new(),
+                pending: String::new(),
             }),
             wake: Notify::new(),
             hurry: Notify::new(),
@@ -142,37 +210,16 @@ impl Recorder {
     /// Appends an event to the journal; when this returns `Ok`, the event is recorded.
     pub fn append(&self, event: NewEvent) -> Result<i64, StoreError> {
         // The detail goes into the line exactly as the chain hashes it and the store keeps it.
-        let detail = chain::canonical_detail(&event.detail)
-            .map_err(|e| StoreError::Backend(format!("cannot encode an event: {e}")))?;
+        let detail = encode_detail(&event)?;
         let id = {
-            let mut guard = self
-                .inner
-                .writer
-                .lock()
-                .map_err(|_| StoreError::Backend("journal lock poisoned".into()))?;
-            let writer = &mut *guard;
-            let id = writer.next_id;
-            let hash =
-                chain::event_hash(&writer.last_hash, id, event.session_id, event.at, &detail);
-            writer.line.clear();
-            // Writing into a String cannot fail.
-            let _ = writeln!(
-                writer.line,
-                "{{\"id\":{id},\"session_id\":{},\"at\":{},\"prev_hash\":\"{}\",\"hash\":\"{hash}\",\"kind\":\"{}\",\"detail\":{detail}}}",
-                event.session_id,
-                event.at,
-                writer.last_hash,
-                event.detail.kind(),
-            );
-            if let Err(e) = writer.file.write_all(writer.line.as_bytes()) {
-                // Leave no torn line behind; the caller refuses the operation.
-                let keep = writer.len;
-                let _ = writer.file.set_len(keep);
+            let mut writer = self.lock_writer()?;
+            let (id, hash) = writer.format(&event, &detail);
+            if let Err(e) = writer.write_out() {
+                // The caller refuses the operation.
                 return Err(StoreError::Backend(format!(
                     "cannot write the journal: {e}"
                 )));
             }
-            writer.len += writer.line.len() as u64;
             writer.next_id += 1;
             writer.last_hash = hash;
             id
@@ -181,11 +228,30 @@ impl Recorder {
         Ok(id)
     }
 
-    /// Appends an event whose caller cannot act on a failure (outcomes); failures are logged.
-    pub fn append_or_log(&self, event: NewEvent) {
-        if let Err(e) = self.append(event) {
-            tracing::error!(error = %e, "an outcome could not be recorded");
+    /// Appends an event that follows an operation already answered (outcomes, responses):
+    /// chained now, written ahead of the next appended line or by the copier within
+    /// [`LINGER`]. Its caller cannot act on a failure, so failures are logged.
+    pub fn append_deferred(&self, event: NewEvent) {
+        let appended = encode_detail(&event).and_then(|detail| {
+            let mut guard = self.lock_writer()?;
+            let writer = &mut *guard;
+            let (_, hash) = writer.format(&event, &detail);
+            writer.pending.push_str(&writer.line);
+            writer.next_id += 1;
+            writer.last_hash = hash;
+            Ok(())
+        });
+        match appended {
+            Ok(()) => self.inner.wake.notify_one(),
+            Err(e) => tracing::error!(error = %e, "an outcome could not be recorded"),
         }
+    }
+
+    fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, Writer>, StoreError> {
+        self.inner
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Backend("journal lock poisoned".into()))
     }
 
     /// Waits (a few seconds at most) until every event appended so far is in the store.
@@ -207,6 +273,11 @@ impl Recorder {
             tracing::warn!("the store is behind the journal; reading what it holds so far");
         }
     }
+}
+
+fn encode_detail(event: &NewEvent) -> Result<String, StoreError> {
+    chain::canonical_detail(&event.detail)
+        .map_err(|e| StoreError::Backend(format!("cannot encode an event: {e}")))
 }
 
 /// Reads the complete lines in `[from, to)`; returns them and where the last complete line
@@ -314,7 +385,16 @@ async fn copier(inner: Arc<Inner>, store: Arc<dyn Store>, mut offset: u64) {
             }
         };
         let end = match inner.writer.lock() {
-            Ok(writer) => writer.len,
+            Ok(mut writer) => {
+                if !writer.pending.is_empty() {
+                    writer.line.clear();
+                    if let Err(e) = writer.write_out() {
+                        tracing::error!(error = %e, "cannot write the journal; outcomes stay pending");
+                        inner.wake.notify_one();
+                    }
+                }
+                writer.len
+            }
             Err(_) => return,
         };
         if end > offset {

@@ -68,18 +68,17 @@ impl ResponseCapture {
         self.rows.push(row);
     }
 
-    /// The event to record for statement `event`, or `None` when there is nothing to keep.
-    pub fn into_event(self, statement_event: i64) -> Option<EventDetail> {
-        if self.rows.is_empty() && self.masked.is_empty() && !self.truncated {
-            return None;
-        }
-        Some(EventDetail::Response {
+    /// The response event to record for statement `event` (`None` when no rows are kept),
+    /// and the masked counts, which the statement's outcome carries.
+    pub fn into_event(self, statement_event: i64) -> (Option<EventDetail>, MaskCounts) {
+        let response = (!self.rows.is_empty() || self.truncated).then(|| EventDetail::Response {
             statement_event,
             columns: self.columns,
             rows: self.rows,
             truncated: self.truncated,
-            masked: self.masked.0,
-        })
+            masked: Default::default(),
+        });
+        (response, self.masked)
     }
 }
 
@@ -99,7 +98,7 @@ mod tests {
         capture.row([Some(&b"three"[..])]);
         let Some(EventDetail::Response {
             rows, truncated, ..
-        }) = capture.into_event(7)
+        }) = capture.into_event(7).0
         else {
             panic!("no event");
         };
@@ -111,7 +110,7 @@ mod tests {
         capture.row([Some(&b"de"[..])]);
         let Some(EventDetail::Response {
             rows, truncated, ..
-        }) = capture.into_event(7)
+        }) = capture.into_event(7).0
         else {
             panic!("no event");
         };
@@ -123,12 +122,9 @@ mod tests {
     fn nothing_kept_is_no_event_but_counts_are_kept() {
         let mut capture = ResponseCapture::new(ResultsLimit::default());
         capture.row([Some(&b"x"[..])]);
-        assert!(capture.clone().into_event(1).is_none());
         capture.masked.add("email", 2);
-        let Some(EventDetail::Response { rows, masked, .. }) = capture.into_event(1) else {
-            panic!("no event");
-        };
-        assert!(rows.is_empty());
-        assert_eq!(masked["email"], 2);
+        let (response, masked) = capture.into_event(1);
+        assert!(response.is_none());
+        assert_eq!(masked.0["email"], 2);
     }
 }

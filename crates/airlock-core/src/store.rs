@@ -99,17 +99,20 @@ pub enum EventDetail {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         votes: Vec<Vote>,
     },
-    /// What the upstream answered to a forwarded operation.
+    /// What the upstream answered to a forwarded operation, and how many values of the answer
+    /// each detector (and `column` rules) masked.
     Outcome {
         statement_event: i64,
         status: OutcomeStatus,
         rows: Option<u64>,
         tag: Option<String>,
         error: Option<String>,
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        masked: std::collections::BTreeMap<String, u64>,
     },
     /// What the agent received from a forwarded operation, as masked for it: the first rows
-    /// within `recording.results`, and how many values each detector (and `column` rules)
-    /// masked.
+    /// within `recording.results`. Records written before the counts moved to the outcome
+    /// carry them here too.
     Response {
         statement_event: i64,
         columns: Vec<String>,

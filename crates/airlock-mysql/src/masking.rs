@@ -561,7 +561,7 @@ mod tests {
 
     fn recorded_rows(shaper: &mut Shaper) -> Vec<Vec<Option<String>>> {
         let capture = shaper.take_capture(ResponseCapture::new(ResultsLimit::default()));
-        match capture.into_event(1) {
+        match capture.into_event(1).0 {
             Some(EventDetail::Response { rows, .. }) => rows,
             other => panic!("{other:?}"),
         }

@@ -12,10 +12,9 @@ use crate::upstream::Upstream;
 use crate::{ClientRead, ClientWrite};
 use airlock_core::classify::{Classification, StatementKind};
 use airlock_core::classify_mysql::classify_mysql;
-use airlock_core::gate::{Denial, DenialKind, Gate, Permit, Session, Submission};
+use airlock_core::gate::{Answered, Denial, DenialKind, Gate, Permit, Session, Submission};
 use airlock_core::mask::SessionMasker;
 use airlock_core::operation::Operation;
-use airlock_core::store::OutcomeStatus;
 use mysql_common::constants::{CapabilityFlags, ColumnFlags, ColumnType, StatusFlags};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::StmtPacket;
@@ -531,21 +530,12 @@ impl<'a> Relay<'a> {
         let Some(event) = permit.event() else {
             return;
         };
-        if let Some(capture) = capture {
-            self.gate.record_response(self.session, event, capture);
-        }
-        let (status, rows) = match &outcome.error {
-            Some(_) => (OutcomeStatus::Error, None),
-            None => (OutcomeStatus::Ok, Some(outcome.rows.max(outcome.affected))),
+        let answered = match &outcome.error {
+            Some(error) => Answered::error(error.clone()),
+            None => Answered::ok(Some(outcome.rows.max(outcome.affected)), None),
         };
-        self.gate.record_outcome(
-            self.session,
-            event,
-            status,
-            rows,
-            None,
-            outcome.error.clone(),
-        );
+        self.gate
+            .record_outcome(self.session, event, answered, capture);
     }
 
     /// The gate's verdict; a refusal is answered here (`None`).

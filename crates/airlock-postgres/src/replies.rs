@@ -8,7 +8,7 @@ use crate::masking::{Described, Shaped, Shaper};
 use crate::session::{
     fatal, DescribedTypes, End, Expect, Expectations, Relay, SessionNames, READ_CHUNK,
 };
-use airlock_core::store::OutcomeStatus;
+use airlock_core::gate::Answered;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -149,30 +149,16 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
         }
     }
 
-    /// Records the response captured so far for `event`, and starts a fresh capture.
-    fn record_response(&mut self, event: Option<i64>) {
+    /// Records the outcome of `event` with the response captured for it, and starts a fresh
+    /// capture.
+    fn outcome(&mut self, event: Option<i64>, answered: Answered) {
         let gate = self.relay.gate;
-        if let Some(shaper) = self.shaper.as_mut() {
-            let capture = shaper.take_capture(gate.response_capture());
-            if let Some(event) = event {
-                gate.record_response(self.relay.session, event, capture);
-            }
-        }
-    }
-
-    fn outcome(
-        &mut self,
-        event: Option<i64>,
-        status: OutcomeStatus,
-        tag: Option<String>,
-        error: Option<String>,
-    ) {
-        self.record_response(event);
+        let capture = self
+            .shaper
+            .as_mut()
+            .map(|shaper| shaper.take_capture(gate.response_capture()));
         if let Some(event) = event {
-            let rows = tag.as_deref().and_then(codec::rows_of_tag);
-            self.relay
-                .gate
-                .record_outcome(self.relay.session, event, status, rows, tag, error);
+            gate.record_outcome(self.relay.session, event, answered, capture);
         }
     }
 
@@ -206,7 +192,8 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                     }) => {
                         let event = *event;
                         self.local.pop_front();
-                        self.outcome(event, OutcomeStatus::Ok, command, None);
+                        let rows = command.as_deref().and_then(codec::rows_of_tag);
+                        self.outcome(event, Answered::ok(rows, command));
                     }
                     _ => {}
                 }
@@ -235,7 +222,7 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                     if simple {
                         self.simple = None;
                     }
-                    self.outcome(event, OutcomeStatus::Error, None, Some(text));
+                    self.outcome(event, Answered::error(text));
                 }
                 None
             }
@@ -289,22 +276,12 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
                                 Some((tag, rows)) => (Some(tag), rows),
                                 None => (None, 0),
                             };
-                            self.record_response(event);
-                            if let Some(event) = event {
-                                self.relay.gate.record_outcome(
-                                    self.relay.session,
-                                    event,
-                                    OutcomeStatus::Ok,
-                                    Some(rows),
-                                    tag,
-                                    None,
-                                );
-                            }
+                            self.outcome(event, Answered::ok(Some(rows), tag));
                         }
                         Expect::Outcome {
                             event,
                             simple: false,
-                        } => self.outcome(event, OutcomeStatus::NotRun, None, None),
+                        } => self.outcome(event, Answered::not_run(None)),
                         // Skipped after an error: the name keeps its old meaning.
                         Expect::Confirm {
                             space, name, id, ..
@@ -334,17 +311,7 @@ impl<R: AsyncRead + Unpin> UpstreamSide<'_, '_, R> {
             if simple {
                 self.simple = None;
             }
-            self.record_response(event);
-            if let Some(event) = event {
-                self.relay.gate.record_outcome(
-                    self.relay.session,
-                    event,
-                    OutcomeStatus::Error,
-                    None,
-                    None,
-                    Some(text.clone()),
-                );
-            }
+            self.outcome(event, Answered::error(text.clone()));
         }
         codec::error_response(Severity::Error, "0A000", &text, None, None)
     }

@@ -23,6 +23,7 @@ fn outcome(n: i64) -> EventDetail {
         rows: Some(n as u64),
         tag: Some(format!("SELECT {n}")),
         error: None,
+        masked: Default::default(),
     }
 }
 

@@ -19,6 +19,7 @@ fn outcome(n: i64) -> EventDetail {
         rows: Some(1),
         tag: Some("SELECT 1".into()),
         error: None,
+        masked: Default::default(),
     }
 }
 
@@ -94,6 +95,74 @@ async fn appended_events_reach_the_store_and_survive_restarts() {
         .lines()
         .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
     assert_eq!(store.list_events(s).await.unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn deferred_events_go_out_ahead_of_the_next_line_or_soon_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("airlock.db").display());
+    let journal = dir.path().join("events.journal");
+    let store = Arc::new(SqliteStore::open(&db).await.unwrap());
+    let s = session(&store).await;
+    let recorder = Recorder::open(store.clone(), &journal).await.unwrap();
+    let event = |n: i64| NewEvent {
+        session_id: s,
+        at: n,
+        detail: outcome(n),
+    };
+    let ids_in_journal = || -> Vec<i64> {
+        std::fs::read_to_string(&journal)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect()
+    };
+
+    assert_eq!(recorder.append(event(0)).unwrap(), 1);
+    recorder.append_deferred(event(1));
+    recorder.append_deferred(event(2));
+    assert_eq!(
+        recorder.append(event(3)).unwrap(),
+        4,
+        "deferred events take ids at once"
+    );
+    assert_eq!(
+        ids_in_journal(),
+        [1, 2, 3, 4],
+        "written ahead of the next line, in id order"
+    );
+
+    // With no later line, the copier writes it within its linger, without being asked.
+    recorder.append_deferred(event(4));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while ids_in_journal().len() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deferred event was never written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(ids_in_journal(), [1, 2, 3, 4, 5]);
+
+    recorder.append_deferred(event(5));
+    recorder.sync().await;
+    let stored = store.list_events(s).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(stored[5].detail, outcome(5));
+    let links = store.list_chain_after(0, 100).await.unwrap();
+    for pair in links.windows(2) {
+        assert_eq!(
+            pair[1].prev_hash, pair[0].hash,
+            "the chain follows the id order"
+        );
+    }
 }
 
 #[tokio::test]

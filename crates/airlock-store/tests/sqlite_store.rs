@@ -111,6 +111,7 @@ fn all_event_details() -> Vec<EventDetail> {
             rows: Some(3),
             tag: Some("SELECT 3".to_owned()),
             error: None,
+            masked: Default::default(),
         },
         EventDetail::Outcome {
             statement_event: 1,
@@ -118,6 +119,7 @@ fn all_event_details() -> Vec<EventDetail> {
             rows: None,
             tag: None,
             error: Some("boom".to_owned()),
+            masked: [("email".to_owned(), 2)].into(),
         },
         EventDetail::Outcome {
             statement_event: 1,
@@ -125,6 +127,7 @@ fn all_event_details() -> Vec<EventDetail> {
             rows: None,
             tag: None,
             error: None,
+            masked: Default::default(),
         },
     ]
 }

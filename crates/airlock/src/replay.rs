@@ -6,6 +6,7 @@
 use crate::cli::{Cli, Output};
 use crate::client::Client;
 use crate::output;
+use crate::sessions::masked_counts;
 use airlock_core::store::{EventDetail, EventRecord, Millis, OutcomeStatus, SessionRecord};
 use anyhow::Context;
 use serde::Serialize;
@@ -225,6 +226,7 @@ fn render_outcome(outcome: &Outcome, lines: &mut Vec<String>) {
         rows: count,
         tag,
         error,
+        masked,
         ..
     } = &outcome.outcome
     else {
@@ -246,6 +248,9 @@ fn render_outcome(outcome: &Outcome, lines: &mut Vec<String>) {
     lines.push(line);
     if let Some(error) = error {
         lines.push(format!("  error: {error}"));
+    }
+    if let Some(counts) = masked_counts(masked) {
+        lines.push(format!("  masked: {counts}"));
     }
 }
 
@@ -270,12 +275,8 @@ fn render_response(response: &EventDetail, lines: &mut Vec<String>) {
             lines.push("  | … (more rows were not kept)".into());
         }
     }
-    if !masked.is_empty() {
-        let counts: Vec<String> = masked
-            .iter()
-            .map(|(what, n)| format!("{what} {n}"))
-            .collect();
-        lines.push(format!("  masked: {}", counts.join(", ")));
+    if let Some(counts) = masked_counts(masked) {
+        lines.push(format!("  masked: {counts}"));
     }
 }
 

@@ -7,6 +7,7 @@ use crate::output;
 use airlock_core::store::{EventDetail, EventRecord, SessionRecord};
 use anyhow::Context;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 pub async fn list(cli: &Cli, since: Option<i64>, limit: Option<u32>) -> anyhow::Result<()> {
     let mut query = Vec::new();
@@ -53,6 +54,12 @@ pub async fn list(cli: &Cli, since: Option<i64>, limit: Option<u32>) -> anyhow::
         &rows,
         "no sessions",
     ))
+}
+
+/// How many values each detector (or column rule) masked, as `email 2, ssn 1`.
+pub(crate) fn masked_counts(masked: &BTreeMap<String, u64>) -> Option<String> {
+    let counts: Vec<String> = masked.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    (!counts.is_empty()).then(|| counts.join(", "))
 }
 
 fn describe(event: &EventDetail) -> (String, String) {
@@ -131,6 +138,7 @@ fn describe(event: &EventDetail) -> (String, String) {
             rows,
             tag,
             error,
+            masked,
         } => {
             let status = serde_json::to_value(status)
                 .ok()
@@ -142,6 +150,9 @@ fn describe(event: &EventDetail) -> (String, String) {
             }
             if let Some(rows) = rows {
                 text.push_str(&format!(", {rows} rows"));
+            }
+            if let Some(counts) = masked_counts(masked) {
+                text.push_str(&format!(", masked: {counts}"));
             }
             if let Some(error) = error {
                 text.push_str(&format!("\nerror: {error}"));
@@ -159,9 +170,8 @@ fn describe(event: &EventDetail) -> (String, String) {
             if *truncated {
                 text.push_str(", more left out");
             }
-            if !masked.is_empty() {
-                let counts: Vec<String> = masked.iter().map(|(k, n)| format!("{k} {n}")).collect();
-                text.push_str(&format!(", masked: {}", counts.join(", ")));
+            if let Some(counts) = masked_counts(masked) {
+                text.push_str(&format!(", masked: {counts}"));
             }
             if !columns.is_empty() {
                 text.push_str(&format!("\n{}", columns.join(" | ")));

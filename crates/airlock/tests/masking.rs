@@ -366,11 +366,26 @@ fn recordings_keep_only_masked_values_with_counts() {
         .filter_map(|o| o.get("id").and_then(id_text))
         .collect();
     assert_eq!(ids.len(), 3, "{sessions}");
+    let mut counted_outcomes = 0;
     for id in ids {
         let shown = ok(&s.gw.cli(&["sessions", "show", &id]), "sessions show");
         assert_no_secret(&shown, "sessions show");
         assert!(shown.contains("masked:"), "session {id}: {shown}");
+        // The counts ride on the statement's outcome; the response event keeps only rows.
+        let doc = s.gw.cli_json(&["sessions", "show", &id]);
+        for detail in json_objects(&doc) {
+            let masked = detail.get("masked").and_then(|m| m.as_object());
+            match detail.get("kind").and_then(|k| k.as_str()) {
+                Some("outcome") if masked.is_some_and(|m| !m.is_empty()) => counted_outcomes += 1,
+                Some("response") => assert!(masked.is_none(), "{detail:?}"),
+                _ => {}
+            }
+        }
     }
+    assert!(
+        counted_outcomes >= 3,
+        "{counted_outcomes} outcomes carry counts"
+    );
 }
 
 #[test]
