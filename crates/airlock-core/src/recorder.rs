@@ -3,9 +3,11 @@
 //! An event is appended by the session itself to a journal file — one JSON line carrying its
 //! id, one `write` to the file under a short lock, no thread hop — before the statement it
 //! describes is forwarded. A background task copies the journal into the store in batches
-//! (where the API reads it) and trims the journal once everything in it is copied. On start,
-//! whatever the journal holds beyond the store's copy is copied first, and a torn last line (a
-//! crash in the middle of a write) is cut off.
+//! (where the API reads it) and trims the journal once everything in it is copied. The events
+//! written are handed to that task in memory as well, so it reads the journal back only after
+//! a failed copy, when too many piled up, or at start: then whatever the journal holds beyond
+//! the store's copy is copied first, and a torn last line (a crash in the middle of a write) is
+//! cut off.
 //!
 //! Each line also carries the event's links in the tamper-evident chain (`prev_hash`, `hash`;
 //! see [`crate::chain`]), computed under the same lock that orders the ids, so the chain follows
@@ -42,6 +44,8 @@ const LINGER: Duration = Duration::from_millis(100);
 /// Once copied, a journal larger than this is emptied.
 const TRIM_AT: u64 = 8 * 1024 * 1024;
 const READ_CHUNK: u64 = 4 * 1024 * 1024;
+/// The most events handed to the copier in memory; beyond, it reads them from the journal.
+const MAX_QUEUED: usize = 65_536;
 /// How long a reader waits for the copy to catch up before reading what the store has.
 const SYNC_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -63,13 +67,21 @@ struct Writer {
     line: String,
     /// Deferred lines, chained but not yet written; they go out ahead of the next line.
     pending: String,
+    /// The events of `pending`, in order.
+    pending_events: Vec<JournalEvent>,
+    /// The events written since the copier last took them: exactly the journal's lines from
+    /// the copier's offset to `len`, handed over in memory so the copy reads nothing back.
+    /// Emptied and left off (`unqueued`) when it grows past [`MAX_QUEUED`]; the copier then
+    /// reads that stretch from the file.
+    queued: Vec<JournalEvent>,
+    unqueued: bool,
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
         if !self.pending.is_empty() {
             self.line.clear();
-            if let Err(e) = self.write_out() {
+            if let Err(e) = self.write_out(None) {
                 tracing::error!(error = %e, "outcomes could not be written at exit");
             }
         }
@@ -77,9 +89,9 @@ impl Drop for Writer {
 }
 
 impl Writer {
-    /// Writes the deferred lines followed by `self.line` (which may be empty); on failure
-    /// nothing is left in the file and the deferred lines stay pending.
-    fn write_out(&mut self) -> std::io::Result<()> {
+    /// Writes the deferred lines followed by `self.line` (which may be empty, `event` being
+    /// its event); on failure nothing is left in the file and the deferred lines stay pending.
+    fn write_out(&mut self, event: Option<JournalEvent>) -> std::io::Result<()> {
         let written = if self.pending.is_empty() {
             self.file.write_all(self.line.as_bytes())
         } else {
@@ -97,6 +109,12 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.len += self.line.len() as u64;
+                let mut written = std::mem::take(&mut self.pending_events);
+                if let Some(event) = event {
+                    self.advance(&event);
+                    written.push(event);
+                }
+                self.queue(written);
                 Ok(())
             }
             Err(e) => {
@@ -107,22 +125,52 @@ impl Writer {
         }
     }
 
-    /// Chains `event` and formats its line into `self.line`; returns its id and hash, which
-    /// become the writer's once the line is kept.
-    fn format(&mut self, event: &NewEvent, detail: &str) -> (i64, String) {
+    fn queue(&mut self, events: Vec<JournalEvent>) {
+        if self.unqueued {
+            return;
+        }
+        if self.queued.len() + events.len() > MAX_QUEUED {
+            self.queued = Vec::new();
+            self.unqueued = true;
+        } else if self.queued.is_empty() {
+            self.queued = events;
+        } else {
+            self.queued.extend(events);
+        }
+    }
+
+    /// Chains `event` and formats its line into `self.line`; returns the event as the store
+    /// copies it, which becomes the chain's head once its line is kept.
+    fn format(&mut self, event: &NewEvent, detail: String) -> JournalEvent {
         let id = self.next_id;
-        let hash = chain::event_hash(&self.last_hash, id, event.session_id, event.at, detail);
+        let hash = chain::event_hash(&self.last_hash, id, event.session_id, event.at, &detail);
+        let kind = event.detail.kind();
         self.line.clear();
         // Writing into a String cannot fail.
         let _ = writeln!(
             self.line,
-            "{{\"id\":{id},\"session_id\":{},\"at\":{},\"prev_hash\":\"{}\",\"hash\":\"{hash}\",\"kind\":\"{}\",\"detail\":{detail}}}",
+            "{{\"id\":{id},\"session_id\":{},\"at\":{},\"prev_hash\":\"{}\",\"hash\":\"{hash}\",\"kind\":\"{kind}\",\"detail\":{detail}}}",
             event.session_id,
             event.at,
             self.last_hash,
-            event.detail.kind(),
         );
-        (id, hash)
+        JournalEvent {
+            id,
+            session_id: event.session_id,
+            at: event.at,
+            kind: kind.to_owned(),
+            detail,
+            prev_hash: Some(self.last_hash.clone()),
+            hash: Some(hash),
+        }
+    }
+
+    /// The event whose line was just kept (or deferred) is the chain's new head.
+    fn advance(&mut self, event: &JournalEvent) {
+        self.next_id = event.id + 1;
+        if let Some(hash) = &event.hash {
+            self.last_hash.clone_from(hash);
+        }
     }
 }
 
@@ -198,6 +246,9 @@ impl Recorder {
                 last_hash,
                 line: String::new(),
                 pending: String::new(),
+                pending_events: Vec::new(),
+                queued: Vec::new(),
+                unqueued: false,
             }),
             wake: Notify::new(),
             hurry: Notify::new(),
@@ -213,15 +264,14 @@ impl Recorder {
         let detail = encode_detail(&event)?;
         let id = {
             let mut writer = self.lock_writer()?;
-            let (id, hash) = writer.format(&event, &detail);
-            if let Err(e) = writer.write_out() {
+            let journaled = writer.format(&event, detail);
+            let id = journaled.id;
+            if let Err(e) = writer.write_out(Some(journaled)) {
                 // The caller refuses the operation.
                 return Err(StoreError::Backend(format!(
                     "cannot write the journal: {e}"
                 )));
             }
-            writer.next_id += 1;
-            writer.last_hash = hash;
             id
         };
         self.inner.wake.notify_one();
@@ -235,10 +285,10 @@ impl Recorder {
         let appended = encode_detail(&event).and_then(|detail| {
             let mut guard = self.lock_writer()?;
             let writer = &mut *guard;
-            let (_, hash) = writer.format(&event, &detail);
+            let journaled = writer.format(&event, detail);
             writer.pending.push_str(&writer.line);
-            writer.next_id += 1;
-            writer.last_hash = hash;
+            writer.advance(&journaled);
+            writer.pending_events.push(journaled);
             Ok(())
         });
         match appended {
@@ -366,6 +416,8 @@ async fn copier(inner: Arc<Inner>, store: Arc<dyn Store>, mut offset: u64) {
         Err(_) => return,
     };
     let mut scratch = Vec::new();
+    // A failed copy lost the queued events it took: the next copy reads the file.
+    let mut reread = false;
     loop {
         inner.wake.notified().await;
         tokio::select! {
@@ -384,36 +436,46 @@ async fn copier(inner: Arc<Inner>, store: Arc<dyn Store>, mut offset: u64) {
                 continue;
             }
         };
-        let end = match inner.writer.lock() {
+        // What to copy: the lines from `offset` to `end`, handed over in memory unless the
+        // queue was left off or a failed copy dropped it (then read from the file).
+        let (queued, end) = match inner.writer.lock() {
             Ok(mut writer) => {
                 if !writer.pending.is_empty() {
                     writer.line.clear();
-                    if let Err(e) = writer.write_out() {
+                    if let Err(e) = writer.write_out(None) {
                         tracing::error!(error = %e, "cannot write the journal; outcomes stay pending");
                         inner.wake.notify_one();
                     }
                 }
-                writer.len
+                let queued = std::mem::take(&mut writer.queued);
+                let usable = !std::mem::replace(&mut writer.unqueued, false) && !reread;
+                (usable.then_some(queued), writer.len)
             }
             Err(_) => return,
         };
         if end > offset {
-            let copied = match read_events(file, offset, end, &mut scratch) {
+            let events = match queued {
+                Some(events) => Ok((events, end)),
+                None => read_events(file, offset, end, &mut scratch).map_err(StoreError::Corrupt),
+            };
+            let copied = match events {
                 Ok((events, complete_to)) => store
                     .ingest_events(&events, complete_to)
                     .await
                     .map(|()| (events.last().map(|e| e.id), complete_to)),
-                Err(reason) => Err(StoreError::Corrupt(reason)),
+                Err(e) => Err(e),
             };
             match copied {
                 Ok((last, complete_to)) => {
                     offset = complete_to;
+                    reread = false;
                     if let Some(last) = last {
                         inner.copied.send_replace(last);
                     }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "copying the journal into the store failed; retrying");
+                    reread = true;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     inner.wake.notify_one();
                     continue;

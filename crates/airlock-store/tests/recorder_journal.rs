@@ -166,6 +166,50 @@ async fn deferred_events_go_out_ahead_of_the_next_line_or_soon_after() {
 }
 
 #[tokio::test]
+async fn a_failed_copy_is_retried_from_the_journal() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("airlock.db");
+    let db = format!("sqlite://{}", path.display());
+    let journal = dir.path().join("events.journal");
+    let store = Arc::new(SqliteStore::open(&db).await.unwrap());
+    let s = session(&store).await;
+    let recorder = Recorder::open(store.clone(), &journal).await.unwrap();
+    let event = |n: i64| NewEvent {
+        session_id: s,
+        at: n,
+        detail: outcome(n),
+    };
+    for n in 0..3 {
+        recorder.append(event(n)).unwrap();
+    }
+    recorder.sync().await;
+
+    // The store cannot take the next copy: the events handed over in memory are dropped
+    // with the failed transaction, and only the journal still has them.
+    let mut admin = sqlx::SqliteConnection::connect(&db).await.unwrap();
+    sqlx::query("ALTER TABLE events RENAME TO events_away")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    recorder.append(event(3)).unwrap();
+    recorder.append_deferred(event(4));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sqlx::query("ALTER TABLE events_away RENAME TO events")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    recorder.append(event(5)).unwrap();
+    recorder.sync().await;
+    let stored = store.list_events(s).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(stored[4].detail, outcome(4));
+}
+
+#[tokio::test]
 async fn the_journal_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
