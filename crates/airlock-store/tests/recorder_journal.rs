@@ -39,25 +39,52 @@ async fn session(store: &SqliteStore) -> i64 {
         .unwrap()
 }
 
-#[tokio::test]
-async fn appended_events_reach_the_store_and_survive_restarts() {
+/// A store and a journal in a fresh directory, with one session (`s`) to record into.
+struct Journaled {
+    /// Removed when dropped: keep it bound (`dir: _dir`) for the test's length.
+    dir: tempfile::TempDir,
+    db: String,
+    journal: std::path::PathBuf,
+    store: Arc<SqliteStore>,
+    s: i64,
+}
+
+async fn journaled() -> Journaled {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("airlock.db").display());
     let journal = dir.path().join("events.journal");
     let store = Arc::new(SqliteStore::open(&db).await.unwrap());
     let s = session(&store).await;
+    Journaled {
+        dir,
+        db,
+        journal,
+        store,
+        s,
+    }
+}
+
+fn event(session_id: i64, n: i64) -> NewEvent {
+    NewEvent {
+        session_id,
+        at: n,
+        detail: outcome(n),
+    }
+}
+
+#[tokio::test]
+async fn appended_events_reach_the_store_and_survive_restarts() {
+    let Journaled {
+        dir: _dir,
+        journal,
+        store,
+        s,
+        ..
+    } = journaled().await;
 
     let recorder = Recorder::open(store.clone(), &journal).await.unwrap();
     let ids: Vec<i64> = (0..5)
-        .map(|n| {
-            recorder
-                .append(NewEvent {
-                    session_id: s,
-                    at: n,
-                    detail: outcome(n),
-                })
-                .unwrap()
-        })
+        .map(|n| recorder.append(event(s, n)).unwrap())
         .collect();
     assert_eq!(ids, vec![1, 2, 3, 4, 5]);
     recorder.sync().await;
@@ -81,13 +108,7 @@ async fn appended_events_reach_the_store_and_survive_restarts() {
         5,
         "nothing duplicated"
     );
-    let next = reopened
-        .append(NewEvent {
-            session_id: s,
-            at: 10,
-            detail: outcome(10),
-        })
-        .unwrap();
+    let next = reopened.append(event(s, 10)).unwrap();
     assert_eq!(next, 6, "ids continue after the largest stored id");
     reopened.sync().await;
     let text = std::fs::read_to_string(&journal).unwrap();
@@ -99,17 +120,15 @@ async fn appended_events_reach_the_store_and_survive_restarts() {
 
 #[tokio::test]
 async fn deferred_events_go_out_ahead_of_the_next_line_or_soon_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("airlock.db").display());
-    let journal = dir.path().join("events.journal");
-    let store = Arc::new(SqliteStore::open(&db).await.unwrap());
-    let s = session(&store).await;
+    let Journaled {
+        dir: _dir,
+        journal,
+        store,
+        s,
+        ..
+    } = journaled().await;
     let recorder = Recorder::open(store.clone(), &journal).await.unwrap();
-    let event = |n: i64| NewEvent {
-        session_id: s,
-        at: n,
-        detail: outcome(n),
-    };
+    let event = |n: i64| event(s, n);
     let ids_in_journal = || -> Vec<i64> {
         std::fs::read_to_string(&journal)
             .unwrap()
@@ -168,18 +187,15 @@ async fn deferred_events_go_out_ahead_of_the_next_line_or_soon_after() {
 #[tokio::test]
 async fn a_failed_copy_is_retried_from_the_journal() {
     use sqlx::Connection;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("airlock.db");
-    let db = format!("sqlite://{}", path.display());
-    let journal = dir.path().join("events.journal");
-    let store = Arc::new(SqliteStore::open(&db).await.unwrap());
-    let s = session(&store).await;
+    let Journaled {
+        dir: _dir,
+        db,
+        journal,
+        store,
+        s,
+    } = journaled().await;
     let recorder = Recorder::open(store.clone(), &journal).await.unwrap();
-    let event = |n: i64| NewEvent {
-        session_id: s,
-        at: n,
-        detail: outcome(n),
-    };
+    let event = |n: i64| event(s, n);
     for n in 0..3 {
         recorder.append(event(n)).unwrap();
     }
@@ -238,20 +254,16 @@ async fn the_database_is_private() {
 /// hashed over, so the chain still verifies.
 #[tokio::test]
 async fn a_line_of_the_earlier_layout_is_copied_as_it_was_hashed() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("airlock.db").display());
-    let journal = dir.path().join("events.journal");
-    let store = Arc::new(SqliteStore::open(&db).await.unwrap());
-    let s = session(&store).await;
+    let Journaled {
+        dir: _dir,
+        journal,
+        store,
+        s,
+        ..
+    } = journaled().await;
     let recorder = Recorder::open(store.clone(), &journal).await.unwrap();
     for n in 0..2 {
-        recorder
-            .append(NewEvent {
-                session_id: s,
-                at: n,
-                detail: outcome(n),
-            })
-            .unwrap();
+        recorder.append(event(s, n)).unwrap();
     }
     recorder.sync().await;
     drop(recorder);
@@ -274,13 +286,7 @@ async fn a_line_of_the_earlier_layout_is_copied_as_it_was_hashed() {
     let stored = store.list_events(s).await.unwrap();
     assert_eq!(stored.len(), 3);
     assert_eq!(stored[2].detail, outcome(2));
-    let next = reopened
-        .append(NewEvent {
-            session_id: s,
-            at: 3,
-            detail: outcome(3),
-        })
-        .unwrap();
+    let next = reopened.append(event(s, 3)).unwrap();
     assert_eq!(next, 4);
     reopened.sync().await;
     let report = chain::verify(store.as_ref(), None, None).await.unwrap();
