@@ -11,6 +11,13 @@ use airlock_core::mask::{ColumnAction, ColumnSource, MaskStyle, Masked, SessionM
 use airlock_core::response::ResponseCapture;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the plan of a row description is reused for the same description: the results of
+/// one statement repeat it, and planning (decoding, column origins, rule matching) is most of
+/// what masking costs per result. Short, so a table renamed upstream is planned afresh soon
+/// after the [`Catalog`] notices.
+const REPLAN_AFTER: Duration = Duration::from_secs(1);
 
 /// Types whose binary form is their text (UTF-8 bytes), so they are masked like text.
 const TEXT_LIKE_TYPES: [u32; 6] = [
@@ -71,6 +78,14 @@ pub(crate) enum Described {
     Result,
 }
 
+/// The last row description planned, as its message bytes, with its plan.
+struct Planned {
+    description: Vec<u8>,
+    names: Vec<String>,
+    shape: Arc<Shape>,
+    at: Instant,
+}
+
 struct Shape {
     actions: Vec<ColumnAction>,
     codings: Vec<Coding>,
@@ -82,7 +97,8 @@ pub(crate) struct Shaper {
     masker: Option<Arc<SessionMasker>>,
     catalog: Arc<Catalog>,
     pub(crate) capture: ResponseCapture,
-    shape: Option<Shape>,
+    shape: Option<Arc<Shape>>,
+    planned: Option<Planned>,
     /// Why the last client-described portal has no shape: the reason its rows are refused
     /// if they follow.
     unshapeable: Option<String>,
@@ -103,6 +119,7 @@ impl Shaper {
             catalog,
             capture,
             shape: None,
+            planned: None,
             unshapeable: None,
             refusal: None,
             in_copy: false,
@@ -127,6 +144,16 @@ impl Shaper {
             Described::Ours => Shaped::Drop,
             _ => Shaped::Forward,
         };
+        if let Some(planned) = self
+            .planned
+            .as_ref()
+            .filter(|p| p.description == msg && p.at.elapsed() < REPLAN_AFTER)
+        {
+            self.capture.columns(planned.names.iter().cloned());
+            self.unshapeable = None;
+            self.shape = Some(planned.shape.clone());
+            return forward;
+        }
         let fields = match codec::decode_row_description(msg) {
             Ok(fields) => fields,
             Err(e) => {
@@ -140,7 +167,16 @@ impl Shaper {
         self.capture.columns(fields.iter().map(|f| f.name.clone()));
         self.unshapeable = None;
         match self.plan(&fields).await {
-            Ok(shape) => self.shape = Some(shape),
+            Ok(shape) => {
+                let shape = Arc::new(shape);
+                self.shape = Some(shape.clone());
+                self.planned = Some(Planned {
+                    description: msg.to_vec(),
+                    names: fields.into_iter().map(|f| f.name).collect(),
+                    shape,
+                    at: Instant::now(),
+                });
+            }
             // The client may never execute the portal it described: only its rows are refused.
             Err(reason) if matches!(from, Described::ClientPortal) => {
                 self.shape = None;

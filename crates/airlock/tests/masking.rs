@@ -168,6 +168,30 @@ fn psql_results_are_masked_by_column_table_detector_and_style() {
     assert_eq!(s.pg.psql_admin("SELECT ssn FROM users WHERE id = 1"), SSN);
 }
 
+/// Results of one statement reuse its plan for a while; a result whose description differs in
+/// anything — here only the table its same-named column comes from — is planned on its own.
+#[test]
+fn each_row_description_gets_its_own_plan() {
+    let s = setup();
+    let rows = ok(
+        &s.gw.psql(
+            &s.agent,
+            "prod",
+            "SELECT ssn FROM users WHERE id = 1; SELECT ssn FROM users WHERE id = 2; \
+             SELECT ssn FROM orders; SELECT ssn FROM users WHERE id = 1; \
+             SELECT ssn FROM orders",
+        ),
+        "alternating SELECTs",
+    );
+    assert_no_secret(&rows, "alternating SELECTs");
+    let values: Vec<&str> = rows.lines().collect();
+    assert_eq!(
+        values,
+        ["****", "****", "ORD-1", "****", "ORD-1"],
+        "{rows}"
+    );
+}
+
 #[test]
 fn extended_protocol_binary_results_are_masked_or_refused() {
     let s = setup();
