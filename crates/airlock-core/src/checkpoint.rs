@@ -153,11 +153,22 @@ pub fn check(key: &VerifyingKey, checkpoint: &NewCheckpoint) -> Result<(), Strin
 /// Takes the checkpoints: signs the chain's head, but only where it continues the chain as
 /// last signed, so that a chain rewritten in the store (its checkpoints deleted or not) is
 /// never signed by a running gateway.
+///
+/// The first signing of a run walks the stored events from the last checkpoint, since an
+/// earlier run wrote them. After that, what this run recorded continues the chain by
+/// construction: the head it signs is the recorder's own (its hash as chained in memory, never
+/// read back), once the store is seen to hold the last signed event and that head with those
+/// hashes and no gap between them — reading two events and a count instead of every event.
+/// Where it does not (a rewrite changes those hashes, a prune removes the signed event), the
+/// walk decides, and refuses a rewrite. An edit that leaves the hashes alone is not seen until
+/// `airlock audit verify` recomputes them.
 pub struct Checkpointer {
     key: Arc<CheckpointKey>,
     interval: Duration,
     /// The last event signed, and its hash.
     last: Option<(i64, String)>,
+    /// Whether a walk in this run has reached `last`, so the recorder's later heads continue it.
+    walked: bool,
 }
 
 impl Checkpointer {
@@ -181,20 +192,36 @@ impl Checkpointer {
             key,
             interval,
             last,
+            walked: false,
         })
     }
 
-    /// Signs the head unless it is signed already; returns the event id signed. The caller
+    /// Signs the head unless it is signed already; returns the event id signed. `recorded` is
+    /// the last event this run recorded into the store, as the recorder chained it; the caller
     /// makes sure the journal is copied first.
-    pub async fn sign_head(&mut self, store: &dyn Store) -> Result<Option<i64>, CheckpointError> {
-        let head = match chain::follow(store, self.last.clone()).await? {
-            Ok(head) => head,
-            Err(broken) => {
-                return Err(CheckpointError::Refused(format!(
-                    "event {}: {}",
-                    broken.id, broken.reason
-                )))
-            }
+    pub async fn sign_head(
+        &mut self,
+        store: &dyn Store,
+        recorded: Option<(i64, String)>,
+    ) -> Result<Option<i64>, CheckpointError> {
+        let recorded = match recorded {
+            Some(head) if self.walked && self.continues(store, &head).await? => Some(head),
+            _ => None,
+        };
+        let head = match recorded {
+            Some(head) => Some(head),
+            None => match chain::follow(store, self.last.clone()).await? {
+                Ok(head) => {
+                    self.walked = true;
+                    head
+                }
+                Err(broken) => {
+                    return Err(CheckpointError::Refused(format!(
+                        "event {}: {}",
+                        broken.id, broken.reason
+                    )))
+                }
+            },
         };
         let Some((event_id, hash)) = head else {
             return Ok(None);
@@ -207,6 +234,21 @@ impl Checkpointer {
             .await?;
         self.last = Some((event_id, hash));
         Ok(Some(event_id))
+    }
+
+    /// Whether the store still holds the last signed event and the recorder's `head` as they
+    /// were chained, with every event between; if not, the walk decides (and explains).
+    async fn continues(&self, store: &dyn Store, head: &(i64, String)) -> Result<bool, StoreError> {
+        let Some((last_id, last_hash)) = &self.last else {
+            return Ok(false);
+        };
+        if head.0 < *last_id {
+            return Ok(false);
+        }
+        let span = store.chain_span(*last_id, head.0).await?;
+        Ok(span.from_hash.as_ref() == Some(last_hash)
+            && span.to_hash.as_ref() == Some(&head.1)
+            && span.events == head.0 - last_id)
     }
 }
 

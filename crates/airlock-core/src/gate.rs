@@ -1052,6 +1052,11 @@ impl Gate {
         self.recorder.sync().await;
     }
 
+    /// The last event this run recorded into the store, with its hash as chained in memory.
+    pub fn recorded_head(&self) -> Option<(i64, String)> {
+        self.recorder.copied_head()
+    }
+
     /// Records what the upstream answered to permitted statement `event` and, from `capture`,
     /// the (masked) response the agent received: its kept rows as a response event, and the
     /// masked counts on the outcome. A failure is only logged, since the statement has run.

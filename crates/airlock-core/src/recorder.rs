@@ -174,13 +174,21 @@ impl Writer {
     }
 }
 
+/// The last event copied into the store: its id, and its hash as chained here (`None` until
+/// this run copies one).
+#[derive(Clone)]
+struct Copied {
+    id: i64,
+    hash: Option<String>,
+}
+
 struct Inner {
     writer: Mutex<Writer>,
     wake: Notify,
     /// A reader waits for the copy: copy now.
     hurry: Notify,
-    /// The largest event id copied into the store.
-    copied: watch::Sender<i64>,
+    /// The last event copied into the store.
+    copied: watch::Sender<Copied>,
 }
 
 #[derive(Clone)]
@@ -252,7 +260,11 @@ impl Recorder {
             }),
             wake: Notify::new(),
             hurry: Notify::new(),
-            copied: watch::channel(max_id).0,
+            copied: watch::channel(Copied {
+                id: max_id,
+                hash: None,
+            })
+            .0,
         });
         tokio::spawn(copier(inner.clone(), store, complete_to));
         Ok(Recorder { inner })
@@ -304,6 +316,13 @@ impl Recorder {
             .map_err(|_| StoreError::Backend("journal lock poisoned".into()))
     }
 
+    /// The id and hash of the last event this run copied into the store, as chained here
+    /// (not as read back from the store).
+    pub fn copied_head(&self) -> Option<(i64, String)> {
+        let copied = self.inner.copied.borrow();
+        copied.hash.clone().map(|hash| (copied.id, hash))
+    }
+
     /// Waits (a few seconds at most) until every event appended so far is in the store.
     pub async fn sync(&self) {
         let target = match self.inner.writer.lock() {
@@ -311,14 +330,14 @@ impl Recorder {
             Err(_) => return,
         };
         let mut copied = self.inner.copied.subscribe();
-        if *copied.borrow() >= target {
+        if copied.borrow().id >= target {
             return;
         }
         self.inner.wake.notify_one();
         self.inner.hurry.notify_one();
         // A store that cannot take the copy (a full disk) must not hang every reader: after a
         // while they read what is there; the events stay in the journal until the copy succeeds.
-        let caught_up = tokio::time::timeout(SYNC_PATIENCE, copied.wait_for(|id| *id >= target));
+        let caught_up = tokio::time::timeout(SYNC_PATIENCE, copied.wait_for(|c| c.id >= target));
         if caught_up.await.is_err() {
             tracing::warn!("the store is behind the journal; reading what it holds so far");
         }
@@ -459,10 +478,15 @@ async fn copier(inner: Arc<Inner>, store: Arc<dyn Store>, mut offset: u64) {
                 None => read_events(file, offset, end, &mut scratch).map_err(StoreError::Corrupt),
             };
             let copied = match events {
-                Ok((events, complete_to)) => store
-                    .ingest_events(&events, complete_to)
-                    .await
-                    .map(|()| (events.last().map(|e| e.id), complete_to)),
+                Ok((events, complete_to)) => {
+                    store.ingest_events(&events, complete_to).await.map(|()| {
+                        let last = events.last().map(|e| Copied {
+                            id: e.id,
+                            hash: e.hash.clone(),
+                        });
+                        (last, complete_to)
+                    })
+                }
                 Err(e) => Err(e),
             };
             match copied {

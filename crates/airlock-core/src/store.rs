@@ -475,6 +475,14 @@ pub struct PruneReport {
     pub sessions: u64,
 }
 
+/// See [`Store::chain_span`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainSpan {
+    pub from_hash: Option<String>,
+    pub to_hash: Option<String>,
+    pub events: i64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for `/readyz`.
@@ -510,6 +518,10 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<crate::chain::ChainLink>, StoreError>;
+    /// What the checkpoint signer checks of events it signs without walking them: the stored
+    /// hashes of events `from` and `to` (`None` where absent or unchained) and how many events
+    /// lie in `(from, to]`.
+    async fn chain_span(&self, from: i64, to: i64) -> Result<ChainSpan, StoreError>;
     /// The id and hash of the chain's head: the event with the largest id, or after a prune
     /// removed every event, the anchor. `None` when there is none or it is unchained.
     async fn chain_head(&self) -> Result<Option<(i64, String)>, StoreError>;

@@ -51,7 +51,10 @@ pub async fn run(gate: Arc<Gate>, key: Arc<CheckpointKey>, recording: RecordingC
 /// Copies the journal into the store and signs its head unless a checkpoint covers it.
 pub async fn sign(gate: &Gate, checkpointer: &mut Checkpointer) {
     gate.sync_records().await;
-    match checkpointer.sign_head(gate.store().as_ref()).await {
+    match checkpointer
+        .sign_head(gate.store().as_ref(), gate.recorded_head())
+        .await
+    {
         Ok(Some(event)) => tracing::debug!(event, "signed a checkpoint over the audit chain"),
         Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "no checkpoint signed"),

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use airlock_core::chain::ChainLink;
 use airlock_core::store::{
-    settle, ApprovalRecord, ApprovalState, CheckpointRecord, DeliveryRecord, EventFilter,
-    EventRecord, JournalEvent, Millis, NewApproval, NewCheckpoint, NewDelivery, NewPolicyChange,
-    NewSession, PolicyChangeRecord, PruneReport, SessionEvent, SessionFilter, SessionRecord, Store,
-    StoreError, StoredConnection, TokenRecord, Vote,
+    settle, ApprovalRecord, ApprovalState, ChainSpan, CheckpointRecord, DeliveryRecord,
+    EventFilter, EventRecord, JournalEvent, Millis, NewApproval, NewCheckpoint, NewDelivery,
+    NewPolicyChange, NewSession, PolicyChangeRecord, PruneReport, SessionEvent, SessionFilter,
+    SessionRecord, Store, StoreError, StoredConnection, TokenRecord, Vote,
 };
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
@@ -453,6 +453,24 @@ impl Store for SqliteStore {
         .iter()
         .map(codec::chain_link)
         .collect()
+    }
+
+    async fn chain_span(&self, from: i64, to: i64) -> Result<ChainSpan, StoreError> {
+        let (from_hash, to_hash, events): (Option<String>, Option<String>, i64) = sqlx::query_as(
+            "SELECT (SELECT hash FROM events WHERE id = ?1), \
+                 (SELECT hash FROM events WHERE id = ?2), \
+                 (SELECT COUNT(*) FROM events WHERE id > ?1 AND id <= ?2)",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(ChainSpan {
+            from_hash,
+            to_hash,
+            events,
+        })
     }
 
     async fn chain_head(&self) -> Result<Option<(i64, String)>, StoreError> {

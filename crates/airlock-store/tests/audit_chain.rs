@@ -264,8 +264,14 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
     let mut signer = Checkpointer::resume(f.store.as_ref(), key.clone(), interval)
         .await
         .unwrap();
-    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), Some(4));
-    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), None);
+    assert_eq!(
+        signer.sign_head(f.store.as_ref(), None).await.unwrap(),
+        Some(4)
+    );
+    assert_eq!(
+        signer.sign_head(f.store.as_ref(), None).await.unwrap(),
+        None
+    );
     // Without the key, a checkpoint is not taken on trust.
     assert!(
         !chain::verify(f.store.as_ref(), None, None)
@@ -276,7 +282,10 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
 
     // Every event is older than the cutoff and the session is idle since: all of it goes, in
     // batches of whole segments.
-    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), None);
+    assert_eq!(
+        signer.sign_head(f.store.as_ref(), None).await.unwrap(),
+        None
+    );
     checkpoint_over(&f.store, &key, 2).await;
     let pruned = f.store.prune(5_000, 1).await.unwrap();
     assert_eq!((pruned.pruned_through, pruned.events), (Some(2), 2));
@@ -303,7 +312,10 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
         .unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!(report.events_checked, 2);
-    assert_eq!(signer.sign_head(f.store.as_ref()).await.unwrap(), Some(6));
+    assert_eq!(
+        signer.sign_head(f.store.as_ref(), None).await.unwrap(),
+        Some(6)
+    );
 
     // An event slipped in below the anchor is no part of the chain.
     f.tamper(
@@ -331,7 +343,7 @@ async fn a_pruned_chain_verifies_from_its_signed_anchor() {
             .ok
     );
     f.record(1).await;
-    assert!(signer.sign_head(f.store.as_ref()).await.is_err());
+    assert!(signer.sign_head(f.store.as_ref(), None).await.is_err());
 }
 
 /// Stores `key`'s checkpoint over event `event_id`, as the gateway would have signed it then.
@@ -386,5 +398,155 @@ async fn checkpoints_are_walked_page_by_page_and_a_cut_off_end_shows() {
         report.first_break.as_ref().map(|b| b.id),
         Some(1091),
         "{report:?}"
+    );
+}
+
+/// Recomputes the hashes of every event from `from` on, as someone with write access to the
+/// file but not the signing key would after editing one.
+async fn rehash_from(f: &Fixture, from: i64) {
+    let pool = SqlitePool::connect(&f.db).await.unwrap();
+    let rows: Vec<(i64, i64, i64, String, String)> = sqlx::query_as(
+        "SELECT id, session_id, at, detail, prev_hash FROM events WHERE id >= ? ORDER BY id",
+    )
+    .bind(from)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut prev = rows[0].4.clone();
+    for (id, session, at, detail, _) in rows {
+        let hash = chain::event_hash(&prev, id, session, at, &detail);
+        sqlx::query("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?")
+            .bind(&prev)
+            .bind(&hash)
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn after_one_walk_the_signer_signs_the_recorders_own_head() {
+    let f = Fixture::new().await;
+    let key =
+        Arc::new(CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap());
+    let public = key.public();
+    let recorder = Recorder::open(f.store.clone(), &f.dir.path().join("events.journal"))
+        .await
+        .unwrap();
+    let append = |n: i64| {
+        for i in 0..n {
+            recorder
+                .append(NewEvent {
+                    session_id: f.session,
+                    at: 2000 + i,
+                    detail: outcome(i),
+                })
+                .unwrap();
+        }
+    };
+    let mut signer = Checkpointer::resume(
+        f.store.as_ref(),
+        key.clone(),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    append(3);
+    recorder.sync().await;
+    assert_eq!(recorder.copied_head().map(|h| h.0), Some(3));
+    // The first signing of a run walks the stored events.
+    assert_eq!(
+        signer
+            .sign_head(f.store.as_ref(), recorder.copied_head())
+            .await
+            .unwrap(),
+        Some(3)
+    );
+
+    // Later ones sign the recorder's head without reading the events between: a detail edited
+    // behind the hashes' back is not seen then, but the signature covers the hash the recorder
+    // chained, so verification names the edited event.
+    append(3);
+    recorder.sync().await;
+    f.tamper("UPDATE events SET detail = replace(detail, 'SELECT 1', 'SELECT 7') WHERE id = 5")
+        .await;
+    assert_eq!(
+        signer
+            .sign_head(f.store.as_ref(), recorder.copied_head())
+            .await
+            .unwrap(),
+        Some(6)
+    );
+    let report = chain::verify(f.store.as_ref(), Some(&public), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.first_break.as_ref().map(|b| b.id),
+        Some(5),
+        "{report:?}"
+    );
+
+    // A rewrite that recomputes the hashes changes the signed event's: the signer walks, and
+    // refuses.
+    rehash_from(&f, 5).await;
+    append(1);
+    recorder.sync().await;
+    assert!(signer
+        .sign_head(f.store.as_ref(), recorder.copied_head())
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn a_gap_after_the_signed_event_sends_the_signer_walking() {
+    let f = Fixture::new().await;
+    let key =
+        Arc::new(CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap());
+    let recorder = Recorder::open(f.store.clone(), &f.dir.path().join("events.journal"))
+        .await
+        .unwrap();
+    for i in 0..4 {
+        recorder
+            .append(NewEvent {
+                session_id: f.session,
+                at: 3000 + i,
+                detail: outcome(i),
+            })
+            .unwrap();
+    }
+    recorder.sync().await;
+    let mut signer = Checkpointer::resume(
+        f.store.as_ref(),
+        key.clone(),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        signer.sign_head(f.store.as_ref(), None).await.unwrap(),
+        Some(4)
+    );
+    for i in 0..3 {
+        recorder
+            .append(NewEvent {
+                session_id: f.session,
+                at: 4000 + i,
+                detail: outcome(i),
+            })
+            .unwrap();
+    }
+    recorder.sync().await;
+    // The signed event and the head are intact; one between is gone.
+    f.tamper("DELETE FROM events WHERE id = 6").await;
+    let refused = signer
+        .sign_head(f.store.as_ref(), recorder.copied_head())
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("events 6 to 6 are missing"),
+        "{refused}"
     );
 }

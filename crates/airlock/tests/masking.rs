@@ -185,11 +185,7 @@ fn each_row_description_gets_its_own_plan() {
     );
     assert_no_secret(&rows, "alternating SELECTs");
     let values: Vec<&str> = rows.lines().collect();
-    assert_eq!(
-        values,
-        ["****", "****", "ORD-1", "****", "ORD-1"],
-        "{rows}"
-    );
+    assert_eq!(values, ["****", "****", "ORD-1", "****", "ORD-1"], "{rows}");
 }
 
 #[test]
