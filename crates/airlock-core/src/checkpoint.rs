@@ -238,17 +238,21 @@ impl Checkpointer {
 
     /// Whether the store still holds the last signed event and the recorder's `head` as they
     /// were chained, with every event between; if not, the walk decides (and explains).
+    /// With nothing signed yet, the walk covered the chain from its start.
     async fn continues(&self, store: &dyn Store, head: &(i64, String)) -> Result<bool, StoreError> {
-        let Some((last_id, last_hash)) = &self.last else {
-            return Ok(false);
+        let (last_id, last_hash) = match &self.last {
+            Some((id, hash)) => (*id, Some(hash)),
+            None => (0, None),
         };
-        if head.0 < *last_id {
+        if head.0 < last_id {
             return Ok(false);
         }
-        let span = store.chain_span(*last_id, head.0).await?;
-        Ok(span.from_hash.as_ref() == Some(last_hash)
-            && span.to_hash.as_ref() == Some(&head.1)
-            && span.events == head.0 - last_id)
+        let span = store.chain_span(last_id, head.0).await?;
+        Ok(
+            last_hash.is_none_or(|hash| span.from_hash.as_ref() == Some(hash))
+                && span.to_hash.as_ref() == Some(&head.1)
+                && span.events == head.0 - last_id,
+        )
     }
 }
 

@@ -28,7 +28,6 @@ use crate::chain;
 use crate::store::{EventRecord, JournalEvent, NewEvent, Store, StoreError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -145,15 +144,24 @@ impl Writer {
         let id = self.next_id;
         let hash = chain::event_hash(&self.last_hash, id, event.session_id, event.at, &detail);
         let kind = event.detail.kind();
-        self.line.clear();
-        // Writing into a String cannot fail.
-        let _ = writeln!(
-            self.line,
-            "{{\"id\":{id},\"session_id\":{},\"at\":{},\"prev_hash\":\"{}\",\"hash\":\"{hash}\",\"kind\":\"{kind}\",\"detail\":{detail}}}",
-            event.session_id,
-            event.at,
-            self.last_hash,
-        );
+        let mut number = itoa::Buffer::new();
+        let line = &mut self.line;
+        line.clear();
+        line.push_str("{\"id\":");
+        line.push_str(number.format(id));
+        line.push_str(",\"session_id\":");
+        line.push_str(number.format(event.session_id));
+        line.push_str(",\"at\":");
+        line.push_str(number.format(event.at));
+        line.push_str(",\"prev_hash\":\"");
+        line.push_str(&self.last_hash);
+        line.push_str("\",\"hash\":\"");
+        line.push_str(&hash);
+        line.push_str("\",\"kind\":\"");
+        line.push_str(kind);
+        line.push_str("\",\"detail\":");
+        line.push_str(&detail);
+        line.push_str("}\n");
         JournalEvent {
             id,
             session_id: event.session_id,

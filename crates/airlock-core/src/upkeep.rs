@@ -17,16 +17,25 @@ const MAX_PRUNE_PERIOD: Duration = Duration::from_secs(3600);
 /// next checkpoint, so a backlog goes in steps that never hold the store's write lock for long.
 const PRUNE_BATCH: i64 = 50_000;
 
+/// The running gateway's checkpoint signer, shared with [`sign_at_exit`] so that the last
+/// checkpoint need not walk what this run already signed.
+pub type SharedSigner = Arc<tokio::sync::Mutex<Option<Checkpointer>>>;
+
 /// Runs for the gateway's lifetime.
-pub async fn run(gate: Arc<Gate>, key: Arc<CheckpointKey>, recording: RecordingConfig) {
+pub async fn run(
+    gate: Arc<Gate>,
+    key: Arc<CheckpointKey>,
+    recording: RecordingConfig,
+    signer: SharedSigner,
+) {
     let interval = recording.checkpoint_interval;
-    let mut checkpointer = match Checkpointer::resume(gate.store().as_ref(), key, interval).await {
-        Ok(checkpointer) => checkpointer,
+    match Checkpointer::resume(gate.store().as_ref(), key, interval).await {
+        Ok(checkpointer) => *signer.lock().await = Some(checkpointer),
         Err(e) => {
             tracing::error!(error = %e, "audit checkpoints and retention are stopped");
             return;
         }
-    };
+    }
     // A tenth of the retention keeps what is pruned close to its age, without scanning the
     // history more often than checkpoints come.
     let prune_every = recording
@@ -38,7 +47,9 @@ pub async fn run(gate: Arc<Gate>, key: Arc<CheckpointKey>, recording: RecordingC
     loop {
         // The first tick is immediate: what an earlier run left unsigned is signed at start.
         ticker.tick().await;
-        sign(&gate, &mut checkpointer).await;
+        if let Some(checkpointer) = signer.lock().await.as_mut() {
+            sign(&gate, checkpointer).await;
+        }
         if let (Some(retention), Some(every)) = (recording.retention, prune_every) {
             if last_prune.is_none_or(|at| at.elapsed() >= every) {
                 let more = prune(&gate, retention).await;
@@ -62,8 +73,17 @@ pub async fn sign(gate: &Gate, checkpointer: &mut Checkpointer) {
 }
 
 /// Signs what this run recorded (at shutdown), so that an offline `audit verify` finds it
-/// covered.
-pub async fn sign_at_exit(gate: &Gate, key: Arc<CheckpointKey>, interval: Duration) {
+/// covered: with the running signer, or one resumed from the store if it never started.
+pub async fn sign_at_exit(
+    gate: &Gate,
+    signer: &SharedSigner,
+    key: Arc<CheckpointKey>,
+    interval: Duration,
+) {
+    let mut running = signer.lock().await;
+    if let Some(checkpointer) = running.as_mut() {
+        return sign(gate, checkpointer).await;
+    }
     match Checkpointer::resume(gate.store().as_ref(), key, interval).await {
         Ok(mut checkpointer) => sign(gate, &mut checkpointer).await,
         Err(e) => tracing::error!(error = %e, "no checkpoint signed"),

@@ -550,3 +550,53 @@ async fn a_gap_after_the_signed_event_sends_the_signer_walking() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn with_nothing_signed_yet_the_walk_covers_the_chain_from_its_start() {
+    let f = Fixture::new().await;
+    let key =
+        Arc::new(CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap());
+    let recorder = Recorder::open(f.store.clone(), &f.dir.path().join("events.journal"))
+        .await
+        .unwrap();
+    let mut signer = Checkpointer::resume(
+        f.store.as_ref(),
+        key.clone(),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    // At start the store is empty: the walk finds nothing to sign.
+    assert_eq!(
+        signer
+            .sign_head(f.store.as_ref(), recorder.copied_head())
+            .await
+            .unwrap(),
+        None
+    );
+    for i in 0..3 {
+        recorder
+            .append(NewEvent {
+                session_id: f.session,
+                at: 5000 + i,
+                detail: outcome(i),
+            })
+            .unwrap();
+    }
+    recorder.sync().await;
+    // Everything stored since is this run's own: its head is signed without a walk (which
+    // would refuse the edited event), and verification finds the edit.
+    f.tamper("UPDATE events SET detail = replace(detail, 'SELECT 1', 'SELECT 7') WHERE id = 2")
+        .await;
+    assert_eq!(
+        signer
+            .sign_head(f.store.as_ref(), recorder.copied_head())
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    let report = chain::verify(f.store.as_ref(), Some(&key.public()), None)
+        .await
+        .unwrap();
+    assert_eq!(report.first_break.map(|b| b.id), Some(2));
+}

@@ -78,10 +78,12 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             ),
     );
     let recording = config.recording.clone();
+    let signer = upkeep::SharedSigner::default();
     tokio::spawn(upkeep::run(
         gate.clone(),
         checkpoint_key.clone(),
         recording.clone(),
+        signer.clone(),
     ));
     for (index, hook) in config.notify.iter().enumerate() {
         tracing::info!(
@@ -159,7 +161,13 @@ pub async fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     gate.sync_records().await;
-    upkeep::sign_at_exit(&gate, checkpoint_key, recording.checkpoint_interval).await;
+    upkeep::sign_at_exit(
+        &gate,
+        &signer,
+        checkpoint_key,
+        recording.checkpoint_interval,
+    )
+    .await;
     Ok(())
 }
 
