@@ -427,18 +427,39 @@ async fn rehash_from(f: &Fixture, from: i64) {
     pool.close().await;
 }
 
-#[tokio::test]
-async fn after_one_walk_the_signer_signs_the_recorders_own_head() {
-    let f = Fixture::new().await;
-    let key =
-        Arc::new(CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap());
-    let public = key.public();
-    let recorder = Recorder::open(f.store.clone(), &f.dir.path().join("events.journal"))
+/// A running gateway's recorder and checkpoint signer over the fixture's store.
+struct Signing {
+    key: Arc<CheckpointKey>,
+    recorder: Recorder,
+    signer: Checkpointer,
+}
+
+impl Signing {
+    async fn new(f: &Fixture) -> Signing {
+        let key = Arc::new(
+            CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap(),
+        );
+        let recorder = Recorder::open(f.store.clone(), &f.dir.path().join("events.journal"))
+            .await
+            .unwrap();
+        let signer = Checkpointer::resume(
+            f.store.as_ref(),
+            key.clone(),
+            std::time::Duration::from_secs(60),
+        )
         .await
         .unwrap();
-    let append = |n: i64| {
+        Signing {
+            key,
+            recorder,
+            signer,
+        }
+    }
+
+    /// Records `n` events and waits until they are stored.
+    async fn record(&self, f: &Fixture, n: i64) {
         for i in 0..n {
-            recorder
+            self.recorder
                 .append(NewEvent {
                     session_id: f.session,
                     at: 2000 + i,
@@ -446,41 +467,33 @@ async fn after_one_walk_the_signer_signs_the_recorders_own_head() {
                 })
                 .unwrap();
         }
-    };
-    let mut signer = Checkpointer::resume(
-        f.store.as_ref(),
-        key.clone(),
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    append(3);
-    recorder.sync().await;
-    assert_eq!(recorder.copied_head().map(|h| h.0), Some(3));
+        self.recorder.sync().await;
+    }
+
+    /// Signs, as the running gateway does, with the recorder's head.
+    async fn sign(&mut self, f: &Fixture) -> Result<Option<i64>, checkpoint::CheckpointError> {
+        let head = self.recorder.copied_head();
+        self.signer.sign_head(f.store.as_ref(), head).await
+    }
+}
+
+#[tokio::test]
+async fn after_one_walk_the_signer_signs_the_recorders_own_head() {
+    let f = Fixture::new().await;
+    let mut s = Signing::new(&f).await;
+    s.record(&f, 3).await;
+    assert_eq!(s.recorder.copied_head().map(|h| h.0), Some(3));
     // The first signing of a run walks the stored events.
-    assert_eq!(
-        signer
-            .sign_head(f.store.as_ref(), recorder.copied_head())
-            .await
-            .unwrap(),
-        Some(3)
-    );
+    assert_eq!(s.sign(&f).await.unwrap(), Some(3));
 
     // Later ones sign the recorder's head without reading the events between: a detail edited
     // behind the hashes' back is not seen then, but the signature covers the hash the recorder
     // chained, so verification names the edited event.
-    append(3);
-    recorder.sync().await;
+    s.record(&f, 3).await;
     f.tamper("UPDATE events SET detail = replace(detail, 'SELECT 1', 'SELECT 7') WHERE id = 5")
         .await;
-    assert_eq!(
-        signer
-            .sign_head(f.store.as_ref(), recorder.copied_head())
-            .await
-            .unwrap(),
-        Some(6)
-    );
-    let report = chain::verify(f.store.as_ref(), Some(&public), None)
+    assert_eq!(s.sign(&f).await.unwrap(), Some(6));
+    let report = chain::verify(f.store.as_ref(), Some(&s.key.public()), None)
         .await
         .unwrap();
     assert_eq!(
@@ -492,59 +505,20 @@ async fn after_one_walk_the_signer_signs_the_recorders_own_head() {
     // A rewrite that recomputes the hashes changes the signed event's: the signer walks, and
     // refuses.
     rehash_from(&f, 5).await;
-    append(1);
-    recorder.sync().await;
-    assert!(signer
-        .sign_head(f.store.as_ref(), recorder.copied_head())
-        .await
-        .is_err());
+    s.record(&f, 1).await;
+    assert!(s.sign(&f).await.is_err());
 }
 
 #[tokio::test]
 async fn a_gap_after_the_signed_event_sends_the_signer_walking() {
     let f = Fixture::new().await;
-    let key =
-        Arc::new(CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap());
-    let recorder = Recorder::open(f.store.clone(), &f.dir.path().join("events.journal"))
-        .await
-        .unwrap();
-    for i in 0..4 {
-        recorder
-            .append(NewEvent {
-                session_id: f.session,
-                at: 3000 + i,
-                detail: outcome(i),
-            })
-            .unwrap();
-    }
-    recorder.sync().await;
-    let mut signer = Checkpointer::resume(
-        f.store.as_ref(),
-        key.clone(),
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        signer.sign_head(f.store.as_ref(), None).await.unwrap(),
-        Some(4)
-    );
-    for i in 0..3 {
-        recorder
-            .append(NewEvent {
-                session_id: f.session,
-                at: 4000 + i,
-                detail: outcome(i),
-            })
-            .unwrap();
-    }
-    recorder.sync().await;
+    let mut s = Signing::new(&f).await;
+    s.record(&f, 4).await;
+    assert_eq!(s.sign(&f).await.unwrap(), Some(4));
+    s.record(&f, 3).await;
     // The signed event and the head are intact; one between is gone.
     f.tamper("DELETE FROM events WHERE id = 6").await;
-    let refused = signer
-        .sign_head(f.store.as_ref(), recorder.copied_head())
-        .await
-        .unwrap_err();
+    let refused = s.sign(&f).await.unwrap_err();
     assert!(
         refused.to_string().contains("events 6 to 6 are missing"),
         "{refused}"
@@ -554,48 +528,16 @@ async fn a_gap_after_the_signed_event_sends_the_signer_walking() {
 #[tokio::test]
 async fn with_nothing_signed_yet_the_walk_covers_the_chain_from_its_start() {
     let f = Fixture::new().await;
-    let key =
-        Arc::new(CheckpointKey::load_or_create(&f.dir.path().join(checkpoint::KEY_FILE)).unwrap());
-    let recorder = Recorder::open(f.store.clone(), &f.dir.path().join("events.journal"))
-        .await
-        .unwrap();
-    let mut signer = Checkpointer::resume(
-        f.store.as_ref(),
-        key.clone(),
-        std::time::Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let mut s = Signing::new(&f).await;
     // At start the store is empty: the walk finds nothing to sign.
-    assert_eq!(
-        signer
-            .sign_head(f.store.as_ref(), recorder.copied_head())
-            .await
-            .unwrap(),
-        None
-    );
-    for i in 0..3 {
-        recorder
-            .append(NewEvent {
-                session_id: f.session,
-                at: 5000 + i,
-                detail: outcome(i),
-            })
-            .unwrap();
-    }
-    recorder.sync().await;
+    assert_eq!(s.sign(&f).await.unwrap(), None);
+    s.record(&f, 3).await;
     // Everything stored since is this run's own: its head is signed without a walk (which
     // would refuse the edited event), and verification finds the edit.
     f.tamper("UPDATE events SET detail = replace(detail, 'SELECT 1', 'SELECT 7') WHERE id = 2")
         .await;
-    assert_eq!(
-        signer
-            .sign_head(f.store.as_ref(), recorder.copied_head())
-            .await
-            .unwrap(),
-        Some(3)
-    );
-    let report = chain::verify(f.store.as_ref(), Some(&key.public()), None)
+    assert_eq!(s.sign(&f).await.unwrap(), Some(3));
+    let report = chain::verify(f.store.as_ref(), Some(&s.key.public()), None)
         .await
         .unwrap();
     assert_eq!(report.first_break.map(|b| b.id), Some(2));
