@@ -704,13 +704,22 @@ fn applies(policy: &CompiledPolicy, identity: &Identity, connection: &str) -> bo
 
 /// `*` matches any run of characters, `?` any one character.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
+    // Every statement is matched against rule globs: ASCII (names, kinds) needs no copy.
+    if pattern.is_ascii() && text.is_ascii() {
+        return wildcard_match(pattern.as_bytes(), text.as_bytes());
+    }
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    wildcard_match(&p, &t)
+}
+
+fn wildcard_match<C: Copy + PartialEq + From<u8>>(p: &[C], t: &[C]) -> bool {
+    let (any_run, any_one) = (C::from(b'*'), C::from(b'?'));
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == any_one || p[pi] == t[ti]) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == any_run {
             star = Some(pi);
             pi += 1;
             mark = ti;
@@ -722,7 +731,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| *c == any_run)
 }
 
 struct Candidate<'a> {
@@ -1397,6 +1406,10 @@ policies:
         assert!(glob_match("p?od", "prod"));
         assert!(!glob_match("prod", "prod-replica"));
         assert!(!glob_match("*-db", "prod-dbx"));
+        // `?` is one character, not one byte.
+        assert!(glob_match("caf?", "café"));
+        assert!(glob_match("*é", "résumé"));
+        assert!(!glob_match("caf??", "café"));
     }
 
     #[test]
