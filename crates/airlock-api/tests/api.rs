@@ -204,7 +204,7 @@ impl Harness {
             .unwrap();
         self.store
             .ingest_events(
-                &[JournalEvent::encode(&EventRecord {
+                vec![JournalEvent::encode(&EventRecord {
                     id: 1,
                     session_id,
                     at: now,

@@ -244,7 +244,7 @@ impl Recorder {
             file.set_len(complete_to).map_err(|e| fail(e.to_string()))?;
         }
         let journal_max = events.last().map_or(0, |e| e.id);
-        store.ingest_events(&events, complete_to).await?;
+        store.ingest_events(events, complete_to).await?;
         let max_id = stored_max.max(journal_max);
         // Everything in the journal is in the store now, so its last event is the chain's head.
         let last_hash = store
@@ -487,13 +487,14 @@ async fn copier(inner: Arc<Inner>, store: Arc<dyn Store>, mut offset: u64) {
             };
             let copied = match events {
                 Ok((events, complete_to)) => {
-                    store.ingest_events(&events, complete_to).await.map(|()| {
-                        let last = events.last().map(|e| Copied {
-                            id: e.id,
-                            hash: e.hash.clone(),
-                        });
-                        (last, complete_to)
-                    })
+                    let last = events.last().map(|e| Copied {
+                        id: e.id,
+                        hash: e.hash.clone(),
+                    });
+                    store
+                        .ingest_events(events, complete_to)
+                        .await
+                        .map(|()| (last, complete_to))
                 }
                 Err(e) => Err(e),
             };
@@ -529,7 +530,7 @@ async fn trim(inner: &Inner, store: &Arc<dyn Store>, offset: u64) -> u64 {
         .lock()
         .map(|w| w.len == offset)
         .unwrap_or(false);
-    if !still_copied || store.ingest_events(&[], 0).await.is_err() {
+    if !still_copied || store.ingest_events(Vec::new(), 0).await.is_err() {
         return offset;
     }
     let Ok(mut writer) = inner.writer.lock() else {

@@ -506,7 +506,7 @@ pub trait Store: Send + Sync + 'static {
     /// skipped, so a copy interrupted by a crash can simply be repeated.
     async fn ingest_events(
         &self,
-        events: &[JournalEvent],
+        events: Vec<JournalEvent>,
         journal_offset: u64,
     ) -> Result<(), StoreError>;
     /// How far the journal has been copied, and the largest event id stored.

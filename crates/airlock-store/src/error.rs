@@ -30,3 +30,16 @@ pub(crate) fn db(error: sqlx::Error) -> StoreError {
 pub(crate) fn migrate(error: sqlx::migrate::MigrateError) -> StoreError {
     StoreError::Backend(format!("applying migrations: {error}"))
 }
+
+/// Maps a failure of the event writer's own connection the way [`db`] maps sqlx's.
+pub(crate) fn event_writer(error: rusqlite::Error) -> StoreError {
+    match &error {
+        rusqlite::Error::SqliteFailure(failure, message)
+            if failure.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            let message = message.as_deref().unwrap_or("constraint violated");
+            StoreError::Conflict(format!("constraint violated ({message})"))
+        }
+        _ => StoreError::Backend(error.to_string()),
+    }
+}

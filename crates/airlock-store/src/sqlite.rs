@@ -1,11 +1,17 @@
 //! [`SqliteStore`]: the embedded SQLite backend. Opens the database with WAL and
 //! `synchronous=NORMAL` (a commit is in the WAL before it returns: it survives a crash of the
-//! gateway; only an OS crash can lose the last commits), foreign keys and a busy timeout, applies the migrations, and implements
-//! each [`Store`] method with runtime-checked queries. Writes that read before they write
-//! (`cast_vote`) run in `BEGIN IMMEDIATE` transactions so concurrent writers serialize.
-
+//! gateway; only an OS crash can lose the last commits), foreign keys and a busy timeout, applies
+//! the migrations, and implements each [`Store`] method with runtime-checked queries. Writes that
+//! read before they write (`cast_vote`) run in `BEGIN IMMEDIATE` transactions so concurrent
+//! writers serialize.
+//!
+//! The recorder's copy of the journal, the one write that runs all the time, goes through a
+//! connection of its own (rusqlite, on a blocking thread): its INSERTs are bound and stepped
+//! straight into SQLite, without sqlx's per-value argument copies and worker round trips.
 use std::collections::HashMap;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_core::chain::ChainLink;
@@ -24,7 +30,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Sqlite};
 
 use crate::codec::{self, to_json};
-use crate::error::{db, migrate};
+use crate::error::{db, event_writer, migrate};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -68,17 +74,22 @@ macro_rules! vote_select {
     };
 }
 
-/// The embedded SQLite store. Cloning is cheap and shares the connection pool.
+/// The embedded SQLite store. Cloning is cheap and shares the connections.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The connection the recorder's copy writes events through; `None` once closed.
+    events: Arc<Mutex<Option<rusqlite::Connection>>>,
+    /// The directory of a private database ([`SqliteStore::open_in_memory`]), removed when the
+    /// last clone of the store is dropped.
+    _private: Option<Arc<tempfile::TempDir>>,
 }
 
 impl SqliteStore {
     /// Opens (creating it, and its parent directories, when missing) the database at
     /// `url_or_path`: a `sqlite://path/to/airlock.db` URL (query parameters as sqlx accepts them)
-    /// or a plain file path. `:memory:` and `sqlite::memory:` open a private in-memory database
-    /// as [`open_in_memory`](Self::open_in_memory) does. Applies pending migrations.
+    /// or a plain file path. `:memory:` and `sqlite::memory:` open a private database as
+    /// [`open_in_memory`](Self::open_in_memory) does. Applies pending migrations.
     pub async fn open(url_or_path: &str) -> Result<SqliteStore, StoreError> {
         let location = url_or_path.trim();
         if location.is_empty() {
@@ -123,6 +134,13 @@ impl SqliteStore {
                 }
             }
         }
+        SqliteStore::open_with(options, None).await
+    }
+
+    async fn open_with(
+        options: SqliteConnectOptions,
+        private: Option<Arc<tempfile::TempDir>>,
+    ) -> Result<SqliteStore, StoreError> {
         let options = options
             .create_if_missing(true)
             // For a new database: the recorder appends events in batches of hundreds of rows,
@@ -138,38 +156,53 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db)?;
-        let store = SqliteStore::migrated(pool).await?;
+        MIGRATOR.run(&pool).await.map_err(migrate)?;
+        let events = open_event_writer(&path)?;
         tracing::debug!(path = %path.display(), "opened the SQLite store");
-        Ok(store)
+        Ok(SqliteStore {
+            pool,
+            events: Arc::new(Mutex::new(Some(events))),
+            _private: private,
+        })
     }
 
-    /// Opens a fresh in-memory database (one connection, kept for the store's lifetime), with
-    /// the schema applied. Nothing survives the store; meant for tests.
+    /// Opens a fresh private database with the schema applied, in a temporary directory
+    /// removed with the store: nothing survives it. Meant for tests.
     pub async fn open_in_memory() -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .in_memory(true)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await
-            .map_err(db)?;
-        SqliteStore::migrated(pool).await
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-store-")
+            .tempdir()
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot create a private database directory: {e}"))
+            })?;
+        let options = SqliteConnectOptions::new().filename(dir.path().join("airlock.db"));
+        SqliteStore::open_with(options, Some(Arc::new(dir))).await
     }
 
     /// Waits for in-flight work and closes every connection; the store is unusable afterwards.
     pub async fn close(&self) {
         self.pool.close().await;
+        let events = self.events.lock().ok().and_then(|mut events| events.take());
+        if let Some(Err((_, e))) = events.map(rusqlite::Connection::close) {
+            tracing::warn!(error = %e, "closing the event writer's connection failed");
+        }
     }
+}
 
-    async fn migrated(pool: SqlitePool) -> Result<SqliteStore, StoreError> {
-        MIGRATOR.run(&pool).await.map_err(migrate)?;
-        Ok(SqliteStore { pool })
-    }
+/// Opens the event writer's connection to the migrated database at `path`, with the pool's
+/// settings (WAL being a property of the file).
+fn open_event_writer(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+    let connection = rusqlite::Connection::open(path).map_err(event_writer)?;
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(event_writer)?;
+    connection
+        .pragma_update(None, "synchronous", "NORMAL")
+        .map_err(event_writer)?;
+    connection
+        .pragma_update(None, "foreign_keys", "ON")
+        .map_err(event_writer)?;
+    Ok(connection)
 }
 
 /// Whether a location names an in-memory database rather than a file.
@@ -370,45 +403,23 @@ impl Store for SqliteStore {
 
     async fn ingest_events(
         &self,
-        events: &[JournalEvent],
+        events: Vec<JournalEvent>,
         journal_offset: u64,
     ) -> Result<(), StoreError> {
         let offset = i64::try_from(journal_offset)
             .map_err(|_| StoreError::Backend("journal offset out of range".into()))?;
-        let mut tx = self.pool.begin_with(BEGIN_IMMEDIATE).await.map_err(db)?;
-        // A journal copied again after a crash may still hold events retention has removed:
-        // they stay removed.
-        let pruned_through: i64 =
-            sqlx::query_scalar("SELECT pruned_through FROM journal WHERE id = 1")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?;
-        let events: Vec<&JournalEvent> = events
-            .iter()
-            .filter(|event| event.id > pruned_through)
-            .collect();
-        for chunk in insert_chunks(&events) {
-            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT OR IGNORE INTO events (id, session_id, at, kind, detail, prev_hash, hash) ",
-            );
-            insert.push_values(chunk, |mut row, event| {
-                row.push_bind(event.id)
-                    .push_bind(event.session_id)
-                    .push_bind(event.at)
-                    .push_bind(event.kind.as_str())
-                    .push_bind(event.detail.as_str())
-                    .push_bind(event.prev_hash.as_deref())
-                    .push_bind(event.hash.as_deref());
-            });
-            insert.build().execute(&mut *tx).await.map_err(db)?;
-        }
-        sqlx::query("UPDATE journal SET offset = ? WHERE id = 1")
-            .bind(offset)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(())
+        let connection = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection
+                .lock()
+                .map_err(|_| StoreError::Backend("the event writer's lock is poisoned".into()))?;
+            let connection = connection
+                .as_mut()
+                .ok_or_else(|| StoreError::Backend("the store is closed".into()))?;
+            ingest(connection, &events, offset).map_err(event_writer)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("the event copy stopped: {e}")))?
     }
 
     async fn journal_state(&self) -> Result<(u64, i64), StoreError> {
@@ -1054,6 +1065,55 @@ impl Store for SqliteStore {
 /// Splits rows into chunks of power-of-two sizes (at most 512 rows: SQLite allows 32766 bound
 /// values per statement, 7 per event), so that a multi-row INSERT has one of ten texts and its
 /// prepared statement is cached, not parsed and planned for every batch size.
+/// Copies `events` (skipping those already stored, and those retention removed) and records the
+/// journal offset, in one transaction.
+fn ingest(
+    connection: &mut rusqlite::Connection,
+    events: &[JournalEvent],
+    journal_offset: i64,
+) -> rusqlite::Result<()> {
+    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // A journal copied again after a crash may still hold events retention has removed: they
+    // stay removed.
+    let pruned_through: i64 = tx.query_row(
+        "SELECT pruned_through FROM journal WHERE id = 1",
+        [],
+        |row| row.get(0),
+    )?;
+    let events: Vec<&JournalEvent> = events
+        .iter()
+        .filter(|event| event.id > pruned_through)
+        .collect();
+    for chunk in insert_chunks(&events) {
+        let mut sql = String::with_capacity(96 + chunk.len() * 24);
+        sql.push_str(
+            "INSERT OR IGNORE INTO events (id, session_id, at, kind, detail, prev_hash, hash) VALUES ",
+        );
+        for row in 0..chunk.len() {
+            sql.push_str(if row == 0 { "(" } else { ",(" });
+            sql.push_str("?,?,?,?,?,?,?)");
+        }
+        let mut insert = tx.prepare_cached(&sql)?;
+        let mut index = 0;
+        for event in chunk {
+            insert.raw_bind_parameter(index + 1, event.id)?;
+            insert.raw_bind_parameter(index + 2, event.session_id)?;
+            insert.raw_bind_parameter(index + 3, event.at)?;
+            insert.raw_bind_parameter(index + 4, event.kind.as_str())?;
+            insert.raw_bind_parameter(index + 5, event.detail.as_str())?;
+            insert.raw_bind_parameter(index + 6, event.prev_hash.as_deref())?;
+            insert.raw_bind_parameter(index + 7, event.hash.as_deref())?;
+            index += 7;
+        }
+        insert.raw_execute()?;
+    }
+    tx.execute(
+        "UPDATE journal SET offset = ?1 WHERE id = 1",
+        [journal_offset],
+    )?;
+    tx.commit()
+}
+
 fn insert_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if rows.is_empty() {

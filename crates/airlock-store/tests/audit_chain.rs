@@ -144,7 +144,7 @@ async fn the_chain_starts_after_events_recorded_before_it() {
         hash: None,
     };
     f.store
-        .ingest_events(&[JournalEvent::encode(&old).unwrap()], 0)
+        .ingest_events(vec![JournalEvent::encode(&old).unwrap()], 0)
         .await
         .unwrap();
     assert_eq!(f.record(3).await, vec![2, 3, 4]);

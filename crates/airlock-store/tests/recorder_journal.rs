@@ -94,7 +94,7 @@ async fn appended_events_reach_the_store_and_survive_restarts() {
 
     // A record written but never copied (the copy point is moved back, as after a crash
     // between the write and the copy), then a torn line from a write cut short.
-    store.ingest_events(&[], 0).await.unwrap();
+    store.ingest_events(Vec::new(), 0).await.unwrap();
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&journal)

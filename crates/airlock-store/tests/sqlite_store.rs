@@ -754,7 +754,7 @@ async fn append(store: &SqliteStore, events: &[NewEvent]) -> Result<Vec<i64>, St
         .map(|r| JournalEvent::encode(r).unwrap())
         .collect();
     store
-        .ingest_events(&encoded, offset + events.len() as u64)
+        .ingest_events(encoded, offset + events.len() as u64)
         .await?;
     Ok(records.iter().map(|r| r.id).collect())
 }
@@ -773,10 +773,10 @@ async fn ingesting_again_skips_stored_events() {
     };
     let record = JournalEvent::encode(&record).unwrap();
     store
-        .ingest_events(std::slice::from_ref(&record), 100)
+        .ingest_events(vec![record.clone()], 100)
         .await
         .unwrap();
-    store.ingest_events(&[record], 100).await.unwrap();
+    store.ingest_events(vec![record], 100).await.unwrap();
     assert_eq!(store.list_events(s1).await.unwrap().len(), 1);
     assert_eq!(store.journal_state().await.unwrap(), (100, 7));
 }
