@@ -71,7 +71,7 @@ pub fn event_hash(prev_hash: &str, id: i64, session_id: i64, at: i64, detail: &s
     let mut hex = [0u8; 64];
     // 32 bytes always fit 64 hex digits.
     let _ = hex::encode_to_slice(hasher.finalize(), &mut hex);
-    String::from_utf8_lossy(&hex).into_owned()
+    std::str::from_utf8(&hex).map_or_else(|_| String::new(), str::to_owned)
 }
 
 /// One event as verification reads it: the stored columns, the detail as stored text.

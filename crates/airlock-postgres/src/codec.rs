@@ -266,7 +266,11 @@ pub fn field(fields: &[(u8, String)], code: u8) -> Option<&str> {
 pub fn decode_command_tag(msg: &[u8]) -> String {
     let b = body(msg);
     let end = b.iter().position(|x| *x == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
+    // Checked first: the lossy conversion walks a valid tag far more slowly.
+    match std::str::from_utf8(&b[..end]) {
+        Ok(tag) => tag.to_owned(),
+        Err(_) => String::from_utf8_lossy(&b[..end]).into_owned(),
+    }
 }
 
 /// Rows a command tag reports (`INSERT 0 5` → 5, `SELECT 2` → 2).

@@ -1075,11 +1075,9 @@ fn ingest(
     let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // A journal copied again after a crash may still hold events retention has removed: they
     // stay removed.
-    let pruned_through: i64 = tx.query_row(
-        "SELECT pruned_through FROM journal WHERE id = 1",
-        [],
-        |row| row.get(0),
-    )?;
+    let pruned_through: i64 = tx
+        .prepare_cached("SELECT pruned_through FROM journal WHERE id = 1")?
+        .query_row([], |row| row.get(0))?;
     let events: Vec<&JournalEvent> = events
         .iter()
         .filter(|event| event.id > pruned_through)
@@ -1107,10 +1105,8 @@ fn ingest(
         }
         insert.raw_execute()?;
     }
-    tx.execute(
-        "UPDATE journal SET offset = ?1 WHERE id = 1",
-        [journal_offset],
-    )?;
+    tx.prepare_cached("UPDATE journal SET offset = ?1 WHERE id = 1")?
+        .execute([journal_offset])?;
     tx.commit()
 }
 
