@@ -57,8 +57,14 @@ pub fn canonical_detail(detail: &EventDetail) -> Result<String, serde_json::Erro
 
 /// The hash of an event chained after `prev_hash`.
 pub fn event_hash(prev_hash: &str, id: i64, session_id: i64, at: i64, detail: &str) -> String {
-    // Every event goes through here on the relay path: no formatting machinery, no allocation
-    // but the result's.
+    event_digest(prev_hash, id, session_id, at, detail)
+        .as_str()
+        .to_owned()
+}
+
+/// [`event_hash`] as hex digits on the stack, for a caller that keeps them its own way.
+pub fn event_digest(prev_hash: &str, id: i64, session_id: i64, at: i64, detail: &str) -> HexDigest {
+    // Every event goes through here on the relay path: no formatting machinery, no allocation.
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
     hasher.update(b"airlock-event-v1\n");
@@ -71,7 +77,17 @@ pub fn event_hash(prev_hash: &str, id: i64, session_id: i64, at: i64, detail: &s
     let mut hex = [0u8; 64];
     // 32 bytes always fit 64 hex digits.
     let _ = hex::encode_to_slice(hasher.finalize(), &mut hex);
-    std::str::from_utf8(&hex).map_or_else(|_| String::new(), str::to_owned)
+    HexDigest(hex)
+}
+
+/// A SHA-256 digest as 64 lowercase hex digits.
+pub struct HexDigest([u8; 64]);
+
+impl HexDigest {
+    pub fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// One event as verification reads it: the stored columns, the detail as stored text.

@@ -324,6 +324,15 @@ pub enum Classification {
 
 impl Classification {
     /// Every kind involved, sorted and unique, for records and notifications.
+    pub fn has_kind(&self, kind: StatementKind) -> bool {
+        match self {
+            Classification::Parsed(statements) => {
+                statements.iter().any(|s| s.kinds.contains(&kind))
+            }
+            Classification::Unparseable(_) => false,
+        }
+    }
+
     pub fn kinds(&self) -> Vec<StatementKind> {
         match self {
             Classification::Parsed(statements) => {
@@ -1110,15 +1119,12 @@ impl ClassifierCache {
         if let Some(hit) = self.entries.get(sql) {
             return hit;
         }
-        // A shape key starts with NUL, which no SQL text sent over the wire can contain, so it
-        // never meets an exact-text key.
-        let key: Arc<str> = match crate::shape::shape(sql) {
-            Some(shape) => {
-                let key: Arc<str> = Arc::from(format!("\0{shape}"));
-                if let Some(hit) = self.entries.get(&key) {
+        let key: Arc<str> = match crate::shape::shape_key(sql) {
+            Some(key) => {
+                if let Some(hit) = self.entries.get(key.as_str()) {
                     return hit;
                 }
-                key
+                Arc::from(key)
             }
             None => Arc::from(sql),
         };

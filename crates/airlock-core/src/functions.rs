@@ -167,7 +167,7 @@ mod tests {
 
     fn volatile(sql: &str) -> bool {
         let judged = judge_volatility(Arc::new(classify(sql)), &catalog());
-        judged.kinds().contains(&StatementKind::VolatileFunction)
+        judged.has_kind(StatementKind::VolatileFunction)
     }
 
     #[test]

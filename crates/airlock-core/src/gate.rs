@@ -842,30 +842,45 @@ impl Gate {
         policy_version: u64,
         preview: Option<BlastRadius>,
     ) -> Submission {
-        let statement = |request_id: Option<i64>, reason: Option<String>| NewEvent {
+        let Decision {
+            action,
+            policy,
+            rule,
+            record,
+            ..
+        } = decision;
+        // Takes what it records by value: the event is the last use of each on the common paths.
+        let statement = |kinds: Vec<String>,
+                         policy: Option<String>,
+                         rule: Option<String>,
+                         request_id: Option<i64>,
+                         reason: Option<String>| NewEvent {
             session_id: session.id,
             at: now_millis(),
             detail: EventDetail::Statement {
                 operation: op.text.to_string(),
                 params: self.recorded_params(session, op),
-                statement_kinds: kinds.clone(),
-                action: decision.action.name().into(),
-                policy: decision.policy.clone(),
-                rule: decision.rule.clone(),
+                statement_kinds: kinds,
+                action: action.name().into(),
+                policy,
+                rule,
                 reason,
                 request_id,
             },
         };
-        match &decision.action {
+        match &action {
             Action::Allow => {
-                if !decision.record {
+                if !record {
                     return Submission::Permitted(Permit {
                         event: None,
                         approved_request: None,
                         replacement: None,
                     });
                 }
-                match self.recorder.append(statement(None, None)) {
+                match self
+                    .recorder
+                    .append(statement(kinds, policy, rule, None, None))
+                {
                     Ok(event) => Submission::Permitted(Permit {
                         event: Some(event),
                         approved_request: None,
@@ -875,7 +890,8 @@ impl Gate {
                 }
             }
             Action::Deny { reason } => {
-                if let Err(e) = self.recorder.append(statement(None, Some(reason.clone()))) {
+                let event = statement(kinds, policy, rule, None, Some(reason.clone()));
+                if let Err(e) = self.recorder.append(event) {
                     tracing::error!(session = session.id, error = %e, "could not record a denial");
                 }
                 Submission::Denied(Denial {
@@ -895,8 +911,8 @@ impl Gate {
                     operation: op.text.to_string(),
                     params: op.params.clone(),
                     statement_kinds: kinds.clone(),
-                    policy: decision.policy.clone().unwrap_or_default(),
-                    rule: decision.rule.clone().unwrap_or_default(),
+                    policy: policy.clone().unwrap_or_default(),
+                    rule: rule.clone().unwrap_or_default(),
                     reviewers: spec.reviewers.clone(),
                     approvals_needed: spec.approvals,
                     created_at: now,
@@ -918,7 +934,8 @@ impl Gate {
                     Ok(id) => id,
                     Err(e) => return Submission::Denied(Denial::unavailable(e)),
                 };
-                let event = match self.recorder.append(statement(Some(request_id), None)) {
+                let event = statement(kinds, policy, rule, Some(request_id), None);
+                let event = match self.recorder.append(event) {
                     Ok(event) => event,
                     Err(e) => {
                         let _ = self

@@ -11,6 +11,7 @@ use crate::config::{
 use crate::identity::Identity;
 use crate::operation::Operation;
 use serde::Serialize;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -357,20 +358,24 @@ impl PolicySet {
         let Classification::Parsed(statements) = classification else {
             return Vec::new();
         };
-        let mut kinds: Vec<StatementKind> = statements
-            .iter()
-            .flat_map(|s| self.kinds_of(s).into_owned())
-            .collect();
-        kinds.sort();
-        kinds.dedup();
-        let mut names: Vec<String> = kinds.iter().map(|k| k.name().to_string()).collect();
-        let mut subkinds: Vec<String> = statements
-            .iter()
-            .flat_map(|s| s.subkinds.iter().cloned())
-            .collect();
+        // The kinds present, one bit each in declaration order: sorted and unique for free.
+        let mut present = 0u64;
+        for statement in statements {
+            for kind in self.kinds_of(statement).iter() {
+                present |= kind_bit(*kind);
+            }
+        }
+        let mut subkinds: Vec<&String> = statements.iter().flat_map(|s| &s.subkinds).collect();
         subkinds.sort();
         subkinds.dedup();
-        names.extend(subkinds);
+        let mut names = Vec::with_capacity(present.count_ones() as usize + subkinds.len());
+        names.extend(
+            StatementKind::ALL
+                .iter()
+                .filter(|kind| present & kind_bit(**kind) != 0)
+                .map(|kind| kind.name().to_string()),
+        );
+        names.extend(subkinds.into_iter().cloned());
         names
     }
 
@@ -737,7 +742,11 @@ fn wildcard_match<C: Copy + PartialEq + From<u8>>(p: &[C], t: &[C]) -> bool {
 struct Candidate<'a> {
     action: Action,
     policy: Option<&'a str>,
-    rule: Option<String>,
+    rule: Option<&'a str>,
+}
+
+fn kind_bit(kind: StatementKind) -> u64 {
+    1 << kind as u32
 }
 
 fn stricter<'a>(current: Option<Candidate<'a>>, next: Candidate<'a>) -> Option<Candidate<'a>> {
@@ -770,7 +779,7 @@ pub fn decide_with_rows(
     op: &Operation,
     rows: Option<u64>,
 ) -> Decision {
-    let applicable: Vec<&CompiledPolicy> = set
+    let applicable: SmallVec<[&CompiledPolicy; 4]> = set
         .policies
         .iter()
         .filter(|p| applies(p, identity, &op.connection))
@@ -795,12 +804,12 @@ pub fn decide_with_rows(
             Some(p) => Candidate {
                 action: Action::Deny { reason: what },
                 policy: Some(&p.name),
-                rule: Some("default: deny".into()),
+                rule: Some("default: deny"),
             },
             None => Candidate {
                 action: Action::Allow,
                 policy: Some(&applicable[0].name),
-                rule: Some("default: allow".into()),
+                rule: Some("default: allow"),
             },
         }
     };
@@ -824,74 +833,72 @@ pub fn decide_with_rows(
                     needs_rows: false,
                 };
             }
-            let kinds = statements.iter().flat_map(|s| {
-                set.kinds_of(s)
-                    .into_owned()
-                    .into_iter()
-                    .map(move |kind| (s, kind))
-            });
-            for (statement, kind) in kinds {
-                let mut for_kind: Option<Candidate> = None;
-                for policy in &applicable {
-                    // The strictest matching rule without `rows_limit`, and with one.
-                    let mut general: Option<Candidate> = None;
-                    let mut small: Option<Candidate> = None;
-                    for rule in &policy.rules {
-                        let hit = match &rule.matcher {
-                            KindMatcher::Any => true,
-                            KindMatcher::Kinds(terms) => {
-                                terms.iter().any(|t| t.matches(kind, statement))
+            for (statement, kinds) in statements.iter().map(|s| (s, set.kinds_of(s))) {
+                for &kind in kinds.iter() {
+                    let mut for_kind: Option<Candidate> = None;
+                    for policy in &applicable {
+                        // The strictest matching rule without `rows_limit`, and with one.
+                        let mut general: Option<Candidate> = None;
+                        let mut small: Option<Candidate> = None;
+                        for rule in &policy.rules {
+                            let hit = match &rule.matcher {
+                                KindMatcher::Any => true,
+                                KindMatcher::Kinds(terms) => {
+                                    terms.iter().any(|t| t.matches(kind, statement))
+                                }
+                            };
+                            if !hit || !rule.accepts(statement) {
+                                continue;
                             }
-                        };
-                        if !hit || !rule.accepts(statement) {
-                            continue;
+                            let candidate = Candidate {
+                                action: rule_action(rule, kind, &op.connection, &policy.name),
+                                policy: Some(&policy.name),
+                                rule: Some(&rule.label),
+                            };
+                            match (rule.rows_limit, rows) {
+                                (None, _) => general = stricter(general, candidate),
+                                (Some(limit), Some(rows)) if rows <= limit => {
+                                    small = stricter(small, candidate)
+                                }
+                                (Some(_), Some(_)) => {}
+                                (Some(_), None)
+                                    if matches!(candidate.action, Action::Deny { .. }) =>
+                                {
+                                    small = stricter(small, candidate)
+                                }
+                                (Some(_), None) => needs_rows = true,
+                            }
                         }
-                        let candidate = Candidate {
-                            action: rule_action(rule, kind, &op.connection, &policy.name),
-                            policy: Some(&policy.name),
-                            rule: Some(rule.label.clone()),
+                        let pick = match (small, general) {
+                            (Some(small), Some(general))
+                                if matches!(general.action, Action::Deny { .. }) =>
+                            {
+                                stricter(Some(small), general)
+                            }
+                            (Some(small), _) => Some(small),
+                            (None, general) => general,
                         };
-                        match (rule.rows_limit, rows) {
-                            (None, _) => general = stricter(general, candidate),
-                            (Some(limit), Some(rows)) if rows <= limit => {
-                                small = stricter(small, candidate)
-                            }
-                            (Some(_), Some(_)) => {}
-                            (Some(_), None) if matches!(candidate.action, Action::Deny { .. }) => {
-                                small = stricter(small, candidate)
-                            }
-                            (Some(_), None) => needs_rows = true,
+                        if let Some(pick) = pick {
+                            for_kind = stricter(for_kind, pick);
                         }
                     }
-                    let pick = match (small, general) {
-                        (Some(small), Some(general))
-                            if matches!(general.action, Action::Deny { .. }) =>
-                        {
-                            stricter(Some(small), general)
+                    let for_kind = for_kind.unwrap_or_else(|| {
+                        if kind == StatementKind::Transaction {
+                            // BEGIN/COMMIT/ROLLBACK/SAVEPOINT change no data; drivers send them on
+                            // their own. A rule that names TRANSACTION still decides them.
+                            return Candidate {
+                                action: Action::Allow,
+                                policy: None,
+                                rule: Some("implicit: transaction control"),
+                            };
                         }
-                        (Some(small), _) => Some(small),
-                        (None, general) => general,
-                    };
-                    if let Some(pick) = pick {
-                        for_kind = stricter(for_kind, pick);
-                    }
+                        fallback(format!(
+                            "no rule allows {kind} on connection `{}`",
+                            op.connection
+                        ))
+                    });
+                    verdict = stricter(verdict, for_kind);
                 }
-                let for_kind = for_kind.unwrap_or_else(|| {
-                    if kind == StatementKind::Transaction {
-                        // BEGIN/COMMIT/ROLLBACK/SAVEPOINT change no data; drivers send them on
-                        // their own. A rule that names TRANSACTION still decides them.
-                        return Candidate {
-                            action: Action::Allow,
-                            policy: None,
-                            rule: Some("implicit: transaction control".into()),
-                        };
-                    }
-                    fallback(format!(
-                        "no rule allows {kind} on connection `{}`",
-                        op.connection
-                    ))
-                });
-                verdict = stricter(verdict, for_kind);
             }
         }
     }
@@ -899,7 +906,7 @@ pub fn decide_with_rows(
         Some(c) => Decision {
             action: c.action,
             policy: c.policy.map(str::to_string),
-            rule: c.rule,
+            rule: c.rule.map(str::to_string),
             record,
             needs_rows,
         },

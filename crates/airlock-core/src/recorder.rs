@@ -28,6 +28,7 @@ use crate::chain;
 use crate::store::{EventRecord, JournalEvent, NewEvent, Store, StoreError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -61,7 +62,7 @@ struct Writer {
     next_id: i64,
     len: u64,
     /// The hash of the last appended event, which the next one chains from.
-    last_hash: String,
+    last_hash: Arc<str>,
     /// The line being written, kept to reuse its allocation.
     line: String,
     /// Deferred lines, chained but not yet written; they go out ahead of the next line.
@@ -142,7 +143,8 @@ impl Writer {
     /// copies it, which becomes the chain's head once its line is kept.
     fn format(&mut self, event: &NewEvent, detail: String) -> JournalEvent {
         let id = self.next_id;
-        let hash = chain::event_hash(&self.last_hash, id, event.session_id, event.at, &detail);
+        let digest = chain::event_digest(&self.last_hash, id, event.session_id, event.at, &detail);
+        let hash: Arc<str> = Arc::from(digest.as_str());
         let kind = event.detail.kind();
         let mut number = itoa::Buffer::new();
         let line = &mut self.line;
@@ -166,7 +168,7 @@ impl Writer {
             id,
             session_id: event.session_id,
             at: event.at,
-            kind: kind.to_owned(),
+            kind: Cow::Borrowed(kind),
             detail,
             prev_hash: Some(self.last_hash.clone()),
             hash: Some(hash),
@@ -187,7 +189,7 @@ impl Writer {
 #[derive(Clone)]
 struct Copied {
     id: i64,
-    hash: Option<String>,
+    hash: Option<Arc<str>>,
 }
 
 struct Inner {
@@ -247,10 +249,10 @@ impl Recorder {
         store.ingest_events(events, complete_to).await?;
         let max_id = stored_max.max(journal_max);
         // Everything in the journal is in the store now, so its last event is the chain's head.
-        let last_hash = store
+        let last_hash: Arc<str> = store
             .chain_head()
             .await?
-            .map_or_else(|| chain::GENESIS.to_owned(), |(_, hash)| hash);
+            .map_or_else(|| Arc::from(chain::GENESIS), |(_, hash)| Arc::from(hash));
         // The head in the log is an anchor outside the store: a later rewrite of the events
         // before it cannot reproduce it.
         tracing::info!(last_event = max_id, head = %last_hash, "audit chain resumed");
@@ -328,7 +330,10 @@ impl Recorder {
     /// (not as read back from the store).
     pub fn copied_head(&self) -> Option<(i64, String)> {
         let copied = self.inner.copied.borrow();
-        copied.hash.clone().map(|hash| (copied.id, hash))
+        copied
+            .hash
+            .as_deref()
+            .map(|hash| (copied.id, hash.to_owned()))
     }
 
     /// Waits (a few seconds at most) until every event appended so far is in the store.
@@ -419,10 +424,10 @@ fn parse_line(line: &[u8]) -> Result<JournalEvent, serde_json::Error> {
         id: parsed.id,
         session_id: parsed.session_id,
         at: parsed.at,
-        kind: parsed.kind,
+        kind: Cow::Owned(parsed.kind),
         detail: detail.get().to_owned(),
-        prev_hash: parsed.prev_hash,
-        hash: parsed.hash,
+        prev_hash: parsed.prev_hash.map(Arc::from),
+        hash: parsed.hash.map(Arc::from),
     })
 }
 

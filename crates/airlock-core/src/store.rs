@@ -4,6 +4,8 @@
 use crate::preview::BlastRadius;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::sync::Arc;
 
 /// Unix time in milliseconds; every timestamp the store keeps is one of these.
 pub type Millis = i64;
@@ -143,10 +145,12 @@ pub struct JournalEvent {
     pub id: i64,
     pub session_id: i64,
     pub at: Millis,
-    pub kind: String,
+    /// Borrowed for the events this run records, which come with their kind's static name.
+    pub kind: Cow<'static, str>,
     pub detail: String,
-    pub prev_hash: Option<String>,
-    pub hash: Option<String>,
+    /// Shared, since each event's hash is also the next one's `prev_hash`.
+    pub prev_hash: Option<Arc<str>>,
+    pub hash: Option<Arc<str>>,
 }
 
 impl JournalEvent {
@@ -156,10 +160,10 @@ impl JournalEvent {
             id: event.id,
             session_id: event.session_id,
             at: event.at,
-            kind: event.detail.kind().to_owned(),
+            kind: Cow::Borrowed(event.detail.kind()),
             detail: crate::chain::canonical_detail(&event.detail)?,
-            prev_hash: event.prev_hash.clone(),
-            hash: event.hash.clone(),
+            prev_hash: event.prev_hash.as_deref().map(Arc::from),
+            hash: event.hash.as_deref().map(Arc::from),
         })
     }
 }

@@ -170,8 +170,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> ClientSide<'_, '_, R, W> {
     /// SQL-level PREPARE, DEALLOCATE, DECLARE, CLOSE and DISCARD change names the protocol
     /// also uses, out of the gateway's sight: after one, those names are unknown.
     fn forget_names_changed_by(&self, classification: &Classification) {
-        let kinds = classification.kinds();
-        let has = |k: StatementKind| kinds.contains(&k);
+        let has = |k: StatementKind| classification.has_kind(k);
         if has(StatementKind::Prepare)
             || has(StatementKind::Deallocate)
             || has(StatementKind::Discard)

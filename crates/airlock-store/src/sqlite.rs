@@ -1117,7 +1117,7 @@ fn ingest(
             insert.raw_bind_parameter(index + 1, event.id)?;
             insert.raw_bind_parameter(index + 2, event.session_id)?;
             insert.raw_bind_parameter(index + 3, event.at)?;
-            insert.raw_bind_parameter(index + 4, event.kind.as_str())?;
+            insert.raw_bind_parameter(index + 4, event.kind.as_ref())?;
             insert.raw_bind_parameter(index + 5, event.detail.as_str())?;
             insert.raw_bind_parameter(index + 6, event.prev_hash.as_deref())?;
             insert.raw_bind_parameter(index + 7, event.hash.as_deref())?;
