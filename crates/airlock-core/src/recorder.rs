@@ -109,12 +109,10 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.len += self.line.len() as u64;
-                let mut written = std::mem::take(&mut self.pending_events);
-                if let Some(event) = event {
-                    self.advance(&event);
-                    written.push(event);
+                if let Some(event) = &event {
+                    self.advance(event);
                 }
-                self.queue(written);
+                self.queue(event);
                 Ok(())
             }
             Err(e) => {
@@ -125,18 +123,18 @@ impl Writer {
         }
     }
 
-    fn queue(&mut self, events: Vec<JournalEvent>) {
-        if self.unqueued {
+    /// Hands the lines just written — the deferred ones, then `event`'s — to the copier.
+    /// Moved, not reallocated: both vectors keep their room for the next ones.
+    fn queue(&mut self, event: Option<JournalEvent>) {
+        let written = self.pending_events.len() + usize::from(event.is_some());
+        if self.unqueued || self.queued.len() + written > MAX_QUEUED {
+            self.queued = Vec::new();
+            self.pending_events.clear();
+            self.unqueued = true;
             return;
         }
-        if self.queued.len() + events.len() > MAX_QUEUED {
-            self.queued = Vec::new();
-            self.unqueued = true;
-        } else if self.queued.is_empty() {
-            self.queued = events;
-        } else {
-            self.queued.extend(events);
-        }
+        self.queued.append(&mut self.pending_events);
+        self.queued.extend(event);
     }
 
     /// Chains `event` and formats its line into `self.line`; returns the event as the store
@@ -450,6 +448,7 @@ async fn copier(inner: Arc<Inner>, store: Arc<dyn Store>, mut offset: u64) {
     let mut scratch = Vec::new();
     // A failed copy lost the queued events it took: the next copy reads the file.
     let mut reread = false;
+    let mut last_batch = 0;
     loop {
         inner.wake.notified().await;
         tokio::select! {
@@ -468,6 +467,9 @@ async fn copier(inner: Arc<Inner>, store: Arc<dyn Store>, mut offset: u64) {
                 continue;
             }
         };
+        // The queue's next vector, as large as the last batch, made before taking the lock so
+        // that the sessions neither wait on the allocation nor grow the queue step by step.
+        let fresh = Vec::with_capacity(last_batch);
         // What to copy: the lines from `offset` to `end`, handed over in memory unless the
         // queue was left off or a failed copy dropped it (then read from the file).
         let (queued, end) = match inner.writer.lock() {
@@ -479,12 +481,15 @@ async fn copier(inner: Arc<Inner>, store: Arc<dyn Store>, mut offset: u64) {
                         inner.wake.notify_one();
                     }
                 }
-                let queued = std::mem::take(&mut writer.queued);
+                let queued = std::mem::replace(&mut writer.queued, fresh);
                 let usable = !std::mem::replace(&mut writer.unqueued, false) && !reread;
                 (usable.then_some(queued), writer.len)
             }
             Err(_) => return,
         };
+        if let Some(queued) = &queued {
+            last_batch = queued.len().min(MAX_QUEUED);
+        }
         if end > offset {
             let events = match queued {
                 Some(events) => Ok((events, end)),
