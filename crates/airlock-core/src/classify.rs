@@ -323,7 +323,7 @@ pub enum Classification {
 }
 
 impl Classification {
-    /// Every kind involved, sorted and unique, for records and notifications.
+    /// Whether any statement is of `kind`.
     pub fn has_kind(&self, kind: StatementKind) -> bool {
         match self {
             Classification::Parsed(statements) => {
@@ -333,6 +333,7 @@ impl Classification {
         }
     }
 
+    /// Every kind involved, sorted and unique, for records and notifications.
     pub fn kinds(&self) -> Vec<StatementKind> {
         match self {
             Classification::Parsed(statements) => {

@@ -213,6 +213,6 @@ mod tests {
             Arc::new(classify("select count(*) from t")),
             &Catalog::new(),
         );
-        assert!(judged.kinds().contains(&StatementKind::VolatileFunction));
+        assert!(judged.has_kind(StatementKind::VolatileFunction));
     }
 }

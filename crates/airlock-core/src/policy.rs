@@ -833,51 +833,11 @@ pub fn decide_with_rows(
                     needs_rows: false,
                 };
             }
-            for (statement, kinds) in statements.iter().map(|s| (s, set.kinds_of(s))) {
-                for &kind in kinds.iter() {
+            for statement in statements {
+                for &kind in set.kinds_of(statement).iter() {
                     let mut for_kind: Option<Candidate> = None;
                     for policy in &applicable {
-                        // The strictest matching rule without `rows_limit`, and with one.
-                        let mut general: Option<Candidate> = None;
-                        let mut small: Option<Candidate> = None;
-                        for rule in &policy.rules {
-                            let hit = match &rule.matcher {
-                                KindMatcher::Any => true,
-                                KindMatcher::Kinds(terms) => {
-                                    terms.iter().any(|t| t.matches(kind, statement))
-                                }
-                            };
-                            if !hit || !rule.accepts(statement) {
-                                continue;
-                            }
-                            let candidate = Candidate {
-                                action: rule_action(rule, kind, &op.connection, &policy.name),
-                                policy: Some(&policy.name),
-                                rule: Some(&rule.label),
-                            };
-                            match (rule.rows_limit, rows) {
-                                (None, _) => general = stricter(general, candidate),
-                                (Some(limit), Some(rows)) if rows <= limit => {
-                                    small = stricter(small, candidate)
-                                }
-                                (Some(_), Some(_)) => {}
-                                (Some(_), None)
-                                    if matches!(candidate.action, Action::Deny { .. }) =>
-                                {
-                                    small = stricter(small, candidate)
-                                }
-                                (Some(_), None) => needs_rows = true,
-                            }
-                        }
-                        let pick = match (small, general) {
-                            (Some(small), Some(general))
-                                if matches!(general.action, Action::Deny { .. }) =>
-                            {
-                                stricter(Some(small), general)
-                            }
-                            (Some(small), _) => Some(small),
-                            (None, general) => general,
-                        };
+                        let pick = policy_pick(policy, statement, kind, op, rows, &mut needs_rows);
                         if let Some(pick) = pick {
                             for_kind = stricter(for_kind, pick);
                         }
@@ -918,6 +878,51 @@ pub fn decide_with_rows(
             record,
             needs_rows,
         },
+    }
+}
+
+/// What one policy says of one kind of a statement: its strictest matching rule without
+/// `rows_limit`, or the strictest with one that `rows` fits (a deny among the former still
+/// wins). Sets `needs_rows` when a `rows_limit` rule could decide once the count is known.
+fn policy_pick<'a>(
+    policy: &'a CompiledPolicy,
+    statement: &ClassifiedStatement,
+    kind: StatementKind,
+    op: &Operation,
+    rows: Option<u64>,
+    needs_rows: &mut bool,
+) -> Option<Candidate<'a>> {
+    let mut general: Option<Candidate> = None;
+    let mut small: Option<Candidate> = None;
+    for rule in &policy.rules {
+        let hit = match &rule.matcher {
+            KindMatcher::Any => true,
+            KindMatcher::Kinds(terms) => terms.iter().any(|t| t.matches(kind, statement)),
+        };
+        if !hit || !rule.accepts(statement) {
+            continue;
+        }
+        let candidate = Candidate {
+            action: rule_action(rule, kind, &op.connection, &policy.name),
+            policy: Some(&policy.name),
+            rule: Some(&rule.label),
+        };
+        match (rule.rows_limit, rows) {
+            (None, _) => general = stricter(general, candidate),
+            (Some(limit), Some(rows)) if rows <= limit => small = stricter(small, candidate),
+            (Some(_), Some(_)) => {}
+            (Some(_), None) if matches!(candidate.action, Action::Deny { .. }) => {
+                small = stricter(small, candidate)
+            }
+            (Some(_), None) => *needs_rows = true,
+        }
+    }
+    match (small, general) {
+        (Some(small), Some(general)) if matches!(general.action, Action::Deny { .. }) => {
+            stricter(Some(small), general)
+        }
+        (Some(small), _) => Some(small),
+        (None, general) => general,
     }
 }
 

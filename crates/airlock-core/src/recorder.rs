@@ -488,7 +488,7 @@ async fn copier(inner: Arc<Inner>, store: Arc<dyn Store>, mut offset: u64) {
             Err(_) => return,
         };
         if let Some(queued) = &queued {
-            last_batch = queued.len().min(MAX_QUEUED);
+            last_batch = queued.len();
         }
         if end > offset {
             let events = match queued {

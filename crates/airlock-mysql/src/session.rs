@@ -458,7 +458,7 @@ impl<'a> Relay<'a> {
         let reply = match reply {
             // LOAD DATA LOCAL sends a file only when the policy allowed a COPY.
             Reply::Results { binary, .. } => Reply::Results {
-                infile: classification.kinds().contains(&StatementKind::Copy),
+                infile: classification.has_kind(StatementKind::Copy),
                 binary,
             },
             other => other,
@@ -503,7 +503,7 @@ impl<'a> Relay<'a> {
         let mut payload = vec![COM_QUERY];
         payload.extend_from_slice(sql.as_bytes());
         let next = codec::write_payload(&mut self.upstream.writer, &payload, 0).await?;
-        let infile = classify_mysql(sql).kinds().contains(&StatementKind::Copy);
+        let infile = classify_mysql(sql).has_kind(StatementKind::Copy);
         self.modified = Some(format!(
             "airlock: approval request {id} was approved with a modified statement: {sql}"
         ));
