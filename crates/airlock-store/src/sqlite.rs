@@ -1065,9 +1065,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// Splits rows into chunks of power-of-two sizes (at most 512 rows: SQLite allows 32766 bound
-/// values per statement, 7 per event), so that a multi-row INSERT has one of ten texts and its
-/// prepared statement is cached, not parsed and planned for every batch size.
 /// Copies `events` (skipping those already stored, and those retention removed) and records the
 /// journal offset, in one transaction.
 fn ingest(
@@ -1130,6 +1127,9 @@ fn ingest(
     tx.commit()
 }
 
+/// Splits rows into chunks of power-of-two sizes (at most 512 rows: SQLite allows 32766 bound
+/// values per statement, 7 per event), so that a multi-row INSERT has one of ten texts and its
+/// prepared statement is cached, not parsed and planned for every batch size.
 fn insert_chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if rows.is_empty() {
