@@ -32,7 +32,7 @@ import pg  # noqa: E402  (the benchmark's own setup: PostgreSQL, gateway, pgbenc
 SHORT, LONG = 200, 1200
 # The gateway's own code, the store, hashing, JSON and the allocator; not the runtime's frames,
 # which include everything.
-INTERESTING = re.compile(r"airlock_|sqlite3|sqlx|sha2|serde|malloc|free")
+INTERESTING = re.compile(r"airlock_|sqlite3|sqlx|sha256|serde|malloc|free")
 
 
 def main() -> None:

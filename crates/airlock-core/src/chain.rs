@@ -32,7 +32,6 @@ use crate::checkpoint;
 use crate::store::{CheckpointRecord, EventDetail, Store, StoreError};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -65,7 +64,9 @@ pub fn event_hash(prev_hash: &str, id: i64, session_id: i64, at: i64, detail: &s
 /// [`event_hash`] as hex digits on the stack, for a caller that keeps them its own way.
 pub fn event_digest(prev_hash: &str, id: i64, session_id: i64, at: i64, detail: &str) -> HexDigest {
     // Every event goes through here on the relay path: no formatting machinery, no allocation.
-    let mut hasher = Sha256::new();
+    // ring's SHA-256 has vectorised code for processors without the SHA extensions, where it
+    // runs in about half the time of a portable implementation.
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     hasher.update(prev_hash.as_bytes());
     hasher.update(b"airlock-event-v1\n");
     let mut number = itoa::Buffer::new();
@@ -76,7 +77,7 @@ pub fn event_digest(prev_hash: &str, id: i64, session_id: i64, at: i64, detail: 
     hasher.update(detail.as_bytes());
     let mut hex = [0u8; 64];
     // 32 bytes always fit 64 hex digits.
-    let _ = hex::encode_to_slice(hasher.finalize(), &mut hex);
+    let _ = hex::encode_to_slice(hasher.finish(), &mut hex);
     HexDigest(hex)
 }
 
@@ -466,9 +467,8 @@ mod tests {
         // Pins the documented encoding: changing it would break every recorded chain.
         assert_eq!(
             event_hash(GENESIS, 1, 2, 3, "{}"),
-            hex::encode(Sha256::digest(
-                format!("{GENESIS}airlock-event-v1\n1\n2\n3\n{{}}").as_bytes()
-            ))
+            // SHA-256 of GENESIS followed by "airlock-event-v1\n1\n2\n3\n{}"
+            "1823d29aebc577734b5347f8b526f2a175037a059b44e4bc97948c3c627fa7e7"
         );
     }
 

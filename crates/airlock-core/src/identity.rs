@@ -9,7 +9,6 @@ use crate::store::{now_millis, Millis, Store, StoreError, TokenRecord};
 use base64::Engine;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// Every Airlock agent token starts with this, which tells it apart from a JWT (`eyJ…`).
@@ -82,7 +81,11 @@ pub struct MintedToken {
 }
 
 pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    hex::encode(sha256(token.as_bytes()))
+}
+
+fn sha256(data: &[u8]) -> ring::digest::Digest {
+    ring::digest::digest(&ring::digest::SHA256, data)
 }
 
 fn random_b64(bytes: usize) -> String {
@@ -166,7 +169,10 @@ impl IdentityService {
     ) -> Result<MintedToken, StoreError> {
         let now = now_millis();
         let record = TokenRecord {
-            id: format!("tok_{}", hex::encode(&Sha256::digest(random_b64(16))[..6])),
+            id: format!(
+                "tok_{}",
+                hex::encode(&sha256(random_b64(16).as_bytes()).as_ref()[..6])
+            ),
             name: name.to_string(),
             groups,
             created_at: now,

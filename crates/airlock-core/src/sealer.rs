@@ -5,9 +5,7 @@
 use crate::mask::HashKey;
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use hmac::{Hmac, Mac};
 use rand::RngCore;
-use sha2::Sha256;
 use std::io::Write;
 use std::path::Path;
 
@@ -67,10 +65,12 @@ impl Sealer {
             )));
         }
         let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| err(e.to_string()))?;
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|e| err(e.to_string()))?;
-        mac.update(MASKING_KEY_PURPOSE);
-        let masking_key = mac.finalize().into_bytes().into();
+        let derived = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            MASKING_KEY_PURPOSE,
+        );
+        let mut masking_key = [0u8; 32];
+        masking_key.copy_from_slice(derived.as_ref());
         Ok(Sealer {
             cipher,
             masking_key,

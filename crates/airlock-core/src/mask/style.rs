@@ -6,9 +6,7 @@
 
 use super::detect::Detector;
 use super::Masked;
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 /// The fixed mask of `redact`.
 pub const REDACTED: &str = "****";
@@ -28,23 +26,18 @@ pub enum MaskStyle {
     Null,
 }
 
-/// The key of the `hash` style (derived from the gateway's secret key), kept as an HMAC state
-/// already keyed, which each digest clones.
+/// The key of the `hash` style (derived from the gateway's secret key), kept as HMAC-SHA256's
+/// keyed state.
 #[derive(Clone)]
-pub struct HashKey(Option<Hmac<Sha256>>);
+pub struct HashKey(ring::hmac::Key);
 
 impl HashKey {
     pub fn new(key: [u8; 32]) -> HashKey {
-        // HMAC takes keys of any length, so this is always `Some`.
-        HashKey(<Hmac<Sha256> as Mac>::new_from_slice(&key).ok())
+        HashKey(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key))
     }
 
     fn digest(&self, value: &[u8]) -> String {
-        let Some(mut mac) = self.0.clone() else {
-            return REDACTED.into();
-        };
-        mac.update(value);
-        let digest = hex::encode(mac.finalize().into_bytes());
+        let digest = hex::encode(ring::hmac::sign(&self.0, value));
         format!("h:{}", &digest[..HASH_HEX])
     }
 }
