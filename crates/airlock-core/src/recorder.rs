@@ -44,8 +44,10 @@ const LINGER: Duration = Duration::from_millis(100);
 /// Once copied, a journal larger than this is emptied.
 const TRIM_AT: u64 = 8 * 1024 * 1024;
 const READ_CHUNK: u64 = 4 * 1024 * 1024;
-/// The most events handed to the copier in memory; beyond, it reads them from the journal.
-const MAX_QUEUED: usize = 65_536;
+/// The most events handed to the copier in memory (about 7 MiB; four times a busy linger's
+/// worth); beyond, it reads them from the journal. A copier starved of CPU falls that far behind,
+/// and what it held would stay in the allocator's keeping after the catch-up.
+const MAX_QUEUED: usize = 16_384;
 /// How long a reader waits for the copy to catch up before reading what the store has.
 const SYNC_PATIENCE: Duration = Duration::from_secs(5);
 
