@@ -1,5 +1,6 @@
 //! The recorder's journal against the real SQLite store: appended events reach the store,
-//! survive a restart that happens before they were copied, and a torn last line is cut off.
+//! survive a restart that happens before they were copied, and a torn last line is cut off; a
+//! copier left far behind copies from the journal itself.
 //! Both the journal and the database are readable by their owner only.
 
 #![allow(clippy::unwrap_used)]
@@ -223,6 +224,46 @@ async fn a_failed_copy_is_retried_from_the_journal() {
         [1, 2, 3, 4, 5, 6]
     );
     assert_eq!(stored[4].detail, outcome(4));
+}
+
+#[tokio::test]
+async fn a_copier_left_far_behind_copies_from_the_journal() {
+    use std::os::unix::fs::FileExt;
+    let Journaled {
+        dir: _dir,
+        journal,
+        store,
+        s,
+        ..
+    } = journaled().await;
+    let recorder = Recorder::open(store.clone(), &journal).await.unwrap();
+    // The test's runtime has one thread: the copier cannot run before the first `await`, so
+    // these pile up past what is handed over in memory.
+    let appended = 20_000;
+    for n in 0..appended {
+        recorder.append(event(s, n)).unwrap();
+    }
+    // Edit the first line in place (same length): only a copy read from the file sees it.
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let at = text.find(r#""tag":"SELECT 1""#).unwrap() + r#""tag":"SELECT "#.len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap();
+    file.write_all_at(b"2", at as u64).unwrap();
+    drop(file);
+
+    recorder.sync().await;
+    let stored = store.list_events(s).await.unwrap();
+    assert_eq!(stored.len(), appended as usize);
+    assert!(stored.iter().zip(1..).all(|(e, id)| e.id == id));
+    let EventDetail::Outcome { tag, .. } = &stored[0].detail else {
+        panic!("not an outcome: {:?}", stored[0].detail);
+    };
+    assert_eq!(tag.as_deref(), Some("SELECT 2"), "copied from the journal");
+    // And the chain catches the edit.
+    let report = chain::verify(store.as_ref(), None, None).await.unwrap();
+    assert_eq!(report.first_break.map(|b| b.id), Some(1));
 }
 
 #[tokio::test]

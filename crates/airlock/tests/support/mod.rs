@@ -1361,13 +1361,21 @@ impl RawPg {
 
     pub fn read_byte(&mut self) -> Option<u8> {
         let mut b = [0u8; 1];
-        match self.stream.read(&mut b) {
-            Ok(1) => Some(b[0]),
-            Ok(_) => None,
-            Err(e) if is_timeout(&e) => {
-                panic!("the gateway neither answered nor closed the connection within 15 s")
+        loop {
+            // A signal can cut a read with a timeout short whatever SA_RESTART says.
+            match self.stream.read(&mut b) {
+                Ok(1) => return Some(b[0]),
+                Ok(_) => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) => {
+                    panic!("the gateway neither answered nor closed the connection within 15 s")
+                }
+                Err(e) => {
+                    // Said, so that a test expecting an answer shows why it got none.
+                    eprintln!("raw connection: read failed: {e}");
+                    return None;
+                }
             }
-            Err(_) => None,
         }
     }
 
@@ -1377,10 +1385,7 @@ impl RawPg {
             return RawReply::Closed;
         };
         let mut len = [0u8; 4];
-        if let Err(e) = self.stream.read_exact(&mut len) {
-            if is_timeout(&e) {
-                panic!("the gateway stalled in the middle of a message");
-            }
+        if !self.read_rest(&mut len) {
             return RawReply::Closed;
         }
         let len = u32::from_be_bytes(len) as usize;
@@ -1389,13 +1394,22 @@ impl RawPg {
             "the gateway sent a message of length {len}"
         );
         let mut body = vec![0u8; len - 4];
-        if let Err(e) = self.stream.read_exact(&mut body) {
-            if is_timeout(&e) {
-                panic!("the gateway stalled in the middle of a message");
-            }
+        if !self.read_rest(&mut body) {
             return RawReply::Closed;
         }
         RawReply::Message(tag, body)
+    }
+
+    /// Fills `buf` with the rest of a message; false when the connection ended first.
+    fn read_rest(&mut self, buf: &mut [u8]) -> bool {
+        match self.stream.read_exact(buf) {
+            Ok(()) => true,
+            Err(e) if is_timeout(&e) => panic!("the gateway stalled in the middle of a message"),
+            Err(e) => {
+                eprintln!("raw connection: read failed mid-message: {e}");
+                false
+            }
+        }
     }
 
     /// Sends an SSLRequest; the one-byte answer (`N` or `S`).
