@@ -7,7 +7,7 @@ Airlock with a masking rule on the column pgbench -S reads, and PgBouncer (sessi
   1. pgbench -S -n -j 2 -T SECONDS for each mode (simple, extended, prepared) and client count,
      against every target, interleaved (A B C D A B C D) so machine drift hits all equally;
      TPS, average and p99 latency from pgbench's per-transaction log, ratio of direct, and each
-     gateway's CPU per transaction;
+     gateway's CPU per transaction and per 10,000 statements;
   2. a write mix (pgbench -N, 8 clients) direct vs Airlock, every write recorded;
   3. connection scale: 1,000 idle sessions (RSS) and the connection setup rate, with an agent
      token and with an OIDC token (RS256, signed by an issuer this script serves on loopback);
@@ -488,6 +488,19 @@ def approval_latency(gw: Gateway, rounds: int) -> list[tuple]:
             ("p99 (ms)", f"{p99(samples):.2f}")]
 
 
+CPU_HEADERS = ("proxy CPU µs/tx", "CPU s/10k stmts")
+# pgbench -N's transaction: BEGIN, UPDATE, SELECT, INSERT, END.
+WRITE_MIX_STATEMENTS = 5
+
+
+def cpu_columns(target: Target, result: dict, statements_per_tx: int) -> tuple[str, str]:
+    """A proxy's CPU per transaction, and in CPU seconds per 10,000 statements."""
+    if not target.cpu:
+        return ("-", "-")
+    us = result["cpu_us"]
+    return (f"{us:.1f}", f"{us / statements_per_tx / 100:.3f}")
+
+
 def read_only(targets: list[Target], work: Path, args: argparse.Namespace) -> None:
     rows = []
     for mode in args.modes.split(","):
@@ -500,11 +513,10 @@ def read_only(targets: list[Target], work: Path, args: argparse.Namespace) -> No
                 r = res[t.name]
                 rows.append((mode, clients, t.name, f"{r['tps']:.0f}",
                              f"{r['avg_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                             f"{r['tps'] / direct:.2f}",
-                             f"{r['cpu_us']:.1f}" if t.cpu else "-"))
+                             f"{r['tps'] / direct:.2f}", *cpu_columns(t, r, 1)))
     print_table(f"read-only (pgbench -S -j 2 -T {args.seconds}, interleaved, 2 rounds)",
                 rows, ("mode", "clients", "target", "tps", "avg ms", "p99 ms",
-                       "of direct", "proxy CPU µs/tx"))
+                       "of direct", *CPU_HEADERS))
 
 
 def write_mix(targets: list[Target], work: Path, args: argparse.Namespace) -> None:
@@ -514,9 +526,9 @@ def write_mix(targets: list[Target], work: Path, args: argparse.Namespace) -> No
     print_table("write mix (pgbench -N -M extended -c 8; every statement recorded)",
                 [(t.name, f"{res[t.name]['tps']:.0f}", f"{res[t.name]['avg_ms']:.3f}",
                   f"{res[t.name]['p99_ms']:.3f}", f"{res[t.name]['tps'] / direct:.2f}",
-                  f"{res[t.name]['cpu_us']:.1f}" if t.cpu else "-")
+                  *cpu_columns(t, res[t.name], WRITE_MIX_STATEMENTS))
                  for t in targets],
-                ("target", "tps", "avg ms", "p99 ms", "of direct", "proxy CPU µs/tx"))
+                ("target", "tps", "avg ms", "p99 ms", "of direct", *CPU_HEADERS))
 
 
 PARTS = ("read", "write", "scale", "approval")
